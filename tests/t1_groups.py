@@ -125,7 +125,7 @@ def test_a_node_refuses_ids_its_group_does_not_hold(cluster: ClusterConfig) -> N
     [
         ["view", "show"],
         ["generation", "show"],
-        ["node", "replace", "3", "--address", "127.0.0.1:9"],
+        ["node", "remove", "3"],
         ["client", "add", "c9"],
         ["verify"],
         ["mount", "/nonexistent/mnt", "--at", "1h"],

@@ -30,7 +30,7 @@ REFUSED = (
 #: Actions of ``node`` and ``client`` refused likewise (``node start|stop|restart``,
 #: ``client list`` work).
 REFUSED_ACTIONS = {
-    "node": ("add", "remove", "replace"),
+    "node": ("add", "remove"),
     "client": ("add", "revoke", "remove", "rotate"),
 }
 

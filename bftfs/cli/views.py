@@ -29,9 +29,11 @@ from bftfs.cli.common import (
     with_cluster,
     with_identity,
 )
+from bftfs.cli.layouts import replace_in_groups
 from bftfs.config import ClusterConfig, ConfigError
 from bftfs.crypto import Identity, KeyFileError
 from bftfs.ids import CLIENT_ID_BASE, NodeId
+from bftfs.layout.groups import groups_of
 from bftfs.membership import admin
 from bftfs.membership.view import View
 
@@ -104,9 +106,11 @@ def node_replace(args: argparse.Namespace) -> int:
             2,
         )
     cfg, path = cluster_of(args)
+    host, port = parse_address(args.address)
+    if groups_of(cfg) > 1:  # the layout names the newcomer (docs/layout.md)
+        return replace_in_groups(args, cfg, path, (host, port))
     key = admin.admin_key(cfg)
     view, blob = admin.current(cfg)
-    host, port = parse_address(args.address)
     node = int(args.index)
     if not 0 <= node < len(view.nodes):
         last = len(view.nodes) - 1

@@ -24,8 +24,9 @@ from bftfs.fs.clients.registerblocks import open_block_client
 from bftfs.fs.filesystem import FileSystem, open_file_system
 from bftfs.fs.generations import Generations
 from bftfs.fs.history import FabPast, Past
-from bftfs.layout.groups import group_config, load_layout, placed_config
+from bftfs.layout.groups import group_config, layout_path, load_layout, placed_config
 from bftfs.layout.model import Layout
+from bftfs.layout.tracker import ClientLayout
 from bftfs.membership.client import ClientViews
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
@@ -172,6 +173,10 @@ async def open_grouped_session(
             qus.append(metadata_client(part, ep))
             rws.append(await stack.enter_async_context(open_rw_client(ep, part)))
         qu, rw = GroupedQU(layout, qus), GroupedRW(layout, rws)
+        tracker = ClientLayout(config, layout, layout_path(config).read_bytes())
+        for (ep, _ids), g in zip(eps, layout.groups, strict=True):
+            tracker.attach(ep, g.id)  # newer layouts taken while mounted
+        tracker.on_change += [lambda _old, new: qu.switch(new), lambda _old, new: rw.switch(new)]
         fs = await stack.enter_async_context(
             open_file_system(qu, rw, placed_config(config, layout), **options)
         )

@@ -174,3 +174,23 @@ def replace_node(old: Layout, leaving: int, newcomer: LayoutNode) -> Layout:
     groups = tuple(Group(g.id, members) if g.id == group.id else g for g in old.groups)
     nodes = tuple(sorted(known.values(), key=lambda n: n.id))
     return check(replace(old, version=old.version + 1, nodes=nodes, groups=groups))
+
+
+def new_machine(old: Layout, node: int, host: str, port: int, public_key: bytes) -> Layout:
+    """The next version of ``old`` with node ``node`` on a new machine: its new address
+    and key, the same id, group, place and trust domain (what ``bftfs node replace`` makes
+    on a cluster of groups, as a view names a replaced node's new machine under its id:
+    nothing moves, and the new machine catches up as a replaced node does; the old key is
+    trusted no more).
+
+    Raises:
+        LayoutError: ``node`` is in no group, or the key is the one it has.
+    """
+    if not any(node in g.members for g in old.groups):
+        raise LayoutError(f"node {node} is in no group of layout {old.version}")
+    held = old.node(node)
+    if held.public_key == public_key:
+        raise LayoutError(f"node {node} has that key in layout {old.version} already")
+    machine = LayoutNode(node, host, port, public_key, held.domain)
+    nodes = tuple(machine if n.id == node else n for n in old.nodes)
+    return check(replace(old, version=old.version + 1, nodes=nodes))

@@ -29,7 +29,7 @@ from pathlib import Path
 from bftfs.config import ClusterConfig, ConfigError
 from bftfs.crypto import AdminKey
 from bftfs.ids import NodeId
-from bftfs.layout import builder, codec
+from bftfs.layout import builder, codec, live
 from bftfs.layout.model import Layout, LayoutError
 from bftfs.membership.viewkeys import replace_durably
 
@@ -173,17 +173,21 @@ def parts(cfg: ClusterConfig) -> list[tuple[ClusterConfig, list[int]]]:
 
 @dataclass(frozen=True)
 class Placed:
-    """Where one node of the cluster runs: its group and its index there."""
+    """Where one node of the cluster runs: its group and its index there, and the
+    signed bytes of the layout that says so."""
 
     layout: Layout
     group: int
     index: int
     config: ClusterConfig
+    blob: bytes = b""
 
 
-def place_node(cfg: ClusterConfig, node_id: int) -> Placed | None:
+def place_node(cfg: ClusterConfig, node_id: int, data_dir: Path | None = None) -> Placed | None:
     """Where node ``node_id`` (global id) runs in the held layout; None when the cluster
-    has no layout (it runs as node ``node_id`` of ``cfg``).
+    has no layout (it runs as node ``node_id`` of ``cfg``).  With ``data_dir``, the node's
+    own copy there (a layout it took while running, ``layout/live.py``) is held instead
+    when it is newer: a restarted node never goes back.
 
     Raises:
         LayoutError: the layout is bad (:func:`load_layout`), or puts the node in no
@@ -192,10 +196,18 @@ def place_node(cfg: ClusterConfig, node_id: int) -> Placed | None:
     layout = load_layout(cfg)
     if layout is None:
         return None
+    blob = layout_path(cfg).read_bytes()
+    own = None
+    if data_dir is not None:
+        layout, own = live.newest(layout, data_dir, _admin(cfg))
+        assert layout is not None
     for group in layout.groups:
         if node_id in group.members:
             index = group.members.index(node_id)
-            return Placed(layout, group.id, index, group_config(cfg, layout, group.id))
+            if own is not None:  # it may name nodes cluster.toml does not know yet
+                part = live.live_group_config(cfg, layout, group.id)
+                return Placed(layout, group.id, index, part, own)
+            return Placed(layout, group.id, index, group_config(cfg, layout, group.id), blob)
     raise LayoutError(
         f"node {node_id} is in no group of layout {layout.version} (a spare): nothing to serve"
     )

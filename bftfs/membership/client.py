@@ -44,6 +44,7 @@ import trio
 from bftfs.config import ClusterConfig
 from bftfs.ids import NodeId, PrincipalId
 from bftfs.membership.configview import starting_view
+from bftfs.membership.levelling import VIEW, Leveller, Unlevelled, level_session
 from bftfs.membership.view import (
     CURRENT,
     PREVIOUS,
@@ -65,7 +66,7 @@ log = logging.getLogger(__name__)
 _REVOKED = re.compile(r"revoked (?:in view|\(not a client of view) (\d+)")
 
 
-class ViewUnproven(TransportError):
+class ViewUnproven(Unlevelled):
     """A node cannot prove it holds the view it claims (docs/membership.md, "Per-view
     keys"): no request goes to it until it can."""
 
@@ -88,7 +89,8 @@ class ClientViews:
         self.unproven = 0
         #: The endpoint of each generation attached (``"current"``, ``"previous"``).
         self._eps: dict[str, Endpoint] = {}
-        self._busy: set[tuple[str, NodeId]] = set()
+        #: Fetches from nodes ahead, sends to nodes behind (one at a time per node).
+        self.leveller = Leveller(self, VIEW, NODE_TIMEOUT)
         #: Called with (old, new) when a view taken changes the generation or ends a move.
         self.on_generation: Callable[[View, View], None] | None = None
         self._b = config.b
@@ -172,12 +174,9 @@ class ClientViews:
 
     def _heard(self, generation: str, node: NodeId, number: int) -> None:
         ep = self._eps.get(generation)
-        if ep is None or self.admin is None or (generation, node) in self._busy:
+        if ep is None or self.admin is None:
             return
-        if number > self.number:
-            ep.spawn(self._fetch, ep, generation, node)
-        elif number < self.number and self.blob is not None:
-            ep.spawn(self._send, ep, generation, node, self.blob)
+        self.leveller.heard(ep.spawn, ep.call, node, number, key=(generation, node))
 
     def offer(self, blob: object) -> bool:
         """Take the view in ``blob`` if the administrator signed it and it is newer;
@@ -233,28 +232,6 @@ class ClientViews:
             if self.admin is not None:
                 ep.admit = self.admit_previous
 
-    async def _fetch(self, ep: Endpoint, generation: str, node: NodeId) -> None:
-        """Fetch ``node``'s view through ``ep`` (the endpoint it was heard on, whatever
-        slot it holds by now: another fetch may have moved it to the previous one)."""
-        self._busy.add((generation, node))
-        try:
-            with trio.move_on_after(NODE_TIMEOUT):
-                self.offer(await ep.call(node, "view.get", None))
-        except (TransportError, RemoteError) as e:
-            log.debug("no view from node %s: %s", node, e)
-        finally:
-            self._busy.discard((generation, node))
-
-    async def _send(self, ep: Endpoint, generation: str, node: NodeId, blob: bytes) -> None:
-        self._busy.add((generation, node))
-        try:
-            with trio.move_on_after(NODE_TIMEOUT):
-                await ep.call(node, "view.install", blob)
-        except (TransportError, RemoteError) as e:
-            log.debug("node %s did not take our view: %s", node, e)
-        finally:
-            self._busy.discard((generation, node))
-
 
 class ViewHolder(Protocol):
     """Who holds a view and checks sessions against it: a client (:class:`ClientViews`) or
@@ -264,6 +241,10 @@ class ViewHolder(Protocol):
     blob: bytes | None
     #: Sessions refused because the node could not prove it holds the view held here.
     unproven: int
+
+    @property
+    def number(self) -> int:
+        """The held view's number."""
 
     async def take(self, blob: Any) -> None:
         """Take the view in ``blob`` if validly signed and newer; never raises."""
@@ -289,21 +270,16 @@ async def admit_session(
             cannot show.
         TransportError: the connection failed while views were exchanged.
     """
-    theirs, ours = session.peer_view, holder.view.number
-    if theirs > ours:
-        try:
-            await holder.take(await ask("view.get", None))
-        except RemoteError as e:
-            raise ViewUnproven(f"node {node} claims view {theirs} but refuses it: {e}") from e
-        if holder.view.number < theirs:
+    ours = holder.view.number
+    try:
+        levelled = await level_session(holder, VIEW, node, session.peer_view, ask)
+    except Unlevelled as e:
+        if not e.refused:
             holder.unproven += 1
-            raise ViewUnproven(f"node {node} claims view {theirs} but shows no such view")
+        raise ViewUnproven(str(e), refused=e.refused) from e
+    if levelled == "fetched":
         return False
-    if theirs < ours and holder.blob is not None:
-        try:
-            await ask("view.install", holder.blob)
-        except RemoteError as e:
-            log.debug("node %s did not take our view: %s", node, e)
+    if levelled == "sent":
         return not holder.view.has_view_keys  # a node that took it proves it at once
     if which == PREVIOUS and holder.view.previous is None:
         holder.unproven += 1

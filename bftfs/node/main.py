@@ -24,9 +24,8 @@ from bftfs import proc, sdnotify
 from bftfs.config import ClusterConfig, NodeSpec
 from bftfs.crypto import Identity, KeyFileError
 from bftfs.layout.groups import place_node
-from bftfs.layout.model import Layout
-from bftfs.layout.nodetxn import txn_type
 from bftfs.net.server import FaultHooks
+from bftfs.node.layouts import NodeLayouts
 from bftfs.node.nodemetrics import node_metrics
 from bftfs.node.placement import Check, guard
 from bftfs.node.protocols import PRODUCTION_TYPES
@@ -85,10 +84,9 @@ def run(
         LayoutError: the layout is bad, or puts the node in no group (exit 3).
         StartError: the node's port or its metrics port cannot be bound.
     """
-    cfg, node_id, placement, layout = _in_group(cfg, node_id)
-    if layout is not None:  # the cross-group commit's methods (layout/nodetxn.py)
-        types = (*extra_object_types, *PRODUCTION_TYPES)
-        extra_object_types = (*extra_object_types, txn_type(layout, types))
+    cfg, node_id, placement, layouts = _in_group(cfg, node_id, extra_object_types)
+    if layouts is not None:  # the cross-group commit's methods (layout/nodetxn.py)
+        extra_object_types = (*extra_object_types, layouts.txn.type)
     spec = cfg.node(node_id)
     ident = load_identity(spec)
     if batch_sched:
@@ -106,6 +104,8 @@ def run(
             serve_registers=serve_registers,
         )
         node.placement = placement
+        if layouts is not None:  # newer layouts taken while running (node/layouts.py)
+            layouts.attach(node)
         metrics = None
         port_file = spec.data_dir / "metrics.port"
         port_file.unlink(missing_ok=True)  # an earlier run's: not this one's address
@@ -140,20 +140,24 @@ def run(
 
 
 def _in_group(
-    cfg: ClusterConfig, node_id: int
-) -> tuple[ClusterConfig, int, Check | None, Layout | None]:
+    cfg: ClusterConfig, node_id: int, types: Sequence[ObjectType]
+) -> tuple[ClusterConfig, int, Check | None, NodeLayouts | None]:
     """The configuration and id node ``node_id`` runs as, the check of what it holds and
-    the layout:
-    with a layout, its group's and its index there (``layout/groups.place_node``), refusing
-    other groups' ids (``node/placement.py``); else ``cfg`` and ``node_id``, no check."""
-    placed = place_node(cfg, node_id)
+    the layout it holds (serving ``types`` and the file system's in its transactions):
+    with a layout (the newer of the cluster's and the node's own copy), its group's and its
+    index there (``layout/groups.place_node``), refusing other groups' ids
+    (``node/placement.py``); else ``cfg`` and ``node_id``, no check."""
+    data_dir = cfg.node(node_id).data_dir
+    types = (*types, *PRODUCTION_TYPES)
+    placed = place_node(cfg, node_id, data_dir)
     if placed is None:
         return cfg, node_id, None, None
     log.info(
         "node %s runs as node %s of group %s (%s)",
         node_id, placed.index, placed.group, placed.layout.describe(),
     )  # fmt: skip
-    return placed.config, placed.index, guard(placed.layout, placed.group), placed.layout
+    layouts = NodeLayouts(cfg, placed, node_id, data_dir, types)
+    return placed.config, placed.index, guard(placed.layout, placed.group), layouts
 
 
 def _listen_error(e: BaseException, spec: NodeSpec) -> BaseException:

@@ -57,6 +57,7 @@ from bftfs.membership.configview import (
     view_of,
     write_signed,
 )
+from bftfs.membership.levelling import VIEW, Leveller
 from bftfs.membership.view import (
     CURRENT,
     Verdict,
@@ -117,7 +118,11 @@ class NodeViews:
         self.chain: Chain | None = None
         self._key: SigningKey | None = None
         self._lock = trio.Lock()
-        self._busy: set[int] = set()  # peers a fetch or send is under way with
+        #: Fetches from nodes ahead, sends to nodes behind (one at a time per peer).
+        self.leveller = Leveller(self, VIEW, PEER_TIMEOUT, self._fetch_failed)
+        #: Called with the node once its endpoint is open (a cluster of groups' layout,
+        #: ``node/layouts.py``, hooks the handshakes after the views do).
+        self.when_started: list[Callable[[Node], None]] = []
 
     @property
     def number(self) -> int:
@@ -164,6 +169,15 @@ class NodeViews:
         self._rekey.start(self.flat)
         self._check_replaced(self.flat)
         self.generation.started()
+        for hook in self.when_started:
+            hook(node)
+
+    def rekey_to(self, config: ClusterConfig) -> None:
+        """Rewrite the stored Q/U authenticators under ``config``'s node keys (a layout
+        replaced a node of this node's group: ``node/layouts.py``), as a view replacing a
+        node does."""
+        if self._rekey is not None:
+            self._rekey.start(view_of(config))
 
     async def admit(
         self, peer: NodeId, session: Session, ask: Callable[[str, Any], Awaitable[Any]]
@@ -389,7 +403,7 @@ class NodeViews:
             return
         for spec in self.config.nodes:
             if spec.id != node.id:
-                node.spawn(self._send, spec.id, blob)
+                self.leveller.send(node.spawn, node.endpoint.call, spec.id, blob)
 
     def _tell_old_machines(self, old: View, view: View, blob: bytes) -> None:
         """Send ``view`` once to the old machine of each node it replaced, at its old address
@@ -416,41 +430,15 @@ class NodeViews:
 
     def _heard(self, peer: PrincipalId, number: int) -> None:
         """A handshake told us ``peer`` holds view ``number``: fetch it from a node ahead,
-        send ours to a node behind (clients fetch and send themselves)."""
+        send ours to a node behind (clients fetch and send themselves;
+        ``membership/levelling.py``)."""
         node = self._node
         if node is None or node._nursery is None or not is_node(peer) or peer == node.id:
             return
-        if peer in self._busy or self.base.admin_key is None:
+        if self.base.admin_key is None:
             return
-        if number > self.number:
-            node.spawn(self._fetch, peer)
-        elif number < self.number and self.blob is not None:
-            node.spawn(self._send, peer, self.blob)
+        self.leveller.heard(node.spawn, node.endpoint.call, NodeId(peer), number)
 
-    async def _fetch(self, peer: NodeId) -> None:
-        node = self._node
-        assert node is not None
-        self._busy.add(peer)
-        try:
-            with trio.move_on_after(PEER_TIMEOUT) as waited:
-                blob = await node.endpoint.call(peer, "view.get", None)
-                await self.offer(blob, source=f"node {peer}")
-            if waited.cancelled_caught:
-                raise TransportError(f"no answer in {PEER_TIMEOUT:.0f} s")
-        except (TransportError, RemoteError, HandlerError) as e:
-            node.stats["view_fetch_failed"] += 1
-            log.debug("node %s: no view from node %s: %s", node.id, peer, e)
-        finally:
-            self._busy.discard(peer)
-
-    async def _send(self, peer: NodeId, blob: bytes) -> None:
-        node = self._node
-        assert node is not None
-        self._busy.add(peer)
-        try:
-            with trio.move_on_after(PEER_TIMEOUT):
-                await node.endpoint.call(peer, "view.install", blob)
-        except (TransportError, RemoteError) as e:
-            log.debug("node %s: node %s did not take our view: %s", node.id, peer, e)
-        finally:
-            self._busy.discard(peer)
+    def _fetch_failed(self, peer: NodeId, e: BaseException) -> None:
+        if self._node is not None:
+            self._node.stats["view_fetch_failed"] += 1

@@ -35,6 +35,8 @@ from bftfs.layout.model import Layout
 from bftfs.layout.txn import Driver, Part, group_keys, vouch_for
 from bftfs.qu.client import QUClient
 from bftfs.qu.objects import MethodRefused
+from bftfs.qu.reply import Reply
+from bftfs.qu.request import Request
 
 #: Where the transaction clients' request numbers start above the wall clock in ns (the
 #: mount's clients start at the wall clock): never the same ``(client, seq)``.
@@ -73,6 +75,7 @@ class Crossing:
         self.rng = rng or random.Random()
         self.clock = clock
         self.sleep = sleep
+        self._vouches = [vouch_for(self.keys, g) for g in range(len(clients))]
         groups = [
             QUClient(
                 c.ep,
@@ -80,7 +83,7 @@ class Crossing:
                 client_id=c.client_id,
                 rng=random.Random(self.rng.getrandbits(64)),
                 seq_start=_SEQ_BASE + time.time_ns(),
-                vouch=vouch_for(self.keys, g),
+                vouch=self._vouch(g),
             )
             for g, c in enumerate(clients)
         ]
@@ -88,6 +91,23 @@ class Crossing:
         #: Transactions committed, and other transactions' intents met.
         self.committed = 0
         self.met = 0
+
+    def _vouch(self, group: int) -> Callable[[int, Request, Reply], bool]:
+        """Group ``group``'s reply check under the keys of the layout held when a reply
+        comes (:meth:`switch` changes them)."""
+
+        def vouch(node: int, req: Request, rep: Reply) -> bool:
+            return self._vouches[group](node, req, rep)
+
+        return vouch
+
+    def switch(self, layout: Layout) -> None:
+        """Run under ``layout`` (a newer version taken while mounted, ``layout/tracker.py``):
+        its nodes' keys check replies and certificates, its version goes in descriptors."""
+        self.layout = layout
+        self.keys = group_keys(layout)
+        self._vouches = [vouch_for(self.keys, g) for g in range(len(self._vouches))]
+        self.driver.keys = self.keys
 
     def record(self, group: int) -> Callable[[], int]:
         """Fresh record object ids on ``group`` (random, in its partitions)."""

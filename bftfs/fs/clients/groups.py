@@ -93,6 +93,18 @@ class GroupedQU:
         qus = [c for c in clients if isinstance(c, QUClient)]
         #: Cross-group renames and links (Q/U groups only; None: EXDEV for them too).
         self.crossing = Crossing(layout, qus) if crossing and len(qus) == len(clients) else None
+        #: Called with each layout :meth:`switch` takes (a test waits on it).
+        self.switched: list[Callable[[Layout], None]] = []
+
+    def switch(self, layout: Layout) -> None:
+        """Route by ``layout`` from now on (a newer version taken while mounted,
+        ``layout/tracker.py``; the partitions stay where they were, so routing changes
+        only with the mover), its keys checking the cross-group commit."""
+        self.layout = layout
+        if self.crossing is not None:
+            self.crossing.switch(layout)
+        for hook in self.switched:
+            hook(layout)
 
     def spans(self, objects: Objects) -> bool:
         """Whether ``objects`` live on several groups."""
@@ -263,6 +275,10 @@ class GroupedRW:
             raise ValueError(f"{len(clients)} clients for {len(layout.groups)} groups")
         self.layout = layout
         self.clients = list(clients)
+
+    def switch(self, layout: Layout) -> None:
+        """Route by ``layout`` from now on (:meth:`GroupedQU.switch`)."""
+        self.layout = layout
 
     def _for(self, block: int) -> BlockClient:
         return self.clients[self.layout.group_of_block(block)]
