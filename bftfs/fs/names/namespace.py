@@ -217,7 +217,14 @@ class Names:
     # Namespace: creating -------------------------------------------------------------------
 
     async def _make(self, parent: int, name: bytes, method: str, arg: dict[str, Any]) -> Attr:
-        """create/mkdir/mknod/symlink: a two-object update with a fresh random object id."""
+        """create/mkdir/mknod/symlink: a two-object update with a fresh random object id.
+
+        ``oid-exists`` (:class:`IdTaken`) is a clash of the drawn id, or this update's own
+        earlier send: a send refused by more than b nodes (a new directory's lease time
+        ``behind`` their clocks, ``Meta._with_fresh_lease_time``) that others applied is
+        completed by the next send's repair, which then finds the id taken.  The entry
+        naming the drawn id tells the two apart (:meth:`_made_before`): then it was made,
+        and is answered so; else another id is drawn."""
         check_name(name, self.name_max)
         for _ in range(MAX_ATTEMPTS):
             spread = name if method == "fs.mkdir" and INHERIT not in arg else None  # issue 66
@@ -226,7 +233,10 @@ class Names:
             try:
                 child, pst = await self.meta.update([parent, oid], method, a)
             except IdTaken:
-                continue
+                made = await self._made_before(parent, name, oid)
+                if made is None:
+                    continue  # a real clash: another id
+                child, pst = made
             except Forgotten:  # the id was used once and forgotten, or the directory was
                 await self.meta.query(parent, "fs.stat")  # (then this answers ESTALE)
                 continue
@@ -237,6 +247,21 @@ class Names:
             self.cache.learn(parent, name, oid, st.S_IFMT(child["mode"]) >> 12)
             return self.cache.attr(oid, child)
         raise FsError("could not draw a free object id")
+
+    async def _made_before(
+        self, parent: int, name: bytes, oid: int
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The new object's and the parent's attributes when entry ``name`` of ``parent``
+        names ``oid``: an earlier send of this update made it (ids are this mount's 63-bit
+        random draws, so no other update names one); None when it does not."""
+        arg = {"p": parent, "o": oid, "name": name}
+        try:
+            got = await self.meta.query([parent, oid], "fs.lookupstat", arg)
+        except NotFound:
+            return None
+        if got["e"][0] != oid or got["s"] is None:
+            return None
+        return got["s"], await self.meta.query(parent, "fs.stat")
 
     async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Attr:
         """A two-object update; the new directory comes leased to this mount exclusively,
