@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import shutil
 import sys
 import tempfile
 import threading
+import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -172,9 +175,72 @@ def run_target(
             out = _measured(site, mb.mountpoint, pid_b, work, args, progress)
             leases = contention._leases(pc, ma) + contention._leases(pc, mb)
             out["leases"] = {k: leases[k] for k in LEASE_KEYS}
+            out["split"] = [mount_split(pc.config, m.mountpoint) for m in (ma, mb)]
             return out
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+#: The Q/U client's counters a mount's split shows (``bftfs_mount_qu_<name>_total``).
+QU_COUNTERS = (
+    "rounds",
+    "refused",
+    "barriers",
+    "copies",
+    "backoffs",
+    "backoff_ms",
+    "inline_repairs",
+    "history_fetches",
+)
+#: The leases' counters a mount's split shows (its status file).
+LEASE_SPLIT = (
+    "recalled",
+    "recall_waits",
+    "recall_wait_ms",
+    "exclusive",
+    "refused",
+    "cooled",
+    "deferred",
+    "hits",
+)
+
+
+def mount_split(config: Any, mountpoint: Path) -> dict[str, Any]:
+    """Where one mount's time went over its life (a fresh mount per run: the pair is
+    nearly all of it): Q/U operations and their seconds by method, the Q/U client's
+    rounds, refusals, repairs and backoffs, the leases' recalls and their waits, and the
+    kernel requests' seconds by operation (the mount's metrics and status file)."""
+    st = costs._status(config, mountpoint, time.time(), None, 5.0)
+    samples: dict[str, float] = {}
+    if st.get("metrics"):
+        url = f"http://{st['metrics']}/metrics"
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5) as r:
+            samples = costs.parse_exposition(r.read().decode())
+
+    def labelled(family: str, label: str) -> dict[str, float]:
+        pre = family + "{" + label + '="'
+        return {
+            k[len(pre) : k.index('"', len(pre))]: v for k, v in samples.items() if k.startswith(pre)
+        }
+
+    ops = labelled("bftfs_mount_qu_operations_total", "method")
+    secs = labelled("bftfs_mount_qu_operation_seconds_total", "method")
+    fuse = labelled("bftfs_mount_request_duration_seconds_sum", "op")
+    fuse_n = labelled("bftfs_mount_request_duration_seconds_count", "op")
+    leases = st.get("leases") or {}
+    return {
+        "qu_operations": sum(ops.values()),
+        "qu_by_method": {
+            m: [int(n), round(secs.get(m, 0.0), 2)]
+            for m, n in sorted(ops.items(), key=lambda kv: -secs.get(kv[0], 0.0))[:8]
+        },
+        **{c: samples.get(f"bftfs_mount_qu_{c}_total", 0.0) for c in QU_COUNTERS},
+        "leases": {k: leases.get(k, 0) for k in LEASE_SPLIT},
+        "fuse_seconds": {
+            op: [int(fuse_n.get(op, 0)), round(v, 2)]
+            for op, v in sorted(fuse.items(), key=lambda kv: -kv[1])[:8]
+        },
+    }
 
 
 def summarise(runs: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
@@ -342,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
                     + (costs.brief(rec["costs"], "tx") if "costs" in rec else ""),
                     end="\n",
                 )
+                for i, sp in enumerate(rec.get("split", [])):
+                    progress(f"  mount {i}: {json.dumps(sp)}")
                 runs.append(rec)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -58,6 +58,8 @@ class ClientStatistics:
     barriers: int
     copies: int
     backoffs: int
+    #: Milliseconds those backoffs waited, in all.
+    backoff_ms: int
     inline_repairs: int
     history_fetches: int
     refused: int
