@@ -184,6 +184,7 @@ def run_target(
 #: The Q/U client's counters a mount's split shows (``bftfs_mount_qu_<name>_total``).
 QU_COUNTERS = (
     "rounds",
+    "behind",
     "refused",
     "barriers",
     "copies",

@@ -126,6 +126,26 @@ async def test_the_client_counts_what_its_backoffs_waited() -> None:
         assert s.backoff_ms == sum(round(1000 * d) for d in mine), (s, mine)
 
 
+async def test_two_writers_taking_turns_pay_one_round_behind_each_a_lone_writer_none() -> None:
+    """Two clients updating one object in turn (two mounts creating in one directory):
+    each update's first round finds the other's change and fails, counted ``behind``
+    (no barrier, copy or backoff), and the second lands; a lone writer needs one round."""
+    cl = MemCluster(seed=1)
+    a, b = make_client(cl, 0), make_client(cl, 1)
+    for _ in range(10):
+        await a.update(7, "counter.increment", 1)
+        await b.update(7, "counter.increment", 1)
+    sa, sb = a.statistics(), b.statistics()
+    assert (sa.operations, sa.rounds, sa.behind) == (10, 19, 9), sa
+    assert (sb.operations, sb.rounds, sb.behind) == (10, 20, 10), sb
+    assert (sa.barriers, sa.copies, sa.backoffs, sb.barriers, sb.copies, sb.backoffs) == (0,) * 6
+    for _ in range(10):
+        await a.update(7, "counter.increment", 1)
+    alone = a.statistics()
+    # The first finds b's last change; the nine after it, only its own.
+    assert (alone.rounds - sa.rounds, alone.behind - sa.behind) == (11, 1), alone
+
+
 async def test_multi_object_updates_in_opposite_orders_never_half_apply() -> None:
     cl = MemCluster(seed=5)
     rec = Recorder()
