@@ -244,6 +244,57 @@ def mount_split(config: Any, mountpoint: Path) -> dict[str, Any]:
     }
 
 
+#: The split table's columns: a name, and how one run's (both mounts') figure is made.
+SPLIT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("Q/U ops", "qu_operations"),
+    ("rounds", "rounds"),
+    ("behind", "behind"),
+    ("barriers + copies + inline", "barriers+copies+inline_repairs"),
+    ("history reads", "history_fetches"),
+    ("backoffs", "backoffs"),
+    ("backoff ms", "backoff_ms"),
+    ("recalls", "leases.recalled"),
+    ("recall wait ms", "leases.recall_wait_ms"),
+)
+
+
+def split_per_tx(run: dict[str, Any], transactions: int) -> dict[str, float] | None:
+    """One bftfs run's split (both mounts summed) per transaction of both PostMarks, by
+    ``SPLIT_COLUMNS``; None for a run without one (another target, a failed run)."""
+    mounts = run.get("split")
+    if not mounts or transactions <= 0:
+        return None
+
+    def value(m: dict[str, Any], key: str) -> float:
+        if key.startswith("leases."):
+            return float((m.get("leases") or {}).get(key.split(".", 1)[1], 0))
+        return float(sum(m.get(k, 0) for k in key.split("+")))
+
+    return {
+        name: sum(value(m, key) for m in mounts) / (2 * transactions) for name, key in SPLIT_COLUMNS
+    }
+
+
+def split_markdown(runs: list[dict[str, Any]], transactions: int) -> list[str]:
+    """Where each bftfs run's time went, per transaction (``split_per_tx``)."""
+    rows = [(r, got) for r in runs if (got := split_per_tx(r, transactions)) is not None]
+    if not rows:
+        return []
+    out = [
+        "",
+        "Per transaction of both PostMarks, both mounts summed (each mount's metrics and "
+        "status file; `behind`: rounds sent again at once because the client's histories "
+        "were out of date, another mount having changed the object since):",
+        "",
+        "| run | " + " | ".join(name for name, _ in SPLIT_COLUMNS) + " |",
+        "|---|" + "---:|" * len(SPLIT_COLUMNS),
+    ]
+    for r, got in rows:
+        cells = " | ".join(f"{got[name]:.2f}" for name, _ in SPLIT_COLUMNS)
+        out.append(f"| {r['target']} r{r.get('rep', 0)} | {cells} |")
+    return out
+
+
 def summarise(runs: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in names:
@@ -341,6 +392,7 @@ def markdown(result: dict[str, Any]) -> str:
     figure = {n: v["tps_median"] for n, v in s.items()}
     twins = variants.ratios(result.get("twins", {}), figure)
     lines += costs.cost_table(rows, "tx/s both", "tx", twins)
+    lines += split_markdown(result["runs"], cfg["transactions"])
     lines += common.machine_markdown(result)
     return "\n".join(lines) + "\n"
 
