@@ -259,10 +259,12 @@ SPLIT_COLUMNS: tuple[tuple[str, str], ...] = (
 
 
 def split_per_tx(run: dict[str, Any], transactions: int) -> dict[str, float] | None:
-    """One bftfs run's split (both mounts summed) per transaction of both PostMarks, by
-    ``SPLIT_COLUMNS``; None for a run without one (another target, a failed run)."""
+    """One bftfs run's split (both mounts summed) per transaction both PostMarks did
+    (:func:`transactions_done`), by ``SPLIT_COLUMNS``; None for a run without one
+    (another target, a failed run)."""
     mounts = run.get("split")
-    if not mounts or transactions <= 0:
+    done = transactions_done(run, transactions)
+    if not mounts or done <= 0:
         return None
 
     def value(m: dict[str, Any], key: str) -> float:
@@ -270,9 +272,17 @@ def split_per_tx(run: dict[str, Any], transactions: int) -> dict[str, float] | N
             return float((m.get("leases") or {}).get(key.split(".", 1)[1], 0))
         return float(sum(m.get(k, 0) for k in key.split("+")))
 
-    return {
-        name: sum(value(m, key) for m in mounts) / (2 * transactions) for name, key in SPLIT_COLUMNS
-    }
+    return {name: sum(value(m, key) for m in mounts) / done for name, key in SPLIT_COLUMNS}
+
+
+def transactions_done(run: dict[str, Any], transactions: int) -> float:
+    """Transactions both PostMarks did: all of them, but the tenths a process stopped at
+    the time cap after (its ``partial``: "k/10 of the transactions ...")."""
+    done = 0.0
+    for p in run.get("procs") or [{}, {}]:
+        got = re.match(r"(\d+)/10 ", str(p.get("partial") or ""))
+        done += transactions * (int(got.group(1)) / 10 if got else 1)
+    return done
 
 
 def split_markdown(runs: list[dict[str, Any]], transactions: int) -> list[str]:

@@ -73,6 +73,10 @@ def test_two_postmarks_splits_each_bftfs_run_per_transaction() -> None:
     assert (got["rounds"], got["behind"], got["barriers + copies + inline"]) == (4.0, 0.4, 0.2)
     assert (got["recalls"], got["recall wait ms"]) == (0.02, 10.0)
     assert two_postmarks.split_per_tx({"target": "glusterfs"}, 100) is None
+    capped = {**run, "procs": [{}, {"partial": "6/10 of the transactions before the cap"}]}
+    assert two_postmarks.transactions_done(capped, 100) == 160
+    got = two_postmarks.split_per_tx(capped, 100)
+    assert got is not None and got["rounds"] == 5.0
     table = two_postmarks.split_markdown([run, {"target": "glusterfs"}], 100)
     assert [ln for ln in table if ln.startswith("| bftfs-lease r0 | 3.00 | 4.00 | 0.40 |")]
 
