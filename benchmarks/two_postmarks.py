@@ -185,6 +185,7 @@ def run_target(
 QU_COUNTERS = (
     "rounds",
     "behind",
+    "behind_queries",
     "refused",
     "barriers",
     "copies",
@@ -249,6 +250,7 @@ SPLIT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("Q/U ops", "qu_operations"),
     ("rounds", "rounds"),
     ("behind", "behind"),
+    ("of queries", "behind_queries"),
     ("barriers + copies + inline", "barriers+copies+inline_repairs"),
     ("history reads", "history_fetches"),
     ("backoffs", "backoffs"),

@@ -139,6 +139,7 @@ async def test_two_writers_taking_turns_pay_one_round_behind_each_a_lone_writer_
     assert (sa.operations, sa.rounds, sa.behind) == (10, 19, 9), sa
     assert (sb.operations, sb.rounds, sb.behind) == (10, 20, 10), sb
     assert (sa.barriers, sa.copies, sa.backoffs, sb.barriers, sb.copies, sb.backoffs) == (0,) * 6
+    assert (sa.behind_queries, sb.behind_queries) == (0, 0)  # all of them updates
     for _ in range(10):
         await a.update(7, "counter.increment", 1)
     alone = a.statistics()
