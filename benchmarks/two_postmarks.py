@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import shutil
 import sys
 import tempfile
 import threading
+import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -172,9 +175,136 @@ def run_target(
             out = _measured(site, mb.mountpoint, pid_b, work, args, progress)
             leases = contention._leases(pc, ma) + contention._leases(pc, mb)
             out["leases"] = {k: leases[k] for k in LEASE_KEYS}
+            out["split"] = [mount_split(pc.config, m.mountpoint) for m in (ma, mb)]
             return out
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+#: The Q/U client's counters a mount's split shows (``bftfs_mount_qu_<name>_total``).
+QU_COUNTERS = (
+    "rounds",
+    "behind",
+    "behind_queries",
+    "refused",
+    "barriers",
+    "copies",
+    "backoffs",
+    "backoff_ms",
+    "inline_repairs",
+    "history_fetches",
+)
+#: The leases' counters a mount's split shows (its status file).
+LEASE_SPLIT = (
+    "recalled",
+    "recall_waits",
+    "recall_wait_ms",
+    "exclusive",
+    "refused",
+    "cooled",
+    "deferred",
+    "hits",
+)
+
+
+def mount_split(config: Any, mountpoint: Path) -> dict[str, Any]:
+    """Where one mount's time went over its life (a fresh mount per run: the pair is
+    nearly all of it): Q/U operations and their seconds by method, the Q/U client's
+    rounds, refusals, repairs and backoffs, the leases' recalls and their waits, and the
+    kernel requests' seconds by operation (the mount's metrics and status file)."""
+    st = costs._status(config, mountpoint, time.time(), None, 5.0)
+    samples: dict[str, float] = {}
+    if st.get("metrics"):
+        url = f"http://{st['metrics']}/metrics"
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5) as r:
+            samples = costs.parse_exposition(r.read().decode())
+
+    def labelled(family: str, label: str) -> dict[str, float]:
+        pre = family + "{" + label + '="'
+        return {
+            k[len(pre) : k.index('"', len(pre))]: v for k, v in samples.items() if k.startswith(pre)
+        }
+
+    ops = labelled("bftfs_mount_qu_operations_total", "method")
+    secs = labelled("bftfs_mount_qu_operation_seconds_total", "method")
+    fuse = labelled("bftfs_mount_request_duration_seconds_sum", "op")
+    fuse_n = labelled("bftfs_mount_request_duration_seconds_count", "op")
+    leases = st.get("leases") or {}
+    return {
+        "qu_operations": sum(ops.values()),
+        "qu_by_method": {
+            m: [int(n), round(secs.get(m, 0.0), 2)]
+            for m, n in sorted(ops.items(), key=lambda kv: -secs.get(kv[0], 0.0))[:8]
+        },
+        **{c: samples.get(f"bftfs_mount_qu_{c}_total", 0.0) for c in QU_COUNTERS},
+        "leases": {k: leases.get(k, 0) for k in LEASE_SPLIT},
+        "fuse_seconds": {
+            op: [int(fuse_n.get(op, 0)), round(v, 2)]
+            for op, v in sorted(fuse.items(), key=lambda kv: -kv[1])[:8]
+        },
+    }
+
+
+#: The split table's columns: a name, and how one run's (both mounts') figure is made.
+SPLIT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("Q/U ops", "qu_operations"),
+    ("rounds", "rounds"),
+    ("behind", "behind"),
+    ("of queries", "behind_queries"),
+    ("barriers + copies + inline", "barriers+copies+inline_repairs"),
+    ("history reads", "history_fetches"),
+    ("backoffs", "backoffs"),
+    ("backoff ms", "backoff_ms"),
+    ("recalls", "leases.recalled"),
+    ("recall wait ms", "leases.recall_wait_ms"),
+)
+
+
+def split_per_tx(run: dict[str, Any], transactions: int) -> dict[str, float] | None:
+    """One bftfs run's split (both mounts summed) per transaction both PostMarks did
+    (:func:`transactions_done`), by ``SPLIT_COLUMNS``; None for a run without one
+    (another target, a failed run)."""
+    mounts = run.get("split")
+    done = transactions_done(run, transactions)
+    if not mounts or done <= 0:
+        return None
+
+    def value(m: dict[str, Any], key: str) -> float:
+        if key.startswith("leases."):
+            return float((m.get("leases") or {}).get(key.split(".", 1)[1], 0))
+        return float(sum(m.get(k, 0) for k in key.split("+")))
+
+    return {name: sum(value(m, key) for m in mounts) / done for name, key in SPLIT_COLUMNS}
+
+
+def transactions_done(run: dict[str, Any], transactions: int) -> float:
+    """Transactions both PostMarks did: all of them, but the tenths a process stopped at
+    the time cap after (its ``partial``: "k/10 of the transactions ...")."""
+    done = 0.0
+    for p in run.get("procs") or [{}, {}]:
+        got = re.match(r"(\d+)/10 ", str(p.get("partial") or ""))
+        done += transactions * (int(got.group(1)) / 10 if got else 1)
+    return done
+
+
+def split_markdown(runs: list[dict[str, Any]], transactions: int) -> list[str]:
+    """Where each bftfs run's time went, per transaction (``split_per_tx``)."""
+    rows = [(r, got) for r in runs if (got := split_per_tx(r, transactions)) is not None]
+    if not rows:
+        return []
+    out = [
+        "",
+        "Per transaction of both PostMarks, both mounts summed (each mount's metrics and "
+        "status file; `behind`: rounds sent again at once because the client's histories "
+        "were out of date, another mount having changed the object since):",
+        "",
+        "| run | " + " | ".join(name for name, _ in SPLIT_COLUMNS) + " |",
+        "|---|" + "---:|" * len(SPLIT_COLUMNS),
+    ]
+    for r, got in rows:
+        cells = " | ".join(f"{got[name]:.2f}" for name, _ in SPLIT_COLUMNS)
+        out.append(f"| {r['target']} r{r.get('rep', 0)} | {cells} |")
+    return out
 
 
 def summarise(runs: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
@@ -274,6 +404,7 @@ def markdown(result: dict[str, Any]) -> str:
     figure = {n: v["tps_median"] for n, v in s.items()}
     twins = variants.ratios(result.get("twins", {}), figure)
     lines += costs.cost_table(rows, "tx/s both", "tx", twins)
+    lines += split_markdown(result["runs"], cfg["transactions"])
     lines += common.machine_markdown(result)
     return "\n".join(lines) + "\n"
 
@@ -342,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
                     + (costs.brief(rec["costs"], "tx") if "costs" in rec else ""),
                     end="\n",
                 )
+                for i, sp in enumerate(rec.get("split", [])):
+                    progress(f"  mount {i}: {json.dumps(sp)}")
                 runs.append(rec)
     finally:
         shutil.rmtree(work, ignore_errors=True)

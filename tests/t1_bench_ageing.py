@@ -54,6 +54,33 @@ def test_two_postmarks_takes_the_variant_flags() -> None:
     assert (args.aged, args.load, args.targets) == (True, "cpu", ["local", "bftfs-lease"])
 
 
+def test_two_postmarks_splits_each_bftfs_run_per_transaction() -> None:
+    mount = {
+        "qu_operations": 300.0,
+        "rounds": 400.0,
+        "behind": 40.0,
+        "barriers": 10.0,
+        "copies": 6.0,
+        "inline_repairs": 4.0,
+        "history_fetches": 8.0,
+        "backoffs": 16.0,
+        "backoff_ms": 80.0,
+        "leases": {"recalled": 2, "recall_wait_ms": 1000},
+    }
+    run = {"target": "bftfs-lease", "rep": 0, "split": [mount, mount]}
+    got = two_postmarks.split_per_tx(run, 100)  # 200 transactions of both
+    assert got is not None
+    assert (got["rounds"], got["behind"], got["barriers + copies + inline"]) == (4.0, 0.4, 0.2)
+    assert (got["recalls"], got["recall wait ms"]) == (0.02, 10.0)
+    assert two_postmarks.split_per_tx({"target": "glusterfs"}, 100) is None
+    capped = {**run, "procs": [{}, {"partial": "6/10 of the transactions before the cap"}]}
+    assert two_postmarks.transactions_done(capped, 100) == 160
+    got = two_postmarks.split_per_tx(capped, 100)
+    assert got is not None and got["rounds"] == 5.0
+    table = two_postmarks.split_markdown([run, {"target": "glusterfs"}], 100)
+    assert [ln for ln in table if ln.startswith("| bftfs-lease r0 | 3.00 | 4.00 | 0.40 |")]
+
+
 def test_ageing_arguments_and_refusals() -> None:
     args = ageing.parse_args([])
     assert (args.minutes, args.files, args.transactions) == (60.0, 1000, 4000)

@@ -91,6 +91,62 @@ async def test_concurrent_increments_count_exactly(seed: int) -> None:
     assert check_serializable(rec.ops)
 
 
+async def test_the_client_counts_what_its_backoffs_waited() -> None:
+    """``backoff_ms`` (the split of two PostMarks in one directory, issue 62) is the sum
+    of the waits the client asked for between repairs, and contention made some."""
+    cl = MemCluster(seed=1)
+    waited: list[list[float]] = [[] for _ in range(4)]
+
+    def client(k: int) -> QUClient:
+        async def counted(d: float) -> None:
+            waited[k].append(d)
+            await trio.lowlevel.checkpoint()
+
+        return QUClient(
+            cl.endpoint(k),
+            cl.th,
+            client_id=int(client_id(k)),
+            rng=random.Random(k),
+            seq_start=1000 * (k + 1),
+            sleep=counted,
+        )
+
+    clients = [client(k) for k in range(4)]
+
+    async def work(c: QUClient) -> None:
+        for _ in range(6):
+            await c.update(7, "counter.increment", 1)
+
+    async with trio.open_nursery() as n:
+        for c in clients:
+            n.start_soon(work, c)
+    stats = [c.statistics() for c in clients]
+    assert sum(s.backoffs for s in stats) > 0
+    for s, mine in zip(stats, waited, strict=True):
+        assert s.backoff_ms == sum(round(1000 * d) for d in mine), (s, mine)
+
+
+async def test_two_writers_taking_turns_pay_one_round_behind_each_a_lone_writer_none() -> None:
+    """Two clients updating one object in turn (two mounts creating in one directory):
+    each update's first round finds the other's change and fails, counted ``behind``
+    (no barrier, copy or backoff), and the second lands; a lone writer needs one round."""
+    cl = MemCluster(seed=1)
+    a, b = make_client(cl, 0), make_client(cl, 1)
+    for _ in range(10):
+        await a.update(7, "counter.increment", 1)
+        await b.update(7, "counter.increment", 1)
+    sa, sb = a.statistics(), b.statistics()
+    assert (sa.operations, sa.rounds, sa.behind) == (10, 19, 9), sa
+    assert (sb.operations, sb.rounds, sb.behind) == (10, 20, 10), sb
+    assert (sa.barriers, sa.copies, sa.backoffs, sb.barriers, sb.copies, sb.backoffs) == (0,) * 6
+    assert (sa.behind_queries, sb.behind_queries) == (0, 0)  # all of them updates
+    for _ in range(10):
+        await a.update(7, "counter.increment", 1)
+    alone = a.statistics()
+    # The first finds b's last change; the nine after it, only its own.
+    assert (alone.rounds - sa.rounds, alone.behind - sa.behind) == (11, 1), alone
+
+
 async def test_multi_object_updates_in_opposite_orders_never_half_apply() -> None:
     cl = MemCluster(seed=5)
     rec = Recorder()

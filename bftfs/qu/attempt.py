@@ -123,8 +123,9 @@ class Attempt:
             self.repairs //= 2
         self.mark = mark
 
-    async def back_off(self) -> None:
-        """Wait the next random exponential backoff of this operation (contention).  The
+    async def back_off(self) -> float:
+        """Wait the next random exponential backoff of this operation (contention); the
+        seconds waited.  The
         wait is this client's choice, not the cluster's silence: it does not use up the
         operation's patience (``bftfs.outcome``), which ran out in long contended repairs
         and made the next rounds short, and the operation EIO, with every node answering
@@ -134,6 +135,7 @@ class Attempt:
         start = trio.current_time()
         await self.sleep(delay)
         paused(trio.current_time() - start)
+        return delay
 
     async def after_unsyncable(
         self, objects: tuple[int, ...], replies: Mapping[int, Reply]

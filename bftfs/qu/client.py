@@ -58,6 +58,14 @@ class ClientStatistics:
     barriers: int
     copies: int
     backoffs: int
+    #: Rounds that failed only because this client's histories of the objects were out
+    #: of date (another client changed them since): asked again at once, no repair
+    #: between.  Two writers taking turns on one object pay one each (issue 62).
+    behind: int
+    #: Of those, the rounds of queries (asked again while others' updates progress).
+    behind_queries: int
+    #: Milliseconds those backoffs waited, in all.
+    backoff_ms: int
     inline_repairs: int
     history_fetches: int
     refused: int
@@ -126,7 +134,7 @@ class QUClient:
         self._links = LinkProofs(self._rounds)
         #: Repair between rounds (``repair.py``).
         self._repairer = Repairer(th, client_id, self._cache, self._rounds, self._links)
-        self._n = dict.fromkeys(("operations", "refused"), 0)
+        self._n = dict.fromkeys(("operations", "refused", "behind", "behind_queries"), 0)
 
     def statistics(self) -> ClientStatistics:
         """Counters since creation."""
@@ -300,9 +308,15 @@ class QUClient:
                 # Updates are progressing: a query never repairs what is still moving, it
                 # asks again (L2588-2597: a single writer's readers need no barriers).
                 st.seen_latest = latest
+                self._n["behind"] += 1
+                self._n["behind_queries"] += 1
                 continue
             st.seen_latest = latest
+            before = (self._rounds.rounds, self._repairer.counts["split_repairs"])
             context = await self._repairer.repair_or_split(objects, context, fresh, op, st)
+            if (self._rounds.rounds, self._repairer.counts["split_repairs"]) == before:
+                self._n["behind"] += 1  # nothing to repair: the OHS was behind
+                self._n["behind_queries"] += op.query
 
     def _check_refusals(self, objects: tuple[int, ...]) -> None:
         """After a short round: more than b refusals for space (one correct server's at

@@ -51,8 +51,13 @@ class Repairer:
         self._links = links
         #: What repair did, in ``QUClient.statistics``.
         self.counts = dict.fromkeys(
-            ("barriers", "copies", "backoffs", "inline_repairs", "split_repairs"), 0
+            ("barriers", "copies", "backoffs", "backoff_ms", "inline_repairs", "split_repairs"), 0
         )
+
+    async def _back_off(self, st: Attempt) -> None:
+        """``st``'s next backoff, its wait counted (``backoff_ms``: what contention cost
+        this client in waiting, beside the rounds it cost)."""
+        self.counts["backoff_ms"] += round(1000 * await st.back_off())
 
     # What the client presents --------------------------------------------------------------
 
@@ -128,7 +133,7 @@ class Repairer:
                 # them would name two batches (13).  Ask again after a back-off: the
                 # others' answers show them complete (found under load by
                 # t4_node_failures, a lookup EIO right after a directory's write-back).
-                await st.back_off()
+                await self._back_off(st)
                 return set()
             for oid in objects:
                 try:
@@ -136,7 +141,7 @@ class Repairer:
                 except TooManyObjects:
                     # Even one object's deduction spans too many (see ``repair``): ask
                     # again after a back-off, as for one object above; bounded likewise.
-                    await st.back_off()
+                    await self._back_off(st)
                     return set()
             return set()
         return context
@@ -222,7 +227,7 @@ class Repairer:
         st.short += 1
         if st.short >= MAX_SHORT_ROUNDS:
             raise QUUnavailable(f"objects {objects}: no server proves a link")
-        await st.back_off()
+        await self._back_off(st)
 
     async def _barrier_or_copy(
         self,
@@ -240,7 +245,7 @@ class Repairer:
         """
         self.counts["backoffs"] += 1
         st.progressed(core.progress_mark(view))
-        await st.back_off()
+        await self._back_off(st)
         typ = typ or OpType.BARRIER
         self.counts["barriers" if typ is OpType.BARRIER else "copies"] += 1
         links = self._links.links_for(view)
