@@ -93,6 +93,9 @@ class Taker:
         self._solo: set[int] = set()
         #: Directories whose files' exclusive leases were asked again (trio time).
         self._reclaimed: dict[int, float] = {}
+        #: Files whose exclusive lease a removal asked back -> until when (trio time) it
+        #: is not turned into a session-bound one again (:meth:`to_session`).
+        self._kept_exclusive: dict[int, float] = {}
 
     def used(
         self, oids: Sequence[int], leased: Sequence[Lease | None], answer: Any, now: float
@@ -142,6 +145,8 @@ class Taker:
             h = self._holdings.live(oid, now)
             if h is None or h.kind != EXCLUSIVE or oid in self._holdings.converting:
                 continue
+            if self._kept_exclusive.get(oid, float("-inf")) > now:
+                continue  # a removal in its directory asked it back: renewed as it is
             self._holdings.converting.add(oid)  # exclusive no more: nothing new held back
             if self.ask(oid, now, SHARED):
                 asked += 1
@@ -189,18 +194,26 @@ class Taker:
     def reclaim_exclusive(self, parent: int) -> None:
         """``Leases.reclaim_exclusive``: ask again for the exclusive leases of the files
         made in ``parent`` whose exclusive lease went to the session, at most once per
-        third of a term per directory."""
+        third of a term per directory.  Each asked is left exclusive for a term
+        (:meth:`to_session` passes it by, so the held files' sweep renews it as
+        exclusive): turned into a session-bound lease again at the next sweep, the
+        directory's next removal found it so, could not wait, and asked them all back
+        once more, for as long as ``rm -rf`` ran (issue 62: 2 284 ``fs.lease`` updates,
+        1 608 refused, in the removal of 3 000 files, and every removal synchronous)."""
         now = trio.current_time()
         if now < self._reclaimed.get(parent, float("-inf")) + self._holdings.term / 3:
             return
         if len(self._reclaimed) >= MAX_ANSWERS:
             self._reclaimed.clear()
         self._reclaimed[parent] = now
+        if len(self._kept_exclusive) >= MAX_ANSWERS * 16:  # a bound: drop those over
+            self._kept_exclusive = {o: t for o, t in self._kept_exclusive.items() if t > now}
         held = self._holdings.held
         for oid in list(self._holdings.children.get(parent, ())):
             h = held.get(oid)
             if h is not None and h.kept and h.kind == SHARED:  # (a held file: no listing)
                 self._files.add(oid)
+                self._kept_exclusive[oid] = now + self._holdings.term
                 self.ask(oid, now, EXCLUSIVE)
 
     async def take_exclusive(self, oid: int) -> None:
