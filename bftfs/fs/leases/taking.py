@@ -154,13 +154,18 @@ class Taker:
         return asked
 
     def _worked_in(self, parent: int | None, now: float) -> bool:
-        """Whether this mount deferred a create or removal in directory ``parent`` within
-        the last term (:meth:`want_exclusive`).  Its files then stay exclusive: turned
-        into shared ones at a sweep (every third of a term), each was asked back as
-        exclusive by the next removal there (:meth:`reclaim_exclusive`, that removal sent
-        at once), two grants a sweep where a renewal costs one (PostMark past ten
-        seconds under ``reject-everything``: 215 conversions and 215 grants back in 18 s)."""
-        at = None if parent is None else self._worked.get(parent)
+        """Whether directory ``parent`` is one this mount removes files from (a removal
+        there found a file turned into a shared lease and asked its files back,
+        :meth:`reclaim_exclusive`) and still works in (deferred a create or removal there
+        within the last term, :meth:`want_exclusive`).  Its files then stay exclusive:
+        turned into shared ones at every sweep (a third of a term), each was asked back
+        by the next removal there (that removal sent at once), two grants a sweep where a
+        renewal costs one (PostMark past ten seconds under ``reject-everything``: 215
+        conversions and 215 grants back in 18 s).  A tree only read after it was made
+        (no removal) still goes to the session (``tests/t4_busy_leases.py``)."""
+        if parent is None or parent not in self._reclaimed:
+            return False
+        at = self._worked.get(parent)
         return at is not None and now - at < self._holdings.term
 
     def renew_if_due(self, oids: Sequence[int], now: float) -> None:
