@@ -46,6 +46,11 @@ def replace_in_groups(
         )
         kept = " (the one an interrupted run made)" if done.reused_key else ""
         print(f"  its data directory: {spec.data_dir} (empty; its key{kept} in private/key)")
+    # The old machine stops before any node takes the layout: once its peers take it they
+    # re-authenticate their histories under the new machine's key, which the old one
+    # cannot check, so its answers to clients not yet told would only mislead them.
+    if not done.again and local.stop_node(done.before, node):
+        print(f"  stopped node {node}'s old process here")
     unreached: list[int] = []
     if args.offline:
         print(f"  not pushed (--offline): the nodes learn layout {version} from mounts")
@@ -64,8 +69,6 @@ def replace_in_groups(
         unreached = sorted({g.id for g in done.layout.groups} - reached)
         if not unreached:
             print(f"  layout {version} taken by nodes {pushed.acked}")
-    if not done.again and local.stop_node(done.before, node):
-        print(f"  stopped node {node}'s old process here")
     try:
         pending.remove(done.config)  # the replacement is complete
     except OSError as e:
