@@ -342,14 +342,27 @@ def remove_cluster(home: Path) -> list[int]:
     """Stop the nodes of the cluster in ``home`` and delete its configuration, keys and
     data (``bftfs init --force``: new keys must not meet old databases); the nodes that
     were running.  Mounts are the caller's to unmount first."""
+    from bftfs.layout import pending
+
     cfg = load_cluster(home)
     stopped = stop_nodes(cfg)
-    for spec in cfg.nodes:
-        shutil.rmtree(spec.data_dir, ignore_errors=True)
+    try:  # a replacement cut short: both its machines' directories go too
+        cut = pending.read(cfg)
+    except ConfigError:
+        cut = None
+    if cut is not None:
+        before = pending.with_machine(cfg, cut.node, cut.old)
+        stopped += [cut.node] if stop_node(before, cut.node) else []
+    dirs = [s.data_dir for s in cfg.nodes] + (
+        [] if cut is None else [cut.old.data_dir, cut.new.data_dir]
+    )
+    for data_dir in dirs:
+        shutil.rmtree(data_dir, ignore_errors=True)
     for name in ("clients", "mounts", "volume", "admin", "bundles"):
         shutil.rmtree(cfg.home / name, ignore_errors=True)
     cfg.view_path.unlink(missing_ok=True)
     (cfg.home / "layout.signed").unlink(missing_ok=True)  # layout/groups.LAYOUT_FILE
+    pending.pending_path(cfg).unlink(missing_ok=True)
     config_path(cfg.home).unlink(missing_ok=True)
     return stopped
 

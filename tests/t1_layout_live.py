@@ -223,9 +223,14 @@ def test_a_new_machine_keeps_the_nodes_id_and_place_and_is_written_then_signed(
     assert spec.public_key == new.public_key and spec.data_dir.name == f"node{node}.l2"
     assert Identity.load(NodeId(node), spec.key_path).public == new.public_key
     assert (done.group, done.index) == (0, 1)
+    again = layout_admin.replace_node(  # the same command again finishes, no layout 3
+        done.config, cfg.home / "cluster.toml", node, ("127.0.0.1", 22199), None
+    )
+    assert again.layout == v2 and again.config.node(NodeId(node)) == spec
+    other = next(s for s in cfg.nodes if s.id != node)
     with pytest.raises(LayoutError, match="address in cluster.toml"):
         layout_admin.replace_node(
-            done.config, cfg.home / "cluster.toml", node, ("127.0.0.1", 22199), None
+            done.config, cfg.home / "cluster.toml", node, (other.host, other.port), None
         )
     with pytest.raises(LayoutError, match="in no group"):
         new_machine(v2, 99, "127.0.0.1", 1, bytes(32))

@@ -35,6 +35,8 @@ from bftfs.membership.viewkeys import replace_durably
 
 #: The held layout, beside ``cluster.toml``.
 LAYOUT_FILE = "layout.signed"
+#: A ``bftfs node replace`` under way or interrupted, beside it (``layout/pending.py``).
+PENDING_FILE = "layout.replacing"
 
 
 def layout_path(cfg: ClusterConfig) -> Path:
@@ -51,14 +53,15 @@ def _admin(cfg: ClusterConfig) -> bytes:
     return cfg.admin_key
 
 
-def load_layout(cfg: ClusterConfig) -> Layout | None:
-    """The layout the cluster of ``cfg`` holds, or None (a cluster of one group, as every
-    cluster made before layouts).
+def read_layout(cfg: ClusterConfig) -> tuple[Layout, bytes] | None:
+    """The layout the cluster of ``cfg`` holds and its signed bytes, checked as the
+    administrator's but not against ``cluster.toml``'s nodes (:func:`load_layout` does);
+    None without one.  For what must read a layout ``cluster.toml`` does not match yet:
+    counting the groups, completing an interrupted replacement (``layout/pending.py``).
 
     Raises:
         LayoutError: the file is there but unreadable, not signed by the administrator,
-            malformed, or names nodes otherwise than ``cluster.toml`` (never ignored: a
-            node must not run as one group of a cluster of several).
+            or malformed.
     """
     path = layout_path(cfg)
     try:
@@ -68,11 +71,25 @@ def load_layout(cfg: ClusterConfig) -> Layout | None:
     except OSError as e:
         raise LayoutError(f"cannot read {path}: {e.strerror}") from None
     try:
-        layout = codec.decode(blob, _admin(cfg))
+        return codec.decode(blob, _admin(cfg)), blob
     except LayoutError as e:
         raise LayoutError(f"{path}: {e}") from None
-    check_nodes(cfg, layout)
-    return layout
+
+
+def load_layout(cfg: ClusterConfig) -> Layout | None:
+    """The layout the cluster of ``cfg`` holds, or None (a cluster of one group, as every
+    cluster made before layouts).
+
+    Raises:
+        LayoutError: the file is there but unreadable, not signed by the administrator,
+            malformed, or names nodes otherwise than ``cluster.toml`` (never ignored: a
+            node must not run as one group of a cluster of several).
+    """
+    got = read_layout(cfg)
+    if got is None:
+        return None
+    check_nodes(cfg, got[0])
+    return got[0]
 
 
 def store_layout(cfg: ClusterConfig, blob: bytes) -> Layout:
@@ -120,7 +137,26 @@ def check_nodes(cfg: ClusterConfig, layout: Layout) -> None:
         if spec.public_key != n.public_key:
             raise LayoutError(
                 f"layout {layout.version} gives node {n.id} another key than cluster.toml"
+                + _interrupted(cfg, layout, n.id)
             )
+
+
+def _interrupted(cfg: ClusterConfig, layout: Layout, node: int) -> str:
+    """What completes the replacement a key mismatch most likely is: one interrupted
+    between the layout and ``cluster.toml`` (docs/layout.md, "A crash during the
+    replacement")."""
+    if (cfg.home / PENDING_FILE).exists():
+        return (
+            f": an interrupted `bftfs node replace {node}` ({cfg.home / PENDING_FILE}); "
+            "any bftfs command reading the cluster completes it, e.g. `bftfs status`"
+        )
+    n = layout.node(node)
+    address = f"[{n.host}]:{n.port}" if ":" in n.host else f"{n.host}:{n.port}"
+    return (
+        f" (it names node {node} at {address}): if a `bftfs node replace {node}` was "
+        f"interrupted, `bftfs node replace {node} --address {address}` completes it (with "
+        "the `--data-dir` it was given, if any)"
+    )
 
 
 def group_config(cfg: ClusterConfig, layout: Layout, g: int) -> ClusterConfig:
@@ -214,9 +250,11 @@ def place_node(cfg: ClusterConfig, node_id: int, data_dir: Path | None = None) -
 
 
 def groups_of(cfg: ClusterConfig) -> int:
-    """How many groups the held layout has (1 without a layout)."""
-    layout = load_layout(cfg)
-    return 1 if layout is None else len(layout.groups)
+    """How many groups the held layout has (1 without a layout).  Not checked against
+    ``cluster.toml``'s nodes: ``bftfs node replace`` must reach the layout's side to
+    complete an interrupted replacement."""
+    got = read_layout(cfg)
+    return 1 if got is None else len(got[0].groups)
 
 
 def refuse_with_groups(cfg: ClusterConfig, what: str) -> None:
