@@ -14,6 +14,14 @@ dropped as an ended lease is, the kernel's cache of it with it).  A renewal whos
 time lay past the session's end on this mount's count starts a new generation on the
 nodes and here: every lease of the older one is let go.
 
+A session lives in one generation of nodes (docs/membership.md, "Generations"): when the
+mount switches to a new generation (:meth:`Sessions.restart`), the leases bound to the old
+one's sessions are let go (the freeze recalls them; ``fs.movein`` strips them from the
+objects it moves) and every slot starts again, at the new generation's ``n``: the first
+renewal there makes the session afresh (its generation numbers are the new nodes', which
+must not be taken for the old ones').  During the move the routers leave the old sessions
+where they are and run the renewal on the new generation.
+
 Nodes of an older release do not know the ``session`` type: a first renewal refused
 ``no-such-method`` turns sessions off and the mount takes per-object leases as before.
 
@@ -38,6 +46,9 @@ from bftfs.fsobjects.sessions import DONE, MAX_RECALLS, MOUNT, SLOT, session_oid
 from bftfs.qu.timestamp import MAX_OBJECTS
 
 log = logging.getLogger(__name__)
+
+#: Seconds between a failed renewal and the next (half a term is left when one is due).
+RETRY_PAUSE = 1.0
 
 
 @dataclass
@@ -92,6 +103,17 @@ class Sessions:
         #: Called before a slot is renewed: its leases unused for a term are let go.
         self.sweep: Callable[[int], None] = lambda slot: None
         self._renewing = False
+
+    def restart(self, n: int) -> None:
+        """The mount switched to a new generation of ``n`` nodes (module docstring): every
+        slot's leases are let go and its session forgotten, so the next grant renews
+        first, in the new generation."""
+        for slot, s in list(self.slots.items()):
+            if s.gen:
+                self._stats["session_restarted"] += 1
+                self.ended(slot)
+        self.slots.clear()
+        self._n = n
 
     def slot_of(self, oid: int) -> int:
         """The slot whose session meets ``oid``'s quorum."""
@@ -156,6 +178,11 @@ class Sessions:
                     async with trio.open_nursery() as nursery:
                         for k in due:
                             nursery.start_soon(self.renew, k)
+                    if any(k in self.slots and self._due(self.slots[k], now) for k in due):
+                        # A renewal failed (the cluster unavailable, or changing): ask
+                        # again after a pause, not at once - a failing renewal came back
+                        # within milliseconds and was sent again 300 times in 5 s.
+                        await trio.sleep(RETRY_PAUSE)
                     continue
                 first = min(self.slots[k].until for k in active) - self._usable() / 2
                 await trio.sleep_until(max(first, now + 0.05))
