@@ -23,10 +23,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
+from trio.testing import MockClock
 
+from bftfs.fs.clients.switch import SWITCH_WAIT, Switch
 from bftfs.fs.filesystem import open_file_system
-from bftfs.fs.generations import GenerationalQU
+from bftfs.fs.generations import GenerationalQU, wait_answering
 from bftfs.fsobjects import ROOT
 from bftfs.fsobjects.moves import unpack_state
 from bftfs.fsobjects.sessions import DONE, MOUNT, SLOT, session_oid, session_state
@@ -129,3 +132,80 @@ def test_sessions_of_g_stay_there_and_renewals_and_recalls_run_on_g_plus_1(
             assert await qu_client(g1, 0).query(sid1, "fs.state") is None
 
     trio.run(main)
+
+
+# The switch's wait for the new generation's nodes (units: no node needed) --------------------
+
+
+def test_wait_answering_counts_nodes_of_the_generation_until_a_quorum_or_stop() -> None:
+    """``wait_answering``: a node counts once it answers ``gen.status`` as a node of the
+    generation (frozen or not); one not started (refusing), of another generation or
+    answering nonsense is asked again next round; ``stop`` ends the wait early."""
+    rounds: list[int] = []
+    asked: list[int] = []
+
+    async def status(node: int) -> Any:
+        asked.append(node)
+        if node == 0:
+            return {"g": 2, "frozen": False}
+        if node == 1:
+            raise OSError("connection refused")  # not started
+        if node == 2:
+            return {"g": 1, "frozen": True}  # an old node's answer
+        return {"g": 2} if len(rounds) >= 2 else "starting"
+
+    async def sleep(pause: float) -> None:
+        rounds.append(len(rounds))
+
+    async def main() -> set[int]:
+        return await wait_answering(status, [0, 1, 2, 3, 4], 3, generation=2, sleep=sleep)
+
+    assert trio.run(main) == {0, 3, 4}
+    assert len(rounds) == 2 and asked.count(0) == 1 and asked.count(1) == 3
+    stopped = trio.run(
+        lambda: wait_answering(status, [0, 1], 2, generation=2, sleep=sleep, stop=lambda: True)
+    )
+    assert stopped == {0}
+
+
+@pytest.mark.expected_logs("bftfs.fs.clients.switch", match=r"still waits for the new one's nodes")
+def test_a_refused_call_waits_for_a_pending_switch_past_switch_wait() -> None:
+    """A call the frozen generation refused waits for the switch as long as the session
+    waits for the new nodes (pending), well past ``SWITCH_WAIT``; with no switch pending
+    it fails as refused after ``SWITCH_WAIT``.  (trio's autojumping clock: no real wait.)"""
+    refusal = MethodRefused("moved", "generation 2 (view 2)")
+
+    async def main() -> None:
+        switch = Switch()
+        calls: list[float] = []
+
+        async def call() -> str:
+            calls.append(trio.current_time())
+            if switch.epoch == 0:
+                raise refusal
+            return "done on the new generation"
+
+        switch.pending = True
+        async with trio.open_nursery() as nursery:
+            got: list[str] = []
+
+            async def run() -> None:
+                got.append(await switch.run(call, lambda e: e is refusal))
+
+            nursery.start_soon(run)
+            await trio.sleep(5 * SWITCH_WAIT)  # the new nodes start late
+            assert got == [] and calls == [0.0]
+            switch.pending = False
+            switch.switched()
+        assert got == ["done on the new generation"] and switch.waited_pending >= 4
+
+        alone = Switch()  # refused, and no switch under way: fails as refused
+        with pytest.raises(MethodRefused):
+            await alone.run(lambda: _refuse(refusal), lambda e: e is refusal)
+        assert trio.current_time() >= 5 * SWITCH_WAIT + SWITCH_WAIT
+
+    trio.run(main, clock=MockClock(autojump_threshold=0))
+
+
+async def _refuse(e: BaseException) -> None:
+    raise e
