@@ -47,9 +47,6 @@ from bftfs.qu.timestamp import MAX_OBJECTS
 
 log = logging.getLogger(__name__)
 
-#: Seconds between a failed renewal and the next (half a term is left when one is due).
-RETRY_PAUSE = 1.0
-
 
 @dataclass
 class Slot:
@@ -178,11 +175,6 @@ class Sessions:
                     async with trio.open_nursery() as nursery:
                         for k in due:
                             nursery.start_soon(self.renew, k)
-                    if any(k in self.slots and self._due(self.slots[k], now) for k in due):
-                        # A renewal failed (the cluster unavailable, or changing): ask
-                        # again after a pause, not at once - a failing renewal came back
-                        # within milliseconds and was sent again 300 times in 5 s.
-                        await trio.sleep(RETRY_PAUSE)
                     continue
                 first = min(self.slots[k].until for k in active) - self._usable() / 2
                 await trio.sleep_until(max(first, now + 0.05))
