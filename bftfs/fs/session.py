@@ -139,6 +139,7 @@ async def open_session(
             leases.listen(ep, gens.config.node_ids)
             gens.on_current = leases.listen
             gens.let_go = leases.let_go
+            gens.on_new_generation = leases.new_generation
         try:
             yield Session(fs, gens.qu, gens.rw, ep, gens)
         finally:

@@ -15,8 +15,17 @@ was not applied by a quorum: the mount waits for the switch (the nodes push the 
 took to their clients, which fetch it: seconds) and runs the call again on the new
 targets, which move its objects first; so does a call that failed for want of nodes while
 the targets switched under it (a mount that slept through a whole move finds its old
-nodes retired, and no longer proving the view it took from them).  A call that was
-refused and never sees a switch within :data:`SWITCH_WAIT` fails as it was refused.
+nodes retired, and no longer proving the view it took from them).
+
+The session switches to a new generation only once a quorum of its nodes answer
+(``fs/generations/clients.py``): the view is issued and pushed before the new nodes are
+started, and calls sent to nodes not listening yet ran their patience down and failed
+with EIO on a busy machine, where starting eleven node processes takes longer than a
+mount's ``timeo``.  Until then the old generation's clients stay the targets, and the
+switch is *pending* (:attr:`Switch.pending`): a refused call waits for it however long
+the new nodes take to start (slow is not unavailable: the old nodes that refused are
+there, and the new ones were named by a signed view).  A call that was refused while no
+switch is pending and sees none within :data:`SWITCH_WAIT` fails as it was refused.
 """
 
 from __future__ import annotations
@@ -60,6 +69,11 @@ class Switch:
         self.retried = 0
         #: The cancel scopes of the calls in flight.
         self._running: set[trio.CancelScope] = set()
+        #: Whether the session took a view of a newer generation and waits for its nodes
+        #: before switching (refused calls then wait past :data:`SWITCH_WAIT`).
+        self.pending = False
+        #: Refused calls that waited past :data:`SWITCH_WAIT` for a pending switch.
+        self.waited_pending = 0
 
     def switched(self, *, abandon: bool = False) -> None:
         """The targets changed: wake every call waiting for it; with ``abandon`` (a
@@ -75,12 +89,23 @@ class Switch:
 
     async def after_refusal(self, epoch: int, error: BaseException) -> None:
         """Wait until the targets change after ``epoch`` (the one the refused call ran
-        in); re-raise ``error`` if they do not within :data:`SWITCH_WAIT`."""
-        with trio.move_on_after(SWITCH_WAIT):
-            while self.epoch == epoch:
-                await self._changed.wait()
-        if self.epoch == epoch:
-            raise error
+        in); re-raise ``error`` if they do not within :data:`SWITCH_WAIT` while no switch
+        is pending.  A pending switch (the new generation's nodes not answering yet) is
+        waited for as long as it takes: the refusal came from live nodes, and the new
+        ones are starting (each :data:`SWITCH_WAIT` of it is logged)."""
+        while True:
+            with trio.move_on_after(SWITCH_WAIT):
+                while self.epoch == epoch:
+                    await self._changed.wait()
+            if self.epoch != epoch:
+                break
+            if not self.pending:
+                raise error
+            self.waited_pending += 1
+            log.warning(
+                "a call refused by the frozen generation still waits for the new one's nodes"
+                " (%s)", error,
+            )  # fmt: skip
         self.retried += 1
 
     async def run(

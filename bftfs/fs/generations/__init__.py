@@ -22,6 +22,7 @@ from bftfs.fs.generations.routers import (
     GenerationalQU,
     GenerationalRW,
     frozen_needed,
+    wait_answering,
     wait_frozen,
 )
 
@@ -40,5 +41,6 @@ __all__ = [
     "move_generation",
     "start_state",
     "union_page",
+    "wait_answering",
     "wait_frozen",
 ]

@@ -17,6 +17,13 @@ the previous one's) or the finishing view of a move; a new endpoint and clients 
 for the new generation in the session's nursery and the targets switch.  Nothing is
 remounted: calls in flight on the old generation that its frozen nodes refuse run again
 on the new targets (``switch.Switch``).
+
+The view of a new generation reaches the mount before its nodes run (``bftfs generation
+new`` issues and pushes it, then the nodes are started): the targets switch to the routers
+only once a Q/U quorum of the new nodes answers ``gen.status``
+(:func:`~bftfs.fs.generations.routers.wait_answering`); until then the switch is pending
+and the calls the frozen nodes refuse wait for it, however long the start takes.  The
+leases' sessions then start again in the new generation (``on_new_generation``).
 """
 
 from __future__ import annotations
@@ -35,7 +42,13 @@ from bftfs.connect import open_nodes
 from bftfs.crypto import Identity
 from bftfs.fs.clients import BlockClient, EngineClient, Switch, SwitchingQU, SwitchingRW
 from bftfs.fs.clients.registerblocks import open_block_client
-from bftfs.fs.generations.routers import GenerationalQU, GenerationalRW, frozen_needed, wait_frozen
+from bftfs.fs.generations.routers import (
+    GenerationalQU,
+    GenerationalRW,
+    frozen_needed,
+    wait_answering,
+    wait_frozen,
+)
 from bftfs.ids import NodeId
 from bftfs.membership.client import ClientViews
 from bftfs.membership.configview import config_of_generation
@@ -95,6 +108,9 @@ class Generations:
         self.let_go: Callable[[list[int]], Any] | None = None
         #: This mount's number (its leases' token), for the routers.
         self.mount = 0
+        #: Told the new current generation's node count when the targets switch to a
+        #: later generation (the leases' sessions start again there).
+        self.on_new_generation: Callable[[int], None] | None = None
 
     @property
     def config(self) -> ClusterConfig:
@@ -160,6 +176,30 @@ class Generations:
         assert isinstance(cur.rw, RWClient) and isinstance(prev.rw, RWClient)  # PASIS only
         return qu, GenerationalRW(cur.rw, prev.rw)
 
+    async def _until_answering(self, stack: GenerationStack, view: View) -> None:
+        """Wait until a Q/U quorum of ``stack``'s nodes (the generation ``view`` starts)
+        answer ``gen.status``, or the session took a later view; meanwhile the switch is
+        pending, and calls the frozen generation refuses wait for it (``switch.py``).
+        Slow is not unavailable: the new nodes start after the view that names them,
+        seconds later on a busy machine, and nothing fails for it."""
+        nodes = [int(s.id) for s in stack.config.nodes]
+        needed = QUThresholds.from_config(stack.config).q
+        self.switch.pending = True
+        try:
+            log.info(
+                "session: view %d starts generation %d: waiting for %d of its %d nodes",
+                view.number, stack.generation, needed, len(nodes),
+            )  # fmt: skip
+            await wait_answering(
+                functools.partial(self._status, stack.ep),
+                nodes,
+                needed,
+                generation=stack.generation,
+                stop=lambda: self.views.view.number != view.number,
+            )
+        finally:
+            self.switch.pending = False
+
     @staticmethod
     async def _status(ep: Endpoint, node: int) -> Any:
         return await ep.call(NodeId(node), STATUS, None)
@@ -179,18 +219,26 @@ class Generations:
             # there, which no node can take, are cut short and run again on the new targets.
             # (A finished move abandons nothing: calls in flight run on the new generation.)
             abandon = False
-            if new.generation > old.generation:
+            later = new.generation > old.generation
+            if later:
                 held = self.current
                 moving = new.previous is not None and held.generation == new.generation - 1
                 abandon = not moving
+                opened = await self._open(new, CURRENT)
+                if moving:
+                    # Its nodes may not be started yet (the view comes first): the old
+                    # generation's clients stay the targets until a quorum answers.
+                    await self._until_answering(opened, new)
                 self.previous = held if moving else None
-                self.current = await self._open(new, CURRENT)
+                self.current = opened
                 if self.on_current is not None:
                     self.on_current(self.current.ep, [int(s.id) for s in self.current.config.nodes])
             elif new.previous is None:
                 self.previous = None  # the move finished: the previous generation retired
             qu, rw = self._targets(new)
             self.qu.target, self.rw.target = qu, rw
+            if later and self.on_new_generation is not None:
+                self.on_new_generation(self.current.config.n)
             self.switch.switched(abandon=abandon)
             log.info(
                 "session: generation %s%s", new.generation,

@@ -31,10 +31,11 @@ and leaves g + 1 holding everything a reader needs:
   nothing to do.  ``bftfs generation finish`` reads it (``cli/generations.py``).
 
 - *lease sessions* (``fsobjects.sessions``) stay in g: they are a mount's, not the file
-  system's, and ``fs.movein`` refuses them.  A mount's renewal after the freeze fails
-  (g refuses updates, g + 1 will not take the session), so its session-bound leases end
-  within a term of its last renewal in g, which the router's wait for leases covers; the
-  leases themselves are stripped by ``fs.movein`` (``fsobjects.moves``).
+  system's, and ``fs.movein`` refuses them.  A mount lets the leases bound to its
+  sessions in g go when it switches (the freeze recalled them; ``fs.movein`` strips
+  them, ``fsobjects.moves``), and its renewals run on g + 1, where the routers leave the
+  session id alone and the first renewal starts a session of its own
+  (``routers.GenerationalQU``, ``fs/leases/sessions.py``).
 
 What it does not do: objects removed in g + 1 after they moved are in g still, and moved
 again (an orphan the namespace no longer names: space, not data; fs.state cannot tell

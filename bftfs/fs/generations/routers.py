@@ -13,7 +13,12 @@ the two routers here, which the file system takes in place of its Q/U and PASIS 
   through its own router, which moves the object: the wait ends at the latest with the
   lease term), then installs it in g + 1 (``fs.movein``, leases stripped; refused
   ``exists`` when another client moved it first, which is as good).  Moved ids are
-  remembered, so an object costs two queries and an update once per mount.  A lease is
+  remembered, so an object costs two queries and an update once per mount.  A lease
+  session (``fsobjects.sessions``) found in g is not moved: it is a mount's, not the file
+  system's (``fs.movein`` refuses it ``invalid``, which failed every renewal during a move
+  and a write whose recall named another mount's session with EINVAL); a renewal, a
+  bound grant or a recall naming it runs on g + 1, where the renewal starts a session
+  of its own.  A lease is
   given back (``fs.release``) where it is recorded: in g for an object not moved, which
   lets the other holders' moves go on.
 - :class:`GenerationalRW`: blocks are not moved.  Every writer writes a file's blocks
@@ -41,8 +46,17 @@ import trio
 
 from bftfs.fab.metaclient import FabClientStatistics
 from bftfs.fs.clients import EngineClient
-from bftfs.fsobjects.leases import LEASE_SKEW, MAX_TERM, MOUNT, holders, untag_query, who
+from bftfs.fsobjects.leases import (
+    LEASE_SKEW,
+    MAX_TERM,
+    MOUNT,
+    bound,
+    holders,
+    untag_query,
+    who,
+)
 from bftfs.fsobjects.moves import unpack_state
+from bftfs.fsobjects.sessions import is_session, session_state
 from bftfs.qu.client import ClientStatistics
 from bftfs.qu.objects import MethodRefused
 from bftfs.qu.timestamp import Timestamp
@@ -122,6 +136,51 @@ async def wait_frozen(
         pause = min(2 * pause, MAX_POLL)
 
 
+async def wait_answering(
+    status: Callable[[int], Awaitable[Any]],
+    nodes: Sequence[int],
+    needed: int,
+    *,
+    generation: int,
+    stop: Callable[[], bool] = lambda: False,
+    ask_timeout: float = 2.0,
+    sleep: Callable[[float], Awaitable[Any]] = trio.sleep,
+) -> set[int]:
+    """Ask ``nodes`` (generation ``generation``'s, just named by a view) for their status
+    until at least ``needed`` (a quorum) answer as nodes of that generation, or ``stop()``
+    holds (the session took a later view meanwhile); the nodes that answered.
+
+    ``bftfs generation new`` issues the view, and the old nodes push it to their clients,
+    before the new nodes are started: a session that switched at once sent its calls to
+    nodes not listening yet, whose patience ran out (EIO) when starting them took longer
+    than ``timeo`` on a busy machine.  Rounds as :func:`wait_frozen`'s; waits as long as
+    it takes (refused calls wait for the switch meanwhile, ``fs/clients/switch.py``)."""
+    if needed > len(nodes):
+        raise ValueError(f"{needed} answering nodes needed of {len(nodes)}")
+    answered: set[int] = set()
+    pause = FIRST_POLL
+
+    async def ask(node: int) -> None:
+        with trio.move_on_after(ask_timeout):
+            try:
+                answer = await status(node)
+            except Exception as e:  # not started yet, or not admitting us yet: next round
+                log.debug("gen.status of node %s: %s", node, e)
+                return
+            if isinstance(answer, Mapping) and answer.get("g") == generation:
+                answered.add(node)
+
+    while True:
+        async with trio.open_nursery() as nursery:
+            for node in nodes:
+                if node not in answered:
+                    nursery.start_soon(ask, node)
+        if len(answered) >= needed or stop():
+            return answered
+        await sleep(pause)
+        pause = min(2 * pause, MAX_POLL)
+
+
 class GenerationalQU:
     """The Q/U client of a file system whose objects move from generation ``old`` to
     ``new`` (module docstring): the calls of ``QUClient`` the file system makes, each run
@@ -168,7 +227,8 @@ class GenerationalQU:
         self._moving: dict[int, trio.Lock] = {}
         #: ``moved`` (installed by this router), ``absent`` (in neither generation),
         #: ``here`` (in g + 1 already), ``raced`` (another client moved it first),
-        #: ``waited`` (looks at a leased object).
+        #: ``waited`` (looks at a leased object), ``session`` (a lease session of g, left
+        #: there: the call runs on g + 1's own).
         self.moves: Counter[str] = Counter()
 
     # What the file system calls -------------------------------------------------------------
@@ -306,6 +366,13 @@ class GenerationalQU:
                 self.moves["absent"] += 1
                 return None
             packed, applied = exported
+            if is_session(oid) and session_state(unpack_state(packed)) is not None:
+                # A lease session is the mount's, not the file system's: it stays in g
+                # (``fs.movein`` refuses it) and g + 1 starts its own at the first renewal
+                # there; the leases bound to g's are not carried over (``fs.movein`` strips
+                # them), so the holder let them go at the switch (``fs/leases/sessions.py``).
+                self.moves["session"] += 1
+                return None
             others, mine = self._leases(packed, mount)
             if not others or trio.current_time() >= deadline:
                 break
@@ -316,8 +383,9 @@ class GenerationalQU:
                 self.moves["here"] += 1
                 return NOT_SEEN
         # fs.movein keeps this mount's own live lease (fsobjects/moves.py), so it goes on
-        # answering from it and others recall it in g + 1.
-        kept = mine and bool(mount)
+        # answering from it and others recall it in g + 1; not one bound to its session
+        # in g (expiry ``SESSION``, beyond what movein keeps): that one is let go here.
+        kept = mine and bool(mount) and not self._bound_own(packed, mount)
         arg: dict[str, Any] = {"s": packed, "a": applied}
         if kept:
             arg.update({MOUNT: mount, "lt": self._clock_ns()})
@@ -344,6 +412,12 @@ class GenerationalQU:
             if not self._is_ready and self._ready is not None:
                 await self._ready()
             self._is_ready = True
+
+    def _bound_own(self, packed: bytes, mount: int) -> bool:
+        """Whether this mount's lease in the packed state is bound to its session in g
+        (``fs.movein`` keeps only an own lease ending within a term: not such a one)."""
+        me = (self.client_id, mount)
+        return any(who(h) == me and bound(h) is not None for h in holders(unpack_state(packed)))
 
     def _leases(self, packed: bytes, mount: int) -> tuple[bool, bool]:
         """Whether the packed state holds a lease live now of another mount, and one of

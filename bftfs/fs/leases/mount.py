@@ -454,6 +454,12 @@ class Leases:
         batch, which then held other mounts off for the term)."""
         self.holdings.never_made(oid)
 
+    def new_generation(self, n: int) -> None:
+        """The mount switched to a new generation of ``n`` nodes: the leases bound to the
+        old one's sessions go, and sessions start again there (``Sessions.restart``)."""
+        if self.sessions is not None:
+            self.sessions.restart(n)
+
     def let_go(self, oids: list[int]) -> None:
         """Stop answering from the leases on ``oids`` (those held): a move to a new
         generation did not take them along (``fs/generations.py``)."""

@@ -14,6 +14,14 @@ dropped as an ended lease is, the kernel's cache of it with it).  A renewal whos
 time lay past the session's end on this mount's count starts a new generation on the
 nodes and here: every lease of the older one is let go.
 
+A session lives in one generation of nodes (docs/membership.md, "Generations"): when the
+mount switches to a new generation (:meth:`Sessions.restart`), the leases bound to the old
+one's sessions are let go (the freeze recalls them; ``fs.movein`` strips them from the
+objects it moves) and every slot starts again, at the new generation's ``n``: the first
+renewal there makes the session afresh (its generation numbers are the new nodes', which
+must not be taken for the old ones').  During the move the routers leave the old sessions
+where they are and run the renewal on the new generation.
+
 Nodes of an older release do not know the ``session`` type: a first renewal refused
 ``no-such-method`` turns sessions off and the mount takes per-object leases as before.
 
@@ -92,6 +100,17 @@ class Sessions:
         #: Called before a slot is renewed: its leases unused for a term are let go.
         self.sweep: Callable[[int], None] = lambda slot: None
         self._renewing = False
+
+    def restart(self, n: int) -> None:
+        """The mount switched to a new generation of ``n`` nodes (module docstring): every
+        slot's leases are let go and its session forgotten, so the next grant renews
+        first, in the new generation."""
+        for slot, s in list(self.slots.items()):
+            if s.gen:
+                self._stats["session_restarted"] += 1
+                self.ended(slot)
+        self.slots.clear()
+        self._n = n
 
     def slot_of(self, oid: int) -> int:
         """The slot whose session meets ``oid``'s quorum."""
