@@ -422,6 +422,21 @@ class Leases:
         removal may wait in write-back without a lease on the file (issue 62)."""
         return self.holdings.unseen_in(oid)
 
+    def removes_in(self, parent: int) -> None:
+        """A removal in directory ``parent`` asks to wait in write-back (``WriteBack``):
+        its files no other client can have seen need no lease of their own meanwhile
+        (:meth:`lapses`)."""
+        self.taker.removes_in(parent)
+
+    def lapses(self, oid: int) -> bool:
+        """Whether the exclusive lease on file ``oid`` (nothing held back for it) may end
+        unrenewed and not bound to the session (``HeldFiles.renew_used``): no other client
+        can have seen it (:meth:`unseen_in`) and this mount removes files in its directory,
+        so what it does there needs no lease on the file (its attributes are the mount's,
+        its removal waits on the directory's lease).  Converted at each sweep, every file
+        of ``rm -rf``'s directory or of PostMark's cost a grant it never used (issue 62)."""
+        return self.taker.lapses(oid)
+
     def seen(self, oids: Sequence[int]) -> None:
         """``Holdings.seen``: ``oids`` are renamed or linked by this mount, or gone."""
         self.holdings.seen(oids)
