@@ -159,6 +159,12 @@ class Holdings:
             return h.until, h.wall_until
         return self.session_ends(h.slot, h.gen)
 
+    def lasted(self, h: Lease, now: float) -> bool:
+        """Whether lease ``h`` is still to be used at trio time ``now`` (on both clocks),
+        without dropping it (:meth:`live` does)."""
+        ends = self.ends(h)
+        return ends is not None and now < ends[0] and self.wall_ns() < ends[1]
+
     def drop(self, oid: int) -> None:
         """Forget the lease on ``oid`` (ended, recalled, let go)."""
         self.held.pop(oid, None)

@@ -344,12 +344,14 @@ class Taker:
             self.on_grant(new)
         for oid, epoch in zip(oids, epochs, strict=True):
             old = holdings.held.get(oid)
-            if old is not None and holdings.live(oid, now) is None:
+            if old is not None and not holdings.lasted(old, now):
                 # It ended before this grant came (a renewal answered late, under load):
-                # the nodes may have let another client in meanwhile, so this is no
-                # continuation of it, nor of what was kept or made unseen under it
-                # (``Holdings.unseen_in``): given back, as when its end was noticed first.
-                old = None
+                # the nodes may have let another client in meanwhile, so this grant is a
+                # new holding, not a continuation of it: what was kept under it (answers,
+                # the listing) goes, and what was made unseen under it is no longer
+                # (``Holdings.unseen_in``: the holding's start moves).
+                holdings.drop(oid)
+                old, epoch = None, holdings.epoch[oid]
             if holdings.epoch[oid] != epoch and old is None:
                 gone.append(oid)  # recalled while asked for
                 continue
