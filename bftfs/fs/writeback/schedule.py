@@ -207,7 +207,7 @@ class WriteBack:
         #: Set by a removal waiting for room (:meth:`room_for_unlink`): the task sends
         #: every held-back removal now, due or not.
         self._hurry = False
-        #: Set when held-back removals went (or a send of them ended): room was made.
+        #: Set when held-back removals were taken out to be sent: room was made.
         self._unlinks_went = trio.Event()
 
     def defer(self, p: PendingCreate, size: int) -> bool:
@@ -270,9 +270,9 @@ class WriteBack:
         (:attr:`max_deferred`), with removals held back, wait for the task to send them
         now rather than send this one alone.  ``rm -rf`` outruns their due time: past the
         bound each removal went at once, a round a file, where the held-back ones go six
-        per ``fs.unlinkmany`` (issue 62).  Waits for one send of them at most (the first
-        update taken, or the send's failure): the removal is then held back if there is
-        room, else sent as before."""
+        per ``fs.unlinkmany`` (issue 62).  Waits until the task takes them out to send
+        them (they no longer count against the bound while they go): the removal is then
+        held back if there is room, else sent as before."""
         if self._count() < self.max_deferred or not self._unlinks:
             return
         self.stats["unlink_room_waits"] += 1
@@ -415,12 +415,12 @@ class WriteBack:
         life; a send's failure is the pending create's, logged and retried there)."""
         while True:
             now = trio.current_time()
+            if await self._send_entries(now):  # first: what is made in them follows
+                continue
             hurry, self._hurry = self._hurry, False  # (a removal waits for room)
             gone = _with_their_batches(self._unlinks.values(), float("inf") if hurry else now)
             due = _with_their_batches(self._due.values(), now)
             touched = [parent for parent, at in self._touches.items() if at <= now]
-            if await self._send_entries(now):  # first: what is made in them follows
-                continue
             if gone or due or touched:  # creates first: a removal may be of a file they make
                 await self._send_batches(due)
                 await self._send_unlinks(gone)
@@ -512,6 +512,7 @@ class WriteBack:
             return
         for u in us:  # (one the cluster does not answer is put back: retry_unlink)
             self._unlinks.pop(u.oid, None)
+        self._unlinks_went.set()  # room made: a removal waiting for it goes on meanwhile
         try:
             await self._senders.send_unlinks(us)
             self.stats["unlinks_written_back"] += len(us)
@@ -520,8 +521,6 @@ class WriteBack:
             for u in us:
                 if not u.done.is_set():
                     self.retry_unlink(u, LEASE_MARGIN)
-        finally:
-            self._unlinks_went.set()  # a removal waiting for room goes on, room or not
 
     async def _send_batches(self, ps: list[PendingCreate], parallel: int = 1) -> None:
         """Send ``ps``, each directory's together (``CreateSends.send_deferred`` puts
