@@ -56,6 +56,24 @@ def delta(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
     return {k: b[k] - a.get(k, 0.0) for k in sorted(b) if b[k] != a.get(k, 0.0)}
 
 
+def to_nodes(ops: dict[str, float]) -> float:
+    """The Q/U operations that reached the nodes (not those the mount answered itself:
+    ``leased ...`` from its leases, ``known ...`` from what it knows an object lacks)."""
+    return sum(v for k, v in ops.items() if not k.startswith(("leased ", "known ")))
+
+
+def status_rewritten(site: common.Site) -> None:
+    """Wait for the mount's status file (lease counters) to be rewritten (every two
+    seconds): what it says then includes the phase that just ended."""
+    from bftfs.fuse.control import status_file
+
+    path = status_file(site.config, site.path)
+    since = path.stat().st_mtime
+    deadline = time.monotonic() + 10
+    while path.stat().st_mtime <= since and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def one_size(site: common.Site, n: int, spy: str | None, out: Path) -> dict[str, Any]:
     """Create ``n`` files in a new directory of ``site``, remove the directory: costs."""
     pids, d = site.pids, site.path / "d"
@@ -66,6 +84,7 @@ def one_size(site: common.Site, n: int, spy: str | None, out: Path) -> dict[str,
     subprocess.run(["bash", "-c", f'for i in $(seq {n}); do echo x > "{d}/f$i"; done'], check=True)
     create_s = time.perf_counter() - t0
     cpu1 = {k: cpu_s(p) for k, p in pids.items()}
+    status_rewritten(site)  # (the creates' last lease counters counted with them)
     c1 = counters(site)
     spies = []
     if spy:
@@ -80,8 +99,8 @@ def one_size(site: common.Site, n: int, spy: str | None, out: Path) -> dict[str,
     for p in spies:
         p.send_signal(signal.SIGINT)
         p.wait()
-    time.sleep(2.5)  # the status file is rewritten every two seconds
     cpu2 = {k: cpu_s(p) for k, p in pids.items()}
+    status_rewritten(site)
     c2 = counters(site)
     return {
         "n": n,
@@ -91,6 +110,8 @@ def one_size(site: common.Site, n: int, spy: str | None, out: Path) -> dict[str,
         "cpu_rm": {k: round(cpu2[k] - cpu1[k], 2) for k in cpu0},
         "qu_create": delta(c0[0], c1[0]),
         "qu_rm": delta(c1[0], c2[0]),
+        "rm_ops_per_file": round(to_nodes(delta(c1[0], c2[0])) / n, 3),
+        "create_ops_per_file": round(to_nodes(delta(c0[0], c1[0])) / n, 3),
         "leases_create": delta(c0[1], c1[1]),
         "leases_rm": delta(c1[1], c2[1]),
     }

@@ -11,11 +11,16 @@ work (``PendingUnlinks.examined``), not a time, at two sizes: it must not grow p
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
+import pytest
 from fs_helpers import Env, run
+from t3_fs_leases import until
 from t3_fs_writeback import OPTIONS, exclusive, new_file
 
+from bftfs.fs.callorder import CallOrder
+from bftfs.fs.errors import NotFound
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fsobjects import ROOT
 
@@ -58,5 +63,109 @@ def test_rm_rf_looks_at_a_constant_number_of_held_removals_per_file(tmp_path: Pa
             per_file.append(await examined_per_removal(fs, d, size))
         assert per_file[1] <= per_file[0] + 0.5, f"held removals looked at per file: {per_file}"
         assert per_file[1] <= 2, per_file
+
+    run(tmp_path, body, clients=1, fs_options=OPTIONS)
+
+
+async def creates_read_per_file(fs: FileSystem, d: int, n: int) -> float:
+    """Make ``n`` files in ``d`` as a shell does (the kernel's lookup of the new name, a
+    miss, then the create and close), each create left to write-back: the held-back
+    creates the gate read, per file."""
+    gate = fs.meta.gate
+    assert isinstance(gate, CallOrder)
+    wb = fs.outbox.writeback
+    assert wb is not None
+    before, deferred = gate.examined, wb.stats["deferred"]
+    for k in range(n):
+        with pytest.raises(NotFound):
+            await fs.lookup(d, b"f%04d" % k)
+        await new_file(fs, d, b"f%04d" % k, b"x\n")
+    assert wb.stats["deferred"] - deferred == n, "a create went at once"
+    per_file = (gate.examined - before) / n
+    await fs.write_back()
+    assert {b"f%04d" % k for k in range(n)} <= {name for name, _ in await fs.readdir(d)}
+    return per_file
+
+
+def test_a_lookup_reads_the_creates_it_names_not_every_held_back_one(tmp_path: Path) -> None:
+    """The gate's work per created file is the same for a directory of 12 files and one of
+    48: the lookup before each create (a miss) reads the held-back creates it names and
+    those that do not wait, not each create waiting there (before: 5.5 and 23.5 per file,
+    up to 1 024 per call past the write-back bound)."""
+
+    async def body(env: Env) -> None:
+        fs = env.fs
+        per_file = []
+        for size in SIZES:
+            d = (await fs.mkdir(ROOT, b"c%d" % size, 0o755, 0, 0)).ino
+            await exclusive(fs, d)
+            per_file.append(await creates_read_per_file(fs, d, size))
+        assert per_file[1] <= per_file[0] + 0.5, f"held creates read per file: {per_file}"
+        assert per_file[1] <= 2, per_file
+
+    run(tmp_path, body, clients=1, fs_options=OPTIONS)
+
+
+#: Write-back's bounds lowered so that a few dozen files pass them (in a mount: 1 024
+#: closed files kept, 1 024 creates and removals held back).
+KEPT, DEFERRED = 8, 16
+#: Files made and removed past those bounds.
+PAST = 40
+
+
+async def rounds_per_removal_past_the_bounds(fs: FileSystem, d: int) -> tuple[float, dict]:
+    """Make :data:`PAST` files in ``d`` (past both bounds: most closed files are not kept,
+    most closes send their create), send them, let their own exclusive leases go as a big
+    directory's do before ``rm -rf`` reaches them (the kept ones bound to the session by
+    the held files' sweep, ``Leases.to_session``; the others, which nothing renews, ended:
+    dropped here as their term's end drops them), then remove each as ``rm`` does (the
+    kernel's lookup, then the unlink) and send what was held back: the Q/U operations
+    that reached the servers, per file, and by method."""
+    leases, held, wb = fs.meta.leases, fs.outbox.held, fs.outbox.writeback
+    assert leases is not None and held is not None and wb is not None
+    held.max_kept, wb.max_deferred = KEPT, DEFERRED
+    names = [b"g%04d" % k for k in range(PAST)]
+    oids = [await new_file(fs, d, name, b"x\n") for name in names]
+    await fs.write_back()
+    kept = [o for o in oids if o in fs.cache.files]
+    assert 0 < len(kept) <= KEPT, kept
+    leases.to_session(kept)
+    await until("kept files bound", lambda: not leases.holdings.converting & set(kept))
+    for o in oids:
+        if o not in kept:
+            leases.holdings.drop(o)  # (what ``Holdings.live`` does at the term's end)
+    assert not any(leases.exclusive_left(o) > 0 for o in oids)
+    assert leases.exclusive_left(d) > 0
+    before = Counter(fs.meta.methods)
+    for name in names:
+        await fs.lookup(d, name)
+        await fs.unlink(d, name)
+    await fs.write_back()
+    work = {
+        k: v - before[k]
+        for k, v in fs.meta.methods.items()
+        if v != before[k] and not k.startswith(("leased ", "known "))
+    }
+    assert not set(names) & {name for name, _ in await fs.readdir(d)}
+    return sum(work.values()) / PAST, work
+
+
+def test_rm_rf_past_the_write_back_bounds_batches_its_removals(tmp_path: Path) -> None:
+    """Past the bounds of closed files kept and of work held back, with the files' own
+    leases gone, a file made here under its directory's lease still held is removed as
+    one below them: its lookup answered by the mount (its attributes are the mount's own:
+    nobody else can have seen it), its removal held back and sent six per
+    ``fs.unlinkmany`` (at the bound the held-back ones go early rather than this one
+    alone).  Before: an ``fs.stat`` per file not kept and a synchronous ``fs.unlink`` per
+    file (after a lease update asking the kept ones back), over two rounds a file."""
+
+    async def body(env: Env) -> None:
+        fs = env.fs
+        d = (await fs.mkdir(ROOT, b"past", 0o755, 0, 0)).ino
+        await exclusive(fs, d)
+        per_file, work = await rounds_per_removal_past_the_bounds(fs, d)
+        assert work.get("fs.stat", 0) + work.get("fs.lookupstat", 0) == 0, work
+        assert work.get("fs.unlink", 0) == 0, work
+        assert per_file <= 0.3, (per_file, work)
 
     run(tmp_path, body, clients=1, fs_options=OPTIONS)

@@ -444,7 +444,9 @@ def test_a_rename_of_a_waiting_create_to_a_new_name_is_applied_in_the_mount(
             await a.lookup(d, b"x.part")
         # (The listing reads the other files' attributes, as without the rename.)
         assert set(rounds_since(a, before)) <= {"fs.statmany"}, rounds_since(a, before)
-        assert (await a.lookup(d, b"x")).ino == ino  # (a lookup of it sends its create)
+        assert (await a.lookup(d, b"x")).ino == ino  # (answered here: its create waits)
+        assert set(rounds_since(a, before)) <= {"fs.statmany"}, rounds_since(a, before)
+        await a.sync_directory(d)  # (made on the servers: the rename below is theirs)
         assert rounds_since(a, before)["fs.createwrite"] == 1
         await a.rename(d, b"x", d, b"warm0", 0)  # over an existing name: the servers'
         assert rounds_since(a, before)["fs.rename"] == 1

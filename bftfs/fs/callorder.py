@@ -13,7 +13,11 @@ each in turn before a gated query or update on ``objects``:
 3. the pending creates (``fs/writeback/creates_table.py``): those of a directory among the objects,
    and a pending file among them.  A call about another entry of a directory whose
    creates wait for write-back commutes with them (only this mount sees the directory,
-   by its exclusive lease), so they stay deferred.
+   by its exclusive lease), so they stay deferred, and are not even read: such a call
+   looks up the creates it names (by name and object) and reads those that do not wait
+   (``CreateTable.undeferred_in``), not every create held back there (issue 62: each
+   lookup, create and removal read up to 1 024 of them, quadratic in ``rm -rf`` and in
+   the loop that made the files).
 
 A create whose last send failed for want of a quorum is not sent again ahead of calls on
 its directory that name neither its file nor its name until its
@@ -40,6 +44,7 @@ from bftfs.fs.writeback import (
     PendingRenames,
     about_another_entry,
 )
+from bftfs.fs.writeback.unlinks import entry_call
 
 
 class CallOrder:
@@ -68,6 +73,9 @@ class CallOrder:
         #: Links to files whose create waits (``fs/writeback/links.py``; None: none): each
         #: sends its create first.
         self.links: PendingLinks | None = None if held is None else held.links
+        #: Pending creates the gate read, in all (:meth:`_creates_to_read`): the work it
+        #: costs per call, which must not grow with the creates held back (issue 62).
+        self.examined = 0
 
     def holds_back(self) -> bool:
         """Whether anything may have to go first (asked before every call)."""
@@ -116,7 +124,7 @@ class CallOrder:
             if oid in self.cache.unmade:  # reached by a name the kernel cached: look again
                 raise StaleView(f"object {oid} was never made: its create failed")
             deferred = []
-            for p in creates.pending_in(oid):
+            for p in self._creates_to_read(oid, objects, names, method, arg):
                 if p.oid in objects or p.name in names:
                     await self.sends.send_one(p)
                 elif self._about_another_entry(p, objects, method, arg):
@@ -127,6 +135,34 @@ class CallOrder:
                     await self.sends.send(p)
             if deferred:
                 await self.sends.send_deferred(deferred)
+
+    def _creates_to_read(
+        self, parent: int, objects: list[int], names: set[bytes], method: str, arg: Any
+    ) -> list[PendingCreate]:
+        """The pending creates of directory ``parent`` a call on ``objects`` (about
+        ``names``) may have to send first.  A lookup or update of one entry (or a query of
+        the directory's extended attributes) leaves every create that waits in write-back
+        and that it does not name (:meth:`_about_another_entry`): only those it names
+        (looked up by name and object) and those that do not wait are read.  Any other call
+        reads them all (and sends them: it follows each).  Issue 62: every lookup, create
+        and removal in a directory read each of its up to 1 024 held-back creates."""
+        creates = self.creates
+        if not creates.has_pending_in(parent):
+            return []
+        ok, entry = entry_call(parent, objects, method, arg)
+        if not ok or creates.writeback is None:
+            found = creates.pending_in(parent)
+        else:
+            wanted = names if entry is None else names | {entry}
+            found = creates.named_in(parent, wanted)
+            for o in objects:
+                p = creates.pending_of(o)
+                if p is not None and p.parent == parent:
+                    found.append(p)
+            found += creates.undeferred_in(parent)
+            found = list(dict.fromkeys(found))
+        self.examined += len(found)
+        return found
 
     def _about_another_entry(
         self, p: PendingCreate, objects: list[int], method: str, arg: Any

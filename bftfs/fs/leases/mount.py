@@ -391,12 +391,21 @@ class Leases:
         them (``HeldFiles.renew_used``)."""
         self.taker.renew(oids)
 
-    def inherit(self, parent: int, oids: Sequence[int], *, empty_dirs: bool = False) -> None:
+    def inherit(
+        self,
+        parent: int,
+        oids: Sequence[int],
+        *,
+        empty_dirs: bool = False,
+        asked: float | None = None,
+    ) -> None:
         """The servers made ``oids`` leased to this mount exclusively until the end of its
         exclusive lease on ``parent`` (an update with ``lx``: ``fsobjects.leases``), which
         is still held: they are held here until the same moment, and given up with it.
-        ``empty_dirs``: they are directories just made, whose listing is known whole."""
-        if not self.holdings.inherit(parent, oids):
+        ``empty_dirs``: they are directories just made, whose listing is known whole.
+        ``asked``: when their create was sent (trio time), if they are files: made under
+        a holding of ``parent`` that began before, they are unseen (:meth:`unseen_in`)."""
+        if not self.holdings.inherit(parent, oids, asked):
             # Recalled or ended while the create was on its way: the grants (if the nodes
             # made them before the recall) are given back, or another client's look at a
             # file would wait for their term (a recall of a lease not held is ignored).
@@ -405,6 +414,32 @@ class Leases:
         if empty_dirs:
             for oid in oids:
                 self.answers.listings[oid] = {}
+
+    def unseen_in(self, oid: int) -> int | None:
+        """``Holdings.unseen_in``: the directory of file ``oid`` while no other client can
+        have seen the file (made here under the directory's exclusive lease, held without
+        a break since), else None.  Its attributes are then this mount's own, and its
+        removal may wait in write-back without a lease on the file (issue 62)."""
+        return self.holdings.unseen_in(oid)
+
+    def removes_in(self, parent: int) -> None:
+        """A removal in directory ``parent`` asks to wait in write-back (``WriteBack``):
+        its files no other client can have seen need no lease of their own meanwhile
+        (:meth:`lapses`)."""
+        self.taker.removes_in(parent)
+
+    def lapses(self, oid: int) -> bool:
+        """Whether the exclusive lease on file ``oid`` (nothing held back for it) may end
+        unrenewed and not bound to the session (``HeldFiles.renew_used``): no other client
+        can have seen it (:meth:`unseen_in`) and this mount removes files in its directory,
+        so what it does there needs no lease on the file (its attributes are the mount's,
+        its removal waits on the directory's lease).  Converted at each sweep, every file
+        of ``rm -rf``'s directory or of PostMark's cost a grant it never used (issue 62)."""
+        return self.taker.lapses(oid)
+
+    def seen(self, oids: Sequence[int]) -> None:
+        """``Holdings.seen``: ``oids`` are renamed or linked by this mount, or gone."""
+        self.holdings.seen(oids)
 
     def new_lease_term(self, parent: int) -> int | None:
         """The term (ns) to ask with a ``mkdir`` in ``parent`` that this mount holds no

@@ -19,7 +19,7 @@ from bftfs.fs.caches import MetadataCache
 from bftfs.fs.clients import Meta
 from bftfs.fs.errors import NotFound
 from bftfs.fs.files import Attr
-from bftfs.fs.names.held import held_here, own_made_dir
+from bftfs.fs.names.held import held_here, own_made_dir, own_unseen_file
 from bftfs.fsobjects import ROOT
 from bftfs.qu.timestamp import MAX_OBJECTS
 
@@ -178,7 +178,9 @@ class Listing:
 
     def _known_stat(self, oid: int) -> dict[str, Any] | None:
         """Attributes of ``oid`` known without a round: an open or held file's, a create's
-        this mount has not sent, or its own update's within their timeout."""
+        this mount has not sent, or its own update's within their timeout (or however old,
+        for an object nobody else can have changed: a directory made and held here, a file
+        made here and seen by no other client, ``names/held.py``)."""
         f = self.cache.files.get(oid)
         if f is not None and (f.opens or held_here(self.meta.leases, oid)):
             return f.st
@@ -186,4 +188,7 @@ class Listing:
         if local is not None:
             return local
         fresh = self.cache.fresh(oid)
-        return fresh if fresh is not None else own_made_dir(self.cache, self.meta.leases, oid)
+        if fresh is not None:
+            return fresh
+        own = own_made_dir(self.cache, self.meta.leases, oid)
+        return own if own is not None else own_unseen_file(self.cache, self.meta.leases, oid)

@@ -30,7 +30,7 @@ from bftfs.fs.errors import (
 )
 from bftfs.fs.files import Attr, initial_reserve
 from bftfs.fs.files.reclaim import Reclaimer
-from bftfs.fs.names.held import held_here, made_and_held_here, own_made_dir
+from bftfs.fs.names.held import held_here, made_and_held_here, own_made_dir, own_unseen_file
 from bftfs.fs.names.listing import Listing
 from bftfs.fs.names.rename import Rename
 from bftfs.fs.names.stale import StaleNames
@@ -75,6 +75,11 @@ class Names:
         self.rename_here: Callable[[int, bytes, int, bytes, int], Awaitable[bool]] = (
             _never if outbox is None else outbox.creates.rename_deferred
         )
+        #: The attributes of a file a name leads to in this mount only (its create waits
+        #: in write-back: ``Outbox.held_back_entry``), else None.
+        self.held_back_entry: Callable[[int, bytes, int], dict[str, Any] | None] = (
+            (lambda _p, _n, _o: None) if outbox is None else outbox.held_back_entry
+        )
         #: Removals, mkdirs and renames left to directory write-back (None: none).
         self.unlinks = None if outbox is None else outbox.unlinks
         self.mkdirs = None if outbox is None else outbox.mkdirs
@@ -110,6 +115,11 @@ class Names:
         own = own_made_dir(self.cache, self.meta.leases, ino)
         if own is not None:
             return self.cache.attr(ino, own)  # only this mount changed it (a copy's tree)
+        own = own_unseen_file(self.cache, self.meta.leases, ino)
+        if own is not None:  # made here, seen by no other client: its own update's
+            if reached_by_name:
+                self.check_reached(ino, own)
+            return self.cache.attr(ino, own)
         s = await self.cache.stat(ino, within)
         if reached_by_name:  # (not open here: the kernel asks the same for an fstat)
             self.check_reached(ino, s)
@@ -164,10 +174,16 @@ class Names:
             return await self.getattr(p["p"])
         check_name(name, self.name_max)
         guess = self.cache.names.get(parent, {}).get(name)
+        if guess is not None:
+            held_back = self.held_back_entry(parent, name, guess[0])
+            if held_back is not None:  # only this mount knows the name yet: no round
+                return self.cache.attr(guess[0], held_back)
+        leases = self.meta.leases
         if (
             guess is None
             or self.cache.fresh(guess[0]) is not None
-            or (guess[0] in self.cache.files and held_here(self.meta.leases, guess[0]))
+            or (guess[0] in self.cache.files and held_here(leases, guess[0]))
+            or (leases is not None and leases.unseen_in(guess[0]) == parent)
             or (guess[1] == obj.DIR_TYPE and made_and_held_here(self.meta.leases, guess[0]))
             or self._listed_as(parent, name, guess[0])
         ):  # the name alone (its answer often leased), then attributes known or fresh
@@ -331,6 +347,8 @@ class Names:
             held = self.links.defer(ino, new_parent, new_name)
             if held is not None:
                 return self.cache.attr(ino, held)
+        if self.meta.leases is not None:  # named elsewhere: others may reach it there
+            self.meta.leases.seen([ino])
         f, pst = await self.meta.update(
             [ino, new_parent],
             "fs.link",
@@ -353,6 +371,9 @@ class Names:
             return  # made and removed in the mount, never sent (fs/writeback/outbox.py)
         if method == "fs.unlink" and self.unlinks is not None:
             known = self.cache.names.get(parent, {}).get(name)
+            if known is not None:
+                await self.unlinks.room()  # (at the bound: the held-back ones go first)
+                known = self.cache.names.get(parent, {}).get(name)
             if known is not None and self.unlinks.defer(parent, name, *known):
                 return  # written back later (fs/writeback/unlinks.py)
         fresh = False

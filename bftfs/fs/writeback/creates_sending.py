@@ -67,7 +67,7 @@ class CreateSends:
         if wb is None or not wb.deferred(p.oid):
             await self.send(p)
             return
-        others = [q for q in self.creates.pending_in(p.parent) if q is not p and wb.deferred(q.oid)]
+        others = [q for q in wb.deferred_in(p.parent, BATCH) if q is not p]
         await self.send_deferred([p, *others[: BATCH - 1]])
 
     async def send(self, p: PendingCreate, *, quiet: bool = True, kept: bool = False) -> None:

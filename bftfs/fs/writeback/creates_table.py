@@ -10,6 +10,7 @@ part that made the create.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
 from bftfs.fs.caches import MetadataCache
@@ -53,6 +54,12 @@ class CreateTable:
         self._pending: dict[int, dict[bytes, PendingCreate]] = {}
         #: New object id -> its pending create.
         self._pending_oids: dict[int, PendingCreate] = {}
+        #: Directory id -> {object id: pending create} of those that do not wait in
+        #: directory write-back (an open file's, one being sent, one whose send failed):
+        #: every call on the directory sends them first, and reads only them (with the
+        #: creates it names), not the thousand that wait (issue 62; kept by
+        #: :meth:`add`, :meth:`drop_pending` and :meth:`deferral`).
+        self._undeferred: dict[int, dict[int, PendingCreate]] = {}
         #: Object id of a create that met an existing name -> the existing file's state
         #: (filled by ``CreateSender.collided``).
         self.moved_files: dict[int, OpenFile] = {}
@@ -81,6 +88,36 @@ class CreateTable:
         """``p`` is pending now."""
         self._pending.setdefault(p.parent, {})[p.name] = p
         self._pending_oids[p.oid] = p
+        self._undeferred.setdefault(p.parent, {})[p.oid] = p
+
+    def deferral(self, p: PendingCreate, deferred: bool) -> None:
+        """Pending ``p`` starts (``deferred``) or stops waiting in directory write-back
+        (told by ``WriteBack``): it leaves or rejoins :meth:`undeferred_in`."""
+        if deferred:
+            self._drop_undeferred(p)
+        elif self._pending_oids.get(p.oid) is p:
+            self._undeferred.setdefault(p.parent, {})[p.oid] = p
+
+    def _drop_undeferred(self, p: PendingCreate) -> None:
+        in_dir = self._undeferred.get(p.parent)
+        if in_dir is not None and in_dir.get(p.oid) is p:
+            del in_dir[p.oid]
+            if not in_dir:
+                del self._undeferred[p.parent]
+
+    def has_pending_in(self, parent: int) -> bool:
+        """Whether directory ``parent`` has a pending create."""
+        return parent in self._pending
+
+    def named_in(self, parent: int, names: Iterable[bytes]) -> list[PendingCreate]:
+        """The pending creates of ``names`` in directory ``parent`` (looked up by name)."""
+        in_dir = self._pending.get(parent, {})
+        return [in_dir[n] for n in names if n in in_dir]
+
+    def undeferred_in(self, parent: int) -> list[PendingCreate]:
+        """The pending creates of directory ``parent`` that do not wait in directory
+        write-back (without it: all of them)."""
+        return list(self._undeferred.get(parent, {}).values())
 
     def rename(self, p: PendingCreate, name: bytes) -> None:
         """Pending ``p`` is to be made under ``name`` instead (a rename in the mount)."""
@@ -141,6 +178,7 @@ class CreateTable:
             if not names:
                 del self._pending[p.parent]
         self._pending_oids.pop(p.oid, None)
+        self._drop_undeferred(p)
 
     def aliases_of(self, f: OpenFile) -> list[int]:
         """The object ids of creates whose writes moved to ``f`` (:meth:`CreateSender.collided`)."""

@@ -173,18 +173,21 @@ class CreateSender:
         self._inherited(inherit, p.parent, [p.oid])
         self._made_with_content(p, f, child, pst, sent)
 
-    def _inherit(self, parent: int, arg: dict[str, Any]) -> bool:
+    def _inherit(self, parent: int, arg: dict[str, Any]) -> float | None:
         """Ask, in a create's ``arg``, that its new files come leased to this mount, when it
-        holds ``parent`` exclusively (``fs/writeback/held.py``); whether it asked."""
+        holds ``parent`` exclusively (``fs/writeback/held.py``); when it asked (trio time),
+        or None."""
         leases = self.meta.leases
         if leases is None or leases.exclusive_left(parent) <= 0:
-            return False
+            return None
         arg[INHERIT] = 1
-        return True
+        return trio.current_time()
 
-    def _inherited(self, asked: bool, parent: int, oids: list[int]) -> None:
-        if asked and self.meta.leases is not None:
-            self.meta.leases.inherit(parent, oids)
+    def _inherited(self, asked: float | None, parent: int, oids: list[int]) -> None:
+        """The create asked at ``asked`` made ``oids``: held here with the directory's
+        lease, and unseen while that holding lasts (``Leases.unseen_in``)."""
+        if asked is not None and self.meta.leases is not None:
+            self.meta.leases.inherit(parent, oids, asked=asked)
 
     async def send_many(self, ps: list[PendingCreate]) -> None:
         """``fs.createmany``: several files of one directory in one update (directory

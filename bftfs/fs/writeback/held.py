@@ -105,6 +105,9 @@ class HeldFiles:
         self._written: dict[int, float] = {}
         self._renewing = False
         self.stats = leases.stats
+        #: Closed files kept at most (:data:`MAX_KEPT`; a test lowers it to reach it with
+        #: a few files).
+        self.max_kept = MAX_KEPT
 
     def holds(self, ino: int) -> bool:
         """Whether this mount holds ``ino`` exclusively for more than twice the margin."""
@@ -123,11 +126,15 @@ class HeldFiles:
         clean, under a lease of any kind held without a break since the state was read
         (one turned into a session-bound shared lease, :meth:`renew_used`): nobody else
         changed the file meanwhile, so an ``open`` may still answer from it (what is
-        written then goes at the close: only an exclusive lease holds writes back)."""
+        written then goes at the close: only an exclusive lease holds writes back); or,
+        clean, a file no other client can have seen (``Leases.unseen_in``), whose lease
+        may have ended (``Leases.lapses``)."""
         if self.holds_current(f):
             return True
         if f.dirty or f.ino in self._due or f.ino in self._sending:
             return False
+        if self.leases.unseen_in(f.ino) is not None:
+            return True  # nobody else can have changed it (``Leases.unseen_in``)
         return self.leases.remaining(f.ino, f.adopted) > 0  # (nothing to send before it ends)
 
     def want(self, f: OpenFile) -> None:
@@ -171,7 +178,7 @@ class HeldFiles:
             self._use(f.ino)
         self._kept[f.ino] = f.clean_bytes
         self._kept_bytes += f.clean_bytes
-        while len(self._kept) > MAX_KEPT or self._kept_bytes > MAX_KEPT_BYTES:
+        while len(self._kept) > self.max_kept or self._kept_bytes > MAX_KEPT_BYTES:
             self._forget(next(iter(self._kept)))
         return f.ino in self._kept
 
@@ -335,6 +342,8 @@ class HeldFiles:
             busy, idle = [], []
             for ino in self._used:
                 if not self._writing(ino, written) and self.leases.exclusive_left(ino) > 0:
+                    if self.leases.lapses(ino):
+                        continue  # (nothing of it needs its lease: let it end)
                     idle.append(ino)
                 else:
                     busy.append(ino)  # (renewed; one bound already: counted as used)

@@ -69,7 +69,14 @@ class HeldBack:
         held back stays for that (a soft one answers EIO and drops it: docs/fs.md)."""
         self.creates = creates
         # Closes of new files leave their create pending (fs/writeback/schedule.py) ...
-        self.schedule = WriteBack(leases, commit, self, spawn=spawn, answers_eio=not hard)
+        self.schedule = WriteBack(
+            leases,
+            commit,
+            self,
+            spawn=spawn,
+            answers_eio=not hard,
+            deferral=creates.creates.deferral,
+        )
         # ... the files made there are leased here too: their opens, attributes and
         # written closes stay in the mount (fs/writeback/held.py) ...
         self.held = HeldFiles(
@@ -313,6 +320,21 @@ class Outbox:
         a file whose create waits in write-back), or None."""
         made = None if self.mkdirs is None else self.mkdirs.stat_of(oid)
         return made or self.creates.deferred_stat(oid)
+
+    def held_back_entry(self, parent: int, name: bytes, oid: int) -> dict[str, Any] | None:
+        """The attributes of file ``oid`` when ``name`` in ``parent`` names it in this mount
+        only: its create waits in write-back under that name, and the directory's listing,
+        known whole under this mount's lease, lacks the name on the servers (nobody else
+        can make it meanwhile: ``PendingCreates.sure_to_be_made``).  A lookup of the name
+        is then answered here: sent, it sent the create first with five more, each of
+        which its removal would have cancelled (``rm -rf`` of files just written, once the
+        kernel's cached names timed out: issue 62).  Else None."""
+        p = self.creates.creates.pending_of(oid)
+        if p is None or p.parent != parent or p.name != name:
+            return None
+        if not self.creates.sure_to_be_made(oid):
+            return None
+        return self.creates.deferred_stat(oid)
 
     def held_back_in(self, oid: int) -> int | None:
         """The directory ``oid`` waits in when no server holds it yet (a held-back mkdir's

@@ -32,6 +32,7 @@ by its *due* time in the background (:meth:`WriteBack.run`).
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -161,22 +162,31 @@ class WriteBack:
         *,
         spawn: Callable[[Callable[[], Awaitable[None]]], None],
         answers_eio: bool,
+        deferral: Callable[[PendingCreate, bool], None] | None = None,
     ) -> None:
         """``commit``: seconds a closed create may wait.  ``senders``: how each kind of
         held-back work goes and is dropped.  ``spawn``: starts the background task that
         sends what is due (``Background.spawn``).  ``answers_eio``: whether an error of
         :meth:`sync_directory` is answered to the program (EIO): the entries it could not
         send are then dropped (docs/fs.md, "What EIO means"); False on a ``hard`` mount,
-        which tries the call again and must find them."""
+        which tries the call again and must find them.  ``deferral``: told each create
+        that starts (True) or stops (False) waiting here, so the table of creates keeps
+        apart those that do not (``CreateTable.undeferred_in``: the gate reads those, not
+        every create of the directory)."""
         self.leases = leases
         self.commit = commit
         self._senders = senders
         self._spawn = spawn
         self.answers_eio = answers_eio
+        self._deferral = deferral
         #: Deferred creates by object id: (create, due in trio time).
         self._due: dict[int, tuple[PendingCreate, float]] = {}
-        #: Their files' sizes when deferred (:data:`MAX_BYTES`).
+        #: The same by directory, in the order deferred: what a send needing one of them
+        #: takes along (:meth:`deferred_in`) without reading the others (issue 62).
+        self._due_in: dict[int, dict[int, PendingCreate]] = {}
+        #: Their files' sizes when deferred (:data:`MAX_BYTES`), and their sum.
         self._sizes: dict[int, int] = {}
+        self._bytes = 0
         #: Deferred removals by object id: (removal, due in trio time).
         self._unlinks: dict[int, tuple[PendingUnlink, float]] = {}
         #: Directories whose times wait for a create and removal that cancelled each other
@@ -191,6 +201,14 @@ class WriteBack:
         self._wake = trio.Event()
         self._running = False
         self.stats = leases.stats
+        #: Most creates and removals held back at once (:data:`MAX_DEFERRED`; a test
+        #: lowers it to reach it with a few files).
+        self.max_deferred = MAX_DEFERRED
+        #: Set by a removal waiting for room (:meth:`room_for_unlink`): the task sends
+        #: every held-back removal now, due or not.
+        self._hurry = False
+        #: Set when held-back removals were taken out to be sent: room was made.
+        self._unlinks_went = trio.Event()
 
     def defer(self, p: PendingCreate, size: int) -> bool:
         """Whether the close of ``p``'s file, of ``size`` bytes, may return without sending
@@ -202,14 +220,18 @@ class WriteBack:
         self.leases.want_exclusive(p.parent)
         if (
             left <= 2 * LEASE_MARGIN
-            or self._count() >= MAX_DEFERRED
+            or self._count() >= self.max_deferred
             or size > MAX_FILE
-            or sum(self._sizes.values()) + size > MAX_BYTES
+            or self._bytes + size > MAX_BYTES
         ):
             return False
         due = self._due_time(left)
         self._due[p.oid] = (p, min(due, self._reopened.pop(p.oid, due)))
+        self._due_in.setdefault(p.parent, {})[p.oid] = p
         self._sizes[p.oid] = size
+        self._bytes += size
+        if self._deferral is not None:
+            self._deferral(p, True)
         self.stats["deferred"] += 1
         self._started()
         return True
@@ -227,12 +249,13 @@ class WriteBack:
         file has no name).  Without it that client opened the removed file."""
         left = self.leases.exclusive_left(u.parent)
         self.leases.want_exclusive(u.parent)
+        self.leases.removes_in(u.parent)
         if reachable:
             own = self.leases.exclusive_left(u.oid)
             if own <= 0 and self.leases.kept_left(u.oid) > 0:
                 self.leases.reclaim_exclusive(u.parent)  # (went to the session: back)
             left = min(left, own)
-        if left <= 2 * LEASE_MARGIN or self._count() >= MAX_DEFERRED:
+        if left <= 2 * LEASE_MARGIN or self._count() >= self.max_deferred:
             return False
         self._unlinks[u.oid] = (u, self._due_time(left))
         self.stats["unlinks_deferred"] += 1
@@ -242,6 +265,24 @@ class WriteBack:
     def _count(self) -> int:
         return len(self._due) + len(self._unlinks) + len(self._touches) + len(self._entries)
 
+    async def room_for_unlink(self) -> None:
+        """A removal is about to be held back (``fs/names/namespace.py``): at the bound
+        (:attr:`max_deferred`), with removals held back, wait for the task to send them
+        now rather than send this one alone.  ``rm -rf`` outruns their due time: past the
+        bound each removal went at once, a round a file, where the held-back ones go six
+        per ``fs.unlinkmany`` (issue 62).  Waits until the task takes them out to send
+        them (they no longer count against the bound while they go): the removal is then
+        held back if there is room, else sent as before."""
+        if self._count() < self.max_deferred or not self._unlinks:
+            return
+        self.stats["unlink_room_waits"] += 1
+        if self._unlinks_went.is_set():
+            self._unlinks_went = trio.Event()
+        went = self._unlinks_went
+        self._hurry = True
+        self._started()
+        await went.wait()
+
     def defer_entry(self, kind: str, key: int, parent: int, update: Any) -> bool:
         """Whether entry update ``update`` of ``kind`` (a mkdir, a rename) in directory
         ``parent`` may wait: the directory is leased here exclusively for more than twice
@@ -250,7 +291,7 @@ class WriteBack:
         self.leases.want_exclusive(parent)
         if kind not in ENTRY_KINDS or left <= 2 * LEASE_MARGIN:
             return False
-        if self._count() >= MAX_DEFERRED:
+        if self._count() >= self.max_deferred:
             return False
         self._entries[kind, key] = (update, self._due_time(left))
         self._started()
@@ -311,7 +352,8 @@ class WriteBack:
 
     def unlink_sent(self, oid: int) -> None:
         """The removal of ``oid`` was taken or dropped for good."""
-        self._unlinks.pop(oid, None)
+        if self._unlinks.pop(oid, None) is not None:
+            self._unlinks_went.set()  # room made (:meth:`room_for_unlink`)
 
     def _due_time(self, left: float) -> float:
         """When something deferred now is sent: ``commit`` from now, or the lease's end
@@ -328,6 +370,27 @@ class WriteBack:
         """Whether the create of ``oid`` waits past its close."""
         return oid in self._due
 
+    def deferred_in(self, parent: int, most: int) -> list[PendingCreate]:
+        """Up to ``most`` of the creates of directory ``parent`` that wait past their close,
+        the first deferred first (a send that must go takes them along: ``BATCH``)."""
+        return list(itertools.islice(self._due_in.get(parent, {}).values(), most))
+
+    def _undue(self, oid: int) -> tuple[PendingCreate, float] | None:
+        """``oid``'s create waits here no longer (sent, reopened, dropped): its entry."""
+        entry = self._due.pop(oid, None)
+        if entry is None:
+            return None
+        p = entry[0]
+        self._bytes -= self._sizes.pop(oid, 0)
+        in_dir = self._due_in.get(p.parent)
+        if in_dir is not None:
+            in_dir.pop(oid, None)
+            if not in_dir:
+                del self._due_in[p.parent]
+        if self._deferral is not None:
+            self._deferral(p, False)
+        return entry
+
     def deferred_creates(self) -> list[tuple[PendingCreate, int]]:
         """The creates waiting past their close, each with its file's size when deferred
         (read only: the mount's metrics and status, ``Outbox.held_back``)."""
@@ -335,8 +398,7 @@ class WriteBack:
 
     def sent(self, oid: int) -> None:
         """The create of ``oid`` was made or failed for good (by whatever sent it)."""
-        self._due.pop(oid, None)
-        self._sizes.pop(oid, None)
+        self._undue(oid)
         self._reopened.pop(oid, None)
 
     def reopened(self, oid: int) -> None:
@@ -344,8 +406,7 @@ class WriteBack:
         for its due time but for its close, as a new file's create does (a write goes into
         its buffered content, not after a round).  Its next deferral keeps the due time it
         had, so reopening a file again and again does not hold its create back."""
-        entry = self._due.pop(oid, None)
-        self._sizes.pop(oid, None)
+        entry = self._undue(oid)
         if entry is not None:
             self._reopened[oid] = entry[1]
 
@@ -354,11 +415,12 @@ class WriteBack:
         life; a send's failure is the pending create's, logged and retried there)."""
         while True:
             now = trio.current_time()
-            gone = _with_their_batches(self._unlinks.values(), now)
-            due = _with_their_batches(self._due.values(), now)
-            touched = [parent for parent, at in self._touches.items() if at <= now]
             if await self._send_entries(now):  # first: what is made in them follows
                 continue
+            hurry, self._hurry = self._hurry, False  # (a removal waits for room)
+            gone = _with_their_batches(self._unlinks.values(), float("inf") if hurry else now)
+            due = _with_their_batches(self._due.values(), now)
+            touched = [parent for parent, at in self._touches.items() if at <= now]
             if gone or due or touched:  # creates first: a removal may be of a file they make
                 await self._send_batches(due)
                 await self._send_unlinks(gone)
@@ -450,6 +512,7 @@ class WriteBack:
             return
         for u in us:  # (one the cluster does not answer is put back: retry_unlink)
             self._unlinks.pop(u.oid, None)
+        self._unlinks_went.set()  # room made: a removal waiting for it goes on meanwhile
         try:
             await self._senders.send_unlinks(us)
             self.stats["unlinks_written_back"] += len(us)
@@ -464,8 +527,7 @@ class WriteBack:
         :data:`BATCH` in one update), ``parallel`` directories at a time."""
         by_dir: dict[int, list[PendingCreate]] = {}
         for p in ps:
-            self._due.pop(p.oid, None)
-            self._sizes.pop(p.oid, None)
+            self._undue(p.oid)
             by_dir.setdefault(p.parent, []).append(p)
 
         async def one(group: list[PendingCreate], limiter: trio.CapacityLimiter) -> None:
