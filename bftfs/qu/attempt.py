@@ -7,7 +7,9 @@ under a patience that waits while a quorum of nodes is live (a mount's default, 
 slow is not unavailable), which short rounds end only once it ran out: until then the
 operation pauses briefly and asks again.  Contention is not silence:
 the random exponential backoff between repairs (L2585-2587) is the client's own wait and
-does not use up the operation's patience (``bftfs.outcome``).
+does not use up the operation's patience (``bftfs.outcome``).  A repair whose deduction
+names more objects than a request may is made in groups (``repair.py``); the passes of one
+that finds nothing to split off are bounded like short rounds (:data:`MAX_STALLS`).
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ class Attempt:
     #: Passes in a row of a too wide repair that found nothing to split off
     #: (:data:`MAX_STALLS`).
     stalls: int = 0
+    #: Keys of the candidates this operation repaired on their own (``repair.py``).
+    split_off: set[tuple] = field(default_factory=set)
     #: Whether every server's histories were read before proving links (``repair.py``).
     widened_for_links: bool = False
     #: The newest complete versions seen at the last backoff (:meth:`progressed`).

@@ -1,12 +1,45 @@
 """Repair of Q/U objects by a client (seed Figure 4.3 lines 500-506, 4.3.5): the object
 history set it presents, barriers and copies, inline repair, proving links, and splitting
-a repair that would name too many objects.
+a repair that would name too many objects (repairing it in groups).
 
 :class:`Repairer` is the part of :class:`~bftfs.qu.client.QUClient` that its operation
 loop (``client.py``) calls between rounds; every decision comes from :mod:`bftfs.qu.core`,
 the calls go through ``rounds.py``, the histories live in ``ohscache.py``.  It shares the
 client's cache, rounds and proven links, and counts what it did in :attr:`Repairer.counts`
 (part of ``QUClient.statistics``).
+
+**A deduction wider than one request** (issue 67).  A batched update (``writemany``,
+``unlinkmany``, creates: up to 7 objects and their directory) that looks incomplete to the
+servers that answer pulls every object it names into the deduction (``missing_objects``),
+and one of those objects' own latest update, a newer batch, pulls in its objects too: a
+chain of such names more objects than a request may carry (:data:`MAX_OBJECTS`; 15 in
+``t4_held_listings``' ``rm -rf`` under lease churn, each lookup that met it answering EIO
+after four backoffs, ``MAX_SPLITS``).  :meth:`Repairer.repair` first reads every server's
+histories of those objects (``_widen``: at ``q`` of all ``n`` they may be complete, one
+server of the quorum asked having missed them).  If the deduction is still too wide, it is
+repaired in groups (:meth:`Repairer._split`): the newest candidate the deduction pulls in
+(:func:`core.split_target`) is repaired on its own - barrier and copy, or inline, of its
+objects only, at most 8 - and deduction starts again from the operation's objects, now a
+link shorter.  This keeps the classification rules: a repair is per object, and a group
+is a request like any other, whose deduction the servers check (``missing_objects``
+refuses one that leaves out an object the newest candidate's own repair needs, and the
+client then splits again, at a newer candidate).  The newest one is where the chain ends:
+each link leads to a newer candidate (``split_target``), so at its objects nothing further
+needs deducing.  The alternatives weighed: backing off and asking again until other
+servers show the chain complete only helps while they are complete somewhere (not when a
+server that holds them is down, ``t3_qu_repair_wide``), and a fixed number of tries made a
+busy machine an EIO; backing off for ever while a quorum answers waits for what will not
+come.
+
+What bounds the work: each split repairs a candidate for good (complete, or abandoned at
+each of its objects), and a candidate is split off once per operation
+(``Attempt.split_off``), so splits are at most the distinct candidates clients made
+meanwhile.  A Byzantine server cannot add to them: deduction follows ObjCands only, of
+order ``r`` at least, so ``t + 1`` correct servers accepted each from a client.  Splits
+nest at most :data:`MAX_SPLIT_DEPTH` deep.  A pass with nothing to split off (which sound
+histories never give) backs off and reads every server again, at most ``MAX_STALLS``
+times in a row, or, under a patience that waits while a quorum is live (a mount's), until
+that patience runs out: slow is not unavailable.
 """
 
 from __future__ import annotations
@@ -221,18 +254,23 @@ class Repairer:
         servers check every request's deduction (``missing_objects``), so a barrier and
         copy of that candidate's objects alone classify as any other request does.
 
-        With nothing to split off (every candidate pulled in is being repaired further up),
-        back off and read every server's histories again; :meth:`Attempt.check_stalled`
-        bounds how often.
+        A candidate is split off once per operation (``Attempt.split_off``): its repair
+        left it complete, or abandoned at every object, so it cannot be an incomplete
+        ObjCand again - unless histories read earlier in the operation say otherwise.
+        With nothing to split off (every candidate pulled in was, or is being repaired
+        further up), back off and read every server's histories again, as many times as
+        :meth:`Attempt.check_stalled` allows; a pass never repeats without a backoff.
         """
         view = self.present_view(allobjs, fresh)[1]
-        cand = core.split_target(view, repairing)
+        cand = core.split_target(view, repairing | st.split_off)
         if cand is None or len(repairing) >= MAX_SPLIT_DEPTH:
             st.check_stalled(allobjs)
+            st.split_off.clear()  # read again: what they show now may need repairing
             await self._back_off(st)
             await self._widen(allobjs, fresh)
             return
         self.counts["split_repairs"] += 1
+        st.split_off.add(cand.key)
         await self.repair(cand.objects, set(), fresh, None, st, repairing | {cand.key})
 
     async def _prove_or_back_off(
