@@ -20,12 +20,14 @@ server of the quorum asked having missed them).  If the deduction is still too w
 repaired in groups (:meth:`Repairer._split`): the newest candidate the deduction pulls in
 (:func:`core.split_target`) is repaired on its own - barrier and copy, or inline, of its
 objects only, at most 8 - and deduction starts again from the operation's objects, now a
-link shorter.  This keeps the classification rules: a repair is per object, and a group
-is a request like any other, whose deduction the servers check (``missing_objects``
-refuses one that leaves out an object the newest candidate's own repair needs, and the
-client then splits again, at a newer candidate).  The newest one is where the chain ends:
-each link leads to a newer candidate (``split_target``), so at its objects nothing further
-needs deducing.  The alternatives weighed: backing off and asking again until other
+link shorter.  This keeps the classification rules: a repair is per object, so one
+candidate's objects may be repaired before the others'; and a group's barrier or copy is a
+request like any other, carrying every object its own deduction needs (as context, or the
+group splits again, at a newer candidate), which the servers check (``missing_objects``,
+answered ``need``): no copy carries a candidate forward at some of its objects only.  The
+newest one is where the chain ends: each link leads to a newer candidate
+(``split_target``), so at its objects nothing further needs deducing.  The alternatives
+weighed: backing off and asking again until other
 servers show the chain complete only helps while they are complete somewhere (not when a
 server that holds them is down, ``t3_qu_repair_wide``), and a fixed number of tries made a
 busy machine an EIO; backing off for ever while a quorum answers waits for what will not
