@@ -13,11 +13,13 @@ from typing import Any
 import pytest
 import trio
 import trio.lowlevel
+import trio.testing
 from qu_helpers import MemCluster, Recorder, check_serializable, send
 
 from bftfs.ids import client_id
 from bftfs.net.errors import RemoteError
-from bftfs.outcome import StorageFull
+from bftfs.outcome import StorageFull, patience
+from bftfs.qu.attempt import MAX_STALLS, Attempt, TooManyObjects
 from bftfs.qu.client import QUClient
 from bftfs.qu.core import backoff_delay
 from bftfs.qu.messages import KIND_REQUEST, ReplyStatus
@@ -188,7 +190,9 @@ async def test_batched_query_whose_repair_spans_nine_objects_repairs_them_one_by
     """Issue 5 (EIO listing a directory on a fresh mount): a query of 8 objects whose latest
     candidates are each a 2-object update with one shared object (8 files created in one
     directory) needs 9 objects to repair together, more than one request may name.  The
-    client repairs each object on its own instead, then answers; all-or-nothing holds."""
+    client repairs the newest of those updates on its own first (issue 67: a group at a
+    time; the others are then passed by at the shared object and need no deduction), then
+    answers; all-or-nothing holds."""
     cl = MemCluster(seed=len(reached))
     dead = int(client_id(3))
     shared, files = 100, list(range(1, 9))
@@ -235,6 +239,70 @@ async def test_a_query_whose_deduction_spans_many_objects_at_a_server_behind_is_
     files = sorted((*a, *b, *c[:2]))
     got = await client.query(files, "counter.fetch_all")
     assert [v for _, v in got] == [1, 2, 1, 1, 1, 1, 1, 1]  # a[1]: U1 and U4
+
+
+@pytest.mark.parametrize("links", [3, 5])
+async def test_a_chain_of_batches_incomplete_at_every_live_server_is_repaired_in_groups(
+    links: int,
+) -> None:
+    """Issue 67 (EIO from lookups in ``rm -rf`` under load, ``TooManyObjects``): a chain of
+    4-object updates, each naming the last one's newest object, is at servers 0-4 only,
+    and server 4 is down: each is at order ``q - 1`` at every live server, so deduction
+    from the first object names ``1 + 3 * links`` objects, and reading every server's
+    histories shows nothing more.  The client repairs the newest of the chain on its own,
+    then the next, and answers; every update counts at all of its objects or none."""
+    cl = MemCluster(seed=links)
+    reached = [0, 1, 2, 3, 4]
+    dead = int(client_id(3))
+    chain = [(6, 12, 18, 24)]
+    for _ in range(links - 1):
+        last = chain[-1][-1]
+        chain.append((last, last + 6, last + 12, last + 18))
+    for seq, objs in enumerate(chain, 1):
+        o = {x: {s: cl.ohs_entry(s, x) for s in reached} for x in objs}
+        op = Operation("counter.add_all", False, 1, seq)
+        reps = send(cl, reached, Request(dead, objs, o, op))
+        assert {r.status for r in reps.values()} == {ReplyStatus.OK}
+    cl.down.add(4)
+    c = make_client(cl, 0)
+    round_budget(c, 40 * links)
+    assert await c.query(6, "counter.fetch") == 1
+    # Newest first, each repair with what it deduces: at most one split per link past the
+    # two that fit in one request (the fifth is repaired with the fourth).
+    assert 1 <= c.statistics().split_repairs <= links - 2
+    joints = [objs[0] for objs in chain[1:]]
+    assert [v for _, v in await c.query(joints, "counter.fetch_all")] == [2] * len(joints)
+
+
+def test_a_too_wide_repair_with_nothing_to_split_off_waits_while_a_quorum_is_live() -> None:
+    """Passes of a too wide repair that find nothing to repair on their own (which sound
+    histories never give) end the operation after ``MAX_STALLS`` in a row without a
+    patience, and under a mount's patience only once fewer than a quorum were live for
+    all of it: slow is not unavailable, but nothing loops for ever."""
+
+    async def main() -> None:
+        th = MemCluster().th
+        st = Attempt(th, random.Random(1), trio.sleep, ())
+        with pytest.raises(TooManyObjects, match="4 passes"):
+            for _ in range(MAX_STALLS):
+                st.check_stalled((6,))
+        live = {"quorum": True}
+        st = Attempt(th, random.Random(1), trio.sleep, ())
+        with patience(10.0, trio.current_time()) as p:
+            assert p is not None
+            p.live = lambda _now: live["quorum"]
+            for _ in range(50 * MAX_STALLS):
+                st.check_stalled((6,))
+                await trio.sleep(1.0)  # the pass's backoff and reads
+            live["quorum"] = False
+            gone = trio.current_time()
+            with pytest.raises(TooManyObjects):
+                for _ in range(20):
+                    st.check_stalled((6,))
+                    await trio.sleep(1.0)
+            assert trio.current_time() - gone >= 9.0  # patience 10 s from its last refresh
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 # forge_max_time leaves 5 = q histories to classify with, so two contending clients here,

@@ -7,7 +7,9 @@ under a patience that waits while a quorum of nodes is live (a mount's default, 
 slow is not unavailable), which short rounds end only once it ran out: until then the
 operation pauses briefly and asks again.  Contention is not silence:
 the random exponential backoff between repairs (L2585-2587) is the client's own wait and
-does not use up the operation's patience (``bftfs.outcome``).
+does not use up the operation's patience (``bftfs.outcome``).  A repair whose deduction
+names more objects than a request may is made in groups (``repair.py``); the passes of one
+that finds nothing to split off are bounded like short rounds (:data:`MAX_STALLS`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from bftfs.qu import core
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.messages import ReplyStatus
 from bftfs.qu.reply import Reply
+from bftfs.qu.timestamp import MAX_OBJECTS
 
 #: Rounds in a row with fewer than q replies before an operation gives up.
 MAX_SHORT_ROUNDS = 3
@@ -34,12 +37,15 @@ SHORT_PAUSE_MAX = 1.0
 #: forgotten before nodes kept the ids they forgot, issue 31), so re-sending at once, as
 #: for other failures, would go on for ever.
 MAX_UNSYNCABLE_ROUNDS = 10
-#: Times one operation repairs its objects one by one because their candidates span more
-#: objects than a request may name.  Once was the rule; but each split repairs what was
-#: there, and another client's multi-object updates (directory write-back's
-#: ``fs.createmany``, one after another) can bring a new such candidate while the
-#: operation asks again.  Bounded, so it cannot loop.
-MAX_SPLITS = 4
+#: Passes in a row of a repair whose deduction names more objects than a request may and
+#: that found no candidate to repair on its own (``repair.py``: none left that is not
+#: being repaired already), each backed off and followed by a read of every server's
+#: histories, before an operation gives up - unless it runs under a patience that waits
+#: while a quorum of nodes is live, as for short rounds (:meth:`Attempt.check_stalled`).
+#: With sound histories there is always such a candidate (``core.split_target``): this
+#: only bounds what should not happen.  Splitting itself is not counted: each split
+#: repairs one candidate for good, so splits are bounded by the candidates clients made.
+MAX_STALLS = 4
 #: The failure servers answer when no ``b + 1`` hosts hand over a version (node/qu_server.py).
 UNSYNCABLE = "object sync failed"
 
@@ -52,8 +58,9 @@ class QUUnavailable(ClusterUnavailable):
 
 
 class TooManyObjects(QUUnavailable):
-    """Repair would have to name more objects than one request may (8), even object by
-    object: the candidates to repair span too many objects."""
+    """Repair would have to name more objects than one request may (8), and repairing the
+    candidates it deduces one at a time made no progress :data:`MAX_STALLS` times in a
+    row (without a patience that waits for a live quorum)."""
 
 
 @dataclass
@@ -72,8 +79,11 @@ class Attempt:
     #: Servers that answered any of the current run of short rounds.
     heard: set[int] = field(default_factory=set)
     inline_tried: set[tuple] = field(default_factory=set)
-    #: Times the operation repaired its objects one by one (at most :data:`MAX_SPLITS`).
-    splits: int = 0
+    #: Passes in a row of a too wide repair that found nothing to split off
+    #: (:data:`MAX_STALLS`).
+    stalls: int = 0
+    #: Keys of the candidates this operation repaired on their own (``repair.py``).
+    split_off: set[tuple] = field(default_factory=set)
     #: Whether every server's histories were read before proving links (``repair.py``).
     widened_for_links: bool = False
     #: The newest complete versions seen at the last backoff (:meth:`progressed`).
@@ -98,8 +108,7 @@ class Attempt:
         """
         if self.short < MAX_SHORT_ROUNDS:
             return
-        p = current_patience()
-        if p is not None and not p.soft and not p.expired(trio.current_time()):
+        if _waits_for_quorum():
             await self.sleep(
                 min(SHORT_PAUSE_MAX, 0.05 * 2 ** min(self.short - MAX_SHORT_ROUNDS, 5))
             )
@@ -109,6 +118,22 @@ class Attempt:
             f"objects {objects}: fewer than q={self.th.q} servers answer ({MAX_SHORT_ROUNDS} "
             f"rounds in a row; {len(self.heard)} answered, none from nodes {silent})"
         )
+
+    def check_stalled(self, objects: tuple[int, ...]) -> None:
+        """Count a pass of a too wide repair that found no candidate to repair on its own;
+        give up after :data:`MAX_STALLS` in a row, unless a patience waits for a live
+        quorum (not ``soft``, not run out): slow is not unavailable, and such an operation
+        backs off (capped, :func:`core.backoff_delay`) and reads every server again.
+
+        Raises:
+            TooManyObjects: that many passes.
+        """
+        self.stalls += 1
+        if self.stalls >= MAX_STALLS and not _waits_for_quorum():
+            raise TooManyObjects(
+                f"objects {objects}: more than {MAX_OBJECTS} to repair, and none of their "
+                f"candidates to repair on its own ({self.stalls} passes)"
+            )
 
     def progressed(self, mark: tuple) -> None:
         """Note the newest complete versions of the operation's objects before a backoff
@@ -157,3 +182,10 @@ class Attempt:
                 f"({self.unsyncable} rounds of '{UNSYNCABLE}')"
             )
         await self.sleep(core.backoff_delay(self.unsyncable, self.rng))
+
+
+def _waits_for_quorum() -> bool:
+    """Whether the current operation runs under a patience that waits while a quorum of
+    nodes is live (a mount's default, not ``soft``) and has not run out."""
+    p = current_patience()
+    return p is not None and not p.soft and not p.expired(trio.current_time())

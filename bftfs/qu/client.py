@@ -69,7 +69,8 @@ class ClientStatistics:
     inline_repairs: int
     history_fetches: int
     refused: int
-    #: Repairs done object by object because together they needed too many objects.
+    #: Candidates repaired on their own because the deduction of a repair named more
+    #: objects than one request may (``repair.py``).
     split_repairs: int
     #: Conditioned-on links proven from stored requests (deduction behind pruning).
     link_proofs: int

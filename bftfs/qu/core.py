@@ -17,6 +17,8 @@ state; the backoff draws from a ``random.Random`` the caller passes in.
   (L2526-2536, L2588-2595), and whether the method refused.
 - :func:`next_step` is ``c_repair``'s loop body (lines 500-506) with inline repair
   (L2561-2570) and classification by deduction for multi-object candidates (L2747-2754).
+- :func:`split_target` is the candidate a repair whose deduction names more objects than
+  one request may repairs on its own first (``repair.py``).
 - :func:`expected_lt` lets a repairer check a stored request fetched from a (possibly
   Byzantine) server before re-sending it: the timestamp must be the one it sets up.
 - :func:`backoff_delay` is the random exponential backoff (L2585-2587, 1 ms start, x2).
@@ -27,7 +29,7 @@ from __future__ import annotations
 import enum
 import random
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -373,6 +375,32 @@ def abandon_alone(view: View, classes: Mapping[int, ObjectClass]) -> tuple[int, 
         ):
             out.append(oid)
     return tuple(out)
+
+
+def split_target(view: View, skip: Collection[tuple] = ()) -> Candidate | None:
+    """The candidate to repair on its own first when the deduction over ``view`` names
+    more objects than one request may (``repair.py``): the newest multi-object candidate
+    that is some object's ObjCand and not complete, leaving out the keys in ``skip`` (the
+    ones being repaired further up), or None.
+
+    Deduction goes from an object to the objects of its ObjCand ``c``, and from one of
+    those, ``o``, on only when ``o``'s ObjCand is another such candidate - newer than
+    ``c``, since ``c`` is a candidate of ``o`` too, of the same order, and excluded
+    nowhere (:meth:`View.excluded` is one set for all objects).  So the newest one is
+    where the chain ends: at the objects of it this view holds, it is the ObjCand itself
+    (or a complete or single-object candidate, which needs no deduction), and repairing it
+    names its objects only, at most :data:`~bftfs.qu.timestamp.MAX_OBJECTS`.  Its
+    objects' other histories may still show newer ones: then repairing it splits again,
+    each time at a newer candidate.  Ties (equal timestamps: a Byzantine server invented
+    one) go to the larger key, so the choice is the same every time."""
+    best: Candidate | None = None
+    for oid in view.objects:
+        c = view.latest_candidate(oid, False)
+        if c is None or not c.multi or c.key in skip or view.order(oid, c) >= view.th.q:
+            continue
+        if best is None or c.key > best.key:
+            best = c
+    return best
 
 
 def expected_lt(req: Request, th: QUThresholds) -> Timestamp | None:

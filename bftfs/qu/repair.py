@@ -1,12 +1,47 @@
 """Repair of Q/U objects by a client (seed Figure 4.3 lines 500-506, 4.3.5): the object
 history set it presents, barriers and copies, inline repair, proving links, and splitting
-a repair that would name too many objects.
+a repair that would name too many objects (repairing it in groups).
 
 :class:`Repairer` is the part of :class:`~bftfs.qu.client.QUClient` that its operation
 loop (``client.py``) calls between rounds; every decision comes from :mod:`bftfs.qu.core`,
 the calls go through ``rounds.py``, the histories live in ``ohscache.py``.  It shares the
 client's cache, rounds and proven links, and counts what it did in :attr:`Repairer.counts`
 (part of ``QUClient.statistics``).
+
+**A deduction wider than one request** (issue 67).  A batched update (``writemany``,
+``unlinkmany``, creates: up to 7 objects and their directory) that looks incomplete to the
+servers that answer pulls every object it names into the deduction (``missing_objects``),
+and one of those objects' own latest update, a newer batch, pulls in its objects too: a
+chain of such names more objects than a request may carry (:data:`MAX_OBJECTS`; 15 in
+``t4_held_listings``' ``rm -rf`` under lease churn, each lookup that met it answering EIO
+after four backoffs, ``MAX_SPLITS``).  :meth:`Repairer.repair` first reads every server's
+histories of those objects (``_widen``: at ``q`` of all ``n`` they may be complete, one
+server of the quorum asked having missed them).  If the deduction is still too wide, it is
+repaired in groups (:meth:`Repairer._split`): the newest candidate the deduction pulls in
+(:func:`core.split_target`) is repaired on its own - barrier and copy, or inline, of its
+objects only, at most 8 - and deduction starts again from the operation's objects, now a
+link shorter.  This keeps the classification rules: a repair is per object, so one
+candidate's objects may be repaired before the others'; and a group's barrier or copy is a
+request like any other, carrying every object its own deduction needs (as context, or the
+group splits again, at a newer candidate), which the servers check (``missing_objects``,
+answered ``need``): no copy carries a candidate forward at some of its objects only.  The
+newest one is where the chain ends: each link leads to a newer candidate
+(``split_target``), so at its objects nothing further needs deducing.  The alternatives
+weighed: backing off and asking again until other
+servers show the chain complete only helps while they are complete somewhere (not when a
+server that holds them is down, ``t3_qu_repair_wide``), and a fixed number of tries made a
+busy machine an EIO; backing off for ever while a quorum answers waits for what will not
+come.
+
+What bounds the work: each split repairs a candidate for good (complete, or abandoned at
+each of its objects), and a candidate is split off once per operation
+(``Attempt.split_off``), so splits are at most the distinct candidates clients made
+meanwhile.  A Byzantine server cannot add to them: deduction follows ObjCands only, of
+order ``r`` at least, so ``t + 1`` correct servers accepted each from a client.  Splits
+nest at most :data:`MAX_SPLIT_DEPTH` deep.  A pass with nothing to split off (which sound
+histories never give) backs off and reads every server again, at most ``MAX_STALLS``
+times in a row, or, under a patience that waits while a quorum is live (a mount's), until
+that patience runs out: slow is not unavailable.
 """
 
 from __future__ import annotations
@@ -15,7 +50,7 @@ from collections.abc import Iterable
 
 from bftfs.outcome import refused_for_space
 from bftfs.qu import core
-from bftfs.qu.attempt import MAX_SHORT_ROUNDS, MAX_SPLITS, Attempt, QUUnavailable, TooManyObjects
+from bftfs.qu.attempt import MAX_SHORT_ROUNDS, Attempt, QUUnavailable
 from bftfs.qu.classify import OpType, QUThresholds, View
 from bftfs.qu.linkproofs import LinkProofs
 from bftfs.qu.ohscache import HistoryCache
@@ -23,6 +58,12 @@ from bftfs.qu.reply import Reply
 from bftfs.qu.request import Operation, Request
 from bftfs.qu.rounds import QuorumRounds
 from bftfs.qu.timestamp import MAX_OBJECTS, Candidate, Timestamp
+
+#: Candidates one repair splits off inside one another at most (:meth:`Repairer._split`):
+#: each is newer than the one it was split from, so this is never reached while other
+#: clients' updates do not pile up faster than they are repaired; past it the repair
+#: backs off and reads again instead of going deeper.
+MAX_SPLIT_DEPTH = 16
 
 
 class Repairer:
@@ -114,36 +155,11 @@ class Repairer:
         op: Operation,
         st: Attempt,
     ) -> set[int]:
-        """:meth:`repair` ``objects``; the context to ask again with."""
-        try:
-            await self.repair(objects, context, fresh, op, st)
-        except TooManyObjects:
-            # The objects' candidates span more than one request may name (a batched
-            # query of 8 files created in one directory, each create also naming the
-            # directory: 9).  Repair each object on its own (its candidates span at most
-            # 8 objects), then ask again; at most MAX_SPLITS times, so this cannot loop.
-            if st.splits >= MAX_SPLITS:
-                raise
-            st.splits += 1
-            self.counts["split_repairs"] += 1
-            if len(objects) == 1:
-                # One object whose last updates each named many objects (a directory's
-                # batched creates, 7 each) and look incomplete to the servers that
-                # answered: one that missed them stood in for a slow one, so deducing
-                # them would name two batches (13).  Ask again after a back-off: the
-                # others' answers show them complete (found under load by
-                # t4_node_failures, a lookup EIO right after a directory's write-back).
-                await self._back_off(st)
-                return set()
-            for oid in objects:
-                try:
-                    await self.repair((oid,), set(), fresh, None, st)
-                except TooManyObjects:
-                    # Even one object's deduction spans too many (see ``repair``): ask
-                    # again after a back-off, as for one object above; bounded likewise.
-                    await self._back_off(st)
-                    return set()
-            return set()
+        """:meth:`repair` ``objects`` for the operation loop (``client.py``); the context
+        to ask again with.  A deduction too wide for one request is split inside
+        :meth:`repair` (see the module docstring), which then answers with the objects'
+        own context."""
+        await self.repair(objects, context, fresh, op, st)
         return context
 
     async def repair(
@@ -153,14 +169,20 @@ class Repairer:
         fresh: dict[int, set[int]],
         op: Operation | None,
         st: Attempt,
+        repairing: frozenset[tuple] = frozenset(),
     ) -> None:
         """``c_repair`` (lines 500-506): repair until classification allows the operation
         on ``objects`` (or, for a query of objects that moved on, until it is worth asking
         again).  Adds the objects deduction needs to ``context``.
 
+        When ``objects`` and that context are more than one request may name, even with
+        every server's histories read, the newest candidate deduction pulls in is repaired
+        on its own first (:meth:`_split`), and deduction starts again from ``objects``;
+        ``repairing``: the keys of the candidates being repaired so further up.
+
         Raises:
-            TooManyObjects: ``objects`` and the context deduction needs are more than one
-                request may name.
+            TooManyObjects: the deduction stayed too wide and nothing could be split off
+                (:meth:`Attempt.check_stalled`).
             QUUnavailable: repeatedly fewer than q replies.
         """
         query = op is not None and op.query
@@ -169,15 +191,19 @@ class Repairer:
         while True:
             allobjs = tuple(sorted(set(objects) | context))
             if len(allobjs) > MAX_OBJECTS:
-                if widened:
-                    raise TooManyObjects(f"objects {allobjs}: more than {MAX_OBJECTS} to repair")
-                # Deduction wants more objects than a request may name, because their
-                # latest updates look incomplete at the quorum asked: typically one server
-                # of it is behind (a newcomer catching up, issue 60 items 15-16) and shows
-                # each update it lacks at order q - 1.  Complete at q of all n, they need no
-                # deduction: read every server's histories of them and classify again.
-                widened = True
-                await self._widen(allobjs, fresh)
+                if not widened:
+                    # Deduction wants more objects than a request may name, because their
+                    # latest updates look incomplete at the quorum asked: typically one
+                    # server of it is behind (a newcomer catching up, issue 60 items
+                    # 15-16) and shows each update it lacks at order q - 1.  Complete at q
+                    # of all n, they need no deduction: read every server's histories of
+                    # them and classify again.
+                    widened = True
+                    await self._widen(allobjs, fresh)
+                else:
+                    # Incomplete at every server that answers (a server that has them is
+                    # down, or the writer stopped): repair them a group at a time.
+                    await self._split(allobjs, fresh, st, repairing)
                 context.intersection_update(given)
                 continue
             await self._fetch_missing(allobjs, fresh)
@@ -186,6 +212,7 @@ class Repairer:
             if nxt.step is core.Step.NEED:
                 context |= set(nxt.objects)
                 continue
+            st.stalls = 0
             if nxt.step is core.Step.LINKS:
                 if not st.widened_for_links:
                     # A candidate that looks incomplete to this quorum is often complete
@@ -213,6 +240,40 @@ class Repairer:
             # Objects that only abandon an excluded candidate go alone first, the rest as
             # context (``core.abandon_alone``): a busy object cannot keep them stale.
             await self._barrier_or_copy(nxt.alone or allobjs, view, nxt.type, fresh, st)
+
+    async def _split(
+        self,
+        allobjs: tuple[int, ...],
+        fresh: dict[int, set[int]],
+        st: Attempt,
+        repairing: frozenset[tuple],
+    ) -> None:
+        """One step of a repair whose deduction names ``allobjs``, more than a request
+        may: repair the newest candidate it pulls in on its own
+        (:func:`core.split_target`), whose objects are at most
+        :data:`~bftfs.qu.timestamp.MAX_OBJECTS` - splitting again, at a newer candidate
+        each time, if its objects' histories show one.  A repair is per object and the
+        servers check every request's deduction (``missing_objects``), so a barrier and
+        copy of that candidate's objects alone classify as any other request does.
+
+        A candidate is split off once per operation (``Attempt.split_off``): its repair
+        left it complete, or abandoned at every object, so it cannot be an incomplete
+        ObjCand again - unless histories read earlier in the operation say otherwise.
+        With nothing to split off (every candidate pulled in was, or is being repaired
+        further up), back off and read every server's histories again, as many times as
+        :meth:`Attempt.check_stalled` allows; a pass never repeats without a backoff.
+        """
+        view = self.present_view(allobjs, fresh)[1]
+        cand = core.split_target(view, repairing | st.split_off)
+        if cand is None or len(repairing) >= MAX_SPLIT_DEPTH:
+            st.check_stalled(allobjs)
+            st.split_off.clear()  # read again: what they show now may need repairing
+            await self._back_off(st)
+            await self._widen(allobjs, fresh)
+            return
+        self.counts["split_repairs"] += 1
+        st.split_off.add(cand.key)
+        await self.repair(cand.objects, set(), fresh, None, st, repairing | {cand.key})
 
     async def _prove_or_back_off(
         self, objects: tuple[int, ...], wanted: Iterable[tuple[int, Timestamp]], st: Attempt
