@@ -211,7 +211,7 @@ def test_a_file_whose_lease_ended_with_writes_due_opens_and_sends_them(tmp_path:
         assert (await a.meta.query_now(ino, "fs.stat", None))["size"] == 7  # on the servers
         # The servers' record of the lease still runs (only this mount's view was ended):
         # given back, so that the check after the test may read the file.
-        await a.meta.update([ino], "fs.release", {"lt": leases.wall_ns()})
+        await a.meta.update([ino], "fs.release", {"lt": leases.holdings.wall_ns()})
 
     run(tmp_path, body, fs_options=OPTIONS)
 

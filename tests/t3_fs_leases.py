@@ -347,7 +347,7 @@ def test_a_mount_that_slept_past_its_leases_stops_answering_from_them(tmp_path: 
         listings = a.meta.methods["fs.readdir"]
         await a.readdir(ROOT)
         assert a.meta.methods["fs.readdir"] == listings  # answered by the lease
-        leases.wall_ns = lambda: time.time_ns() + 60 * 10**9  # woke a minute later
+        leases.holdings.wall_ns = lambda: time.time_ns() + 60 * 10**9  # woke a minute later
         await a.readdir(ROOT)
         assert a.meta.methods["fs.readdir"] == listings + 1  # asked the servers
         assert leases.stats["woke_past_expiry"] == 1 and ROOT not in leases.held

@@ -681,7 +681,7 @@ def test_a_removal_of_a_waiting_create_whose_name_may_exist_waits_with_it(
         leases = a.meta.leases
         assert leases is not None
         leases.answers.listings.pop(d, None)
-        leases.query = None  # (nor read again at the next create: this mount cannot list)
+        leases.taker.query = None  # (nor read again at the next create: this mount cannot list)
         before = Counter(a.meta.methods)
         for k in range(6):
             await new_file(a, d, b"t%d" % k, b"temporary %d" % k)

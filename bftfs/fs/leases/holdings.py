@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import trio
 
 from bftfs.fs.leases.contention import Contention
+from bftfs.fs.leases.unseen import UnseenFiles
 from bftfs.fsobjects.leases import EXCLUSIVE, HOLDER_MARGIN, SHARED
 
 #: Seconds after a recall or a refusal during which no lease on the object is asked for.
@@ -29,9 +30,6 @@ MAX_CHILDREN = 4096
 #: Objects whose directory is remembered (:meth:`Holdings.seen_in`; past it all are
 #: forgotten at once: a lease whose directory is not known is judged by its own use).
 MAX_PARENTS = 1 << 18
-#: Files remembered as made here and seen by no other client (:meth:`Holdings.unseen_in`);
-#: past it the oldest are forgotten (each then costs what any leased file costs).
-MAX_UNSEEN = 1 << 16
 #: Directories above a leased object whose use keeps its lease (the tree in use): its
 #: directory and the one above, so a file stays held while its directory's other
 #: entries or its cousins are worked on (git walking a tree one directory at a time).
@@ -111,10 +109,8 @@ class Holdings:
         #: Exclusive leases being turned into session-bound shared ones (``Taker.to_session``):
         #: no longer exclusive here from the moment it is asked (nothing new is held back).
         self.converting: set[int] = set()
-        #: Files made here under a directory's exclusive lease that was held since before
-        #: their create was sent: file -> (directory, when that holding began), oldest
-        #: first (:meth:`unseen_in`).
-        self.unseen: dict[int, tuple[int, float]] = {}
+        #: Files made here that no other client can have seen (``leases/unseen.py``).
+        self.unseen = UnseenFiles(self.exclusive_from)
 
     def live(self, oid: int, now: float) -> Lease | None:
         """The lease on ``oid`` while it is to be used at trio time ``now`` (one whose term
@@ -221,29 +217,6 @@ class Holdings:
             return None
         return float("-inf") if h.inherited else h.granted
 
-    def unseen_in(self, oid: int) -> int | None:
-        """The directory of file ``oid`` while no other client can have seen the file: this
-        mount made it there under an exclusive lease on the directory that it has held
-        without a break since before the create was sent, and neither renamed nor linked
-        it since (:meth:`seen`).  Every other client then reaches the directory's entries
-        only by reading the directory, which recalls that lease first; none knows the
-        file's id, so none can reach the file by a name its kernel cached, nor change it
-        (issue 62).  None otherwise (forgotten once the holding broke)."""
-        made = self.unseen.get(oid)
-        if made is None:
-            return None
-        parent, since = made
-        if self.exclusive_from(parent) != since:
-            del self.unseen[oid]
-            return None
-        return parent
-
-    def seen(self, oids: Sequence[int]) -> None:
-        """``oids`` may be reached by another client from now on (renamed or linked by this
-        mount: named in another directory), or are gone: no longer unseen."""
-        for oid in oids:
-            self.unseen.pop(oid, None)
-
     def bound(self, slot: int) -> list[int]:
         """The objects whose lease is bound to ``slot``'s session."""
         return [oid for oid, h in self.held.items() if h.slot == slot]
@@ -282,16 +255,13 @@ class Holdings:
         it (``Leases.inherit``); False, holding nothing, when that lease is not held.
         ``asked``: when their create was sent (trio time; None: not a create, a mkdir):
         made under a holding of ``parent`` that began before, they are unseen
-        (:meth:`unseen_in`)."""
+        (``leases/unseen.py``)."""
         h = self.live(parent, trio.current_time())
         if h is None or h.kind != EXCLUSIVE:
             return False
         since = float("-inf") if h.inherited else h.granted
         if asked is not None and since <= asked:
-            for oid in oids:
-                self.unseen[oid] = (parent, since)
-            while len(self.unseen) > MAX_UNSEEN:
-                del self.unseen[next(iter(self.unseen))]
+            self.unseen.made(parent, oids, since)
         children = self.children.setdefault(parent, set())
         if len(children) > MAX_CHILDREN:  # those whose lease ended are gone already
             children.intersection_update(self.held)

@@ -106,6 +106,8 @@ class Leases:
         self.answers = LeasedAnswers()
         self.holdings = Holdings(term, wall_ns, self.stats, dropped=self._dropped, woke=self._woke)
         self.recalls = Recalls(self.holdings, self.releases, RecallVotes(b), spawn, self.stats)
+        #: The files no other client can have seen (``leases/unseen.py``, issue 62).
+        self.unseen = self.holdings.unseen
         self.sessions: Sessions | None = None
         if client is not None:
             self.sessions = Sessions(
@@ -175,24 +177,6 @@ class Leases:
     def term(self) -> float:
         """Seconds a lease is asked for."""
         return self.holdings.term
-
-    @property
-    def wall_ns(self) -> Callable[[], int]:
-        """The wall clock (ns) leases are counted on besides trio's."""
-        return self.holdings.wall_ns
-
-    @wall_ns.setter
-    def wall_ns(self, clock: Callable[[], int]) -> None:
-        self.holdings.wall_ns = clock
-
-    @property
-    def query(self) -> Query | None:
-        """The query a directory's listing is read with (None: never)."""
-        return self.taker.query
-
-    @query.setter
-    def query(self, query: Query | None) -> None:
-        self.taker.query = query
 
     @property
     def on_grant(self) -> Callable[[list[int]], None] | None:
@@ -404,7 +388,7 @@ class Leases:
         is still held: they are held here until the same moment, and given up with it.
         ``empty_dirs``: they are directories just made, whose listing is known whole.
         ``asked``: when their create was sent (trio time), if they are files: made under
-        a holding of ``parent`` that began before, they are unseen (:meth:`unseen_in`)."""
+        a holding of ``parent`` that began before, they are unseen (:attr:`unseen`)."""
         if not self.holdings.inherit(parent, oids, asked):
             # Recalled or ended while the create was on its way: the grants (if the nodes
             # made them before the recall) are given back, or another client's look at a
@@ -414,32 +398,6 @@ class Leases:
         if empty_dirs:
             for oid in oids:
                 self.answers.listings[oid] = {}
-
-    def unseen_in(self, oid: int) -> int | None:
-        """``Holdings.unseen_in``: the directory of file ``oid`` while no other client can
-        have seen the file (made here under the directory's exclusive lease, held without
-        a break since), else None.  Its attributes are then this mount's own, and its
-        removal may wait in write-back without a lease on the file (issue 62)."""
-        return self.holdings.unseen_in(oid)
-
-    def removes_in(self, parent: int) -> None:
-        """A removal in directory ``parent`` asks to wait in write-back (``WriteBack``):
-        its files no other client can have seen need no lease of their own meanwhile
-        (:meth:`lapses`)."""
-        self.taker.removes_in(parent)
-
-    def lapses(self, oid: int) -> bool:
-        """Whether the exclusive lease on file ``oid`` (nothing held back for it) may end
-        unrenewed and not bound to the session (``HeldFiles.renew_used``): no other client
-        can have seen it (:meth:`unseen_in`) and this mount removes files in its directory,
-        so what it does there needs no lease on the file (its attributes are the mount's,
-        its removal waits on the directory's lease).  Converted at each sweep, every file
-        of ``rm -rf``'s directory or of PostMark's cost a grant it never used (issue 62)."""
-        return self.taker.lapses(oid)
-
-    def seen(self, oids: Sequence[int]) -> None:
-        """``Holdings.seen``: ``oids`` are renamed or linked by this mount, or gone."""
-        self.holdings.seen(oids)
 
     def new_lease_term(self, parent: int) -> int | None:
         """The term (ns) to ask with a ``mkdir`` in ``parent`` that this mount holds no

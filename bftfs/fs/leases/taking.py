@@ -184,16 +184,22 @@ class Taker:
         return at is not None and now - at < self._holdings.term
 
     def removes_in(self, parent: int) -> None:
-        """``Leases.removes_in``: a removal in ``parent`` asks to wait in write-back."""
+        """A removal in directory ``parent`` asks to wait in write-back (``WriteBack``):
+        its files no other client can have seen need no lease of their own meanwhile
+        (:meth:`lapses`)."""
         if len(self._removing) >= MAX_ANSWERS and parent not in self._removing:
             self._removing.clear()  # a bound: at worst some files are renewed once more
         self._removing[parent] = trio.current_time()
 
     def lapses(self, oid: int) -> bool:
-        """``Leases.lapses``: whether the exclusive lease on file ``oid`` may end unrenewed
-        and unconverted: no other client can have seen the file (``Holdings.unseen_in``)
-        and this mount removes files in its directory (within a term)."""
-        parent = self._holdings.unseen_in(oid)
+        """Whether the exclusive lease on file ``oid`` (nothing held back for it) may end
+        unrenewed and not bound to the session (``HeldFiles.renew_used``): no other client
+        can have seen it (``leases/unseen.py``) and this mount removes files in its
+        directory (within a term), so what it does there needs no lease on the file (its
+        attributes are the mount's, its removal waits on the directory's lease).
+        Converted at each sweep, every file of ``rm -rf``'s directory or of PostMark's cost
+        a grant it never used (issue 62)."""
+        parent = self._holdings.unseen.directory_of(oid)
         at = None if parent is None else self._removing.get(parent)
         return at is not None and trio.current_time() - at < self._holdings.term
 
@@ -349,7 +355,7 @@ class Taker:
                 # the nodes may have let another client in meanwhile, so this grant is a
                 # new holding, not a continuation of it: what was kept under it (answers,
                 # the listing) goes, and what was made unseen under it is no longer
-                # (``Holdings.unseen_in``: the holding's start moves).
+                # (``leases/unseen.py``: the holding's start moves).
                 holdings.drop(oid)
                 old, epoch = None, holdings.epoch[oid]
             if holdings.epoch[oid] != epoch and old is None:

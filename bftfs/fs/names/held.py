@@ -38,7 +38,7 @@ def own_made_dir(cache: MetadataCache, leases: Leases | None, oid: int) -> dict[
 
 def own_unseen_file(cache: MetadataCache, leases: Leases | None, oid: int) -> dict[str, Any] | None:
     """The attributes of regular file ``oid`` its own updates answered (its create, its
-    writes), while no other client can have seen the file (``Leases.unseen_in``: made here
+    writes), while no other client can have seen the file (``leases/unseen.py``: made here
     under its directory's exclusive lease, held without a break since) and it has one
     name: nobody else can have changed it, so they are its attributes however old they
     are, with no lease on the file itself (past ``MAX_KEPT`` closed files the mount keeps
@@ -46,4 +46,4 @@ def own_unseen_file(cache: MetadataCache, leases: Leases | None, oid: int) -> di
     own = cache.own.get(oid)
     if leases is None or own is None or own[0]["k"] != "f" or own[0].get("nl") != 1:
         return None
-    return own[0] if leases.unseen_in(oid) is not None else None
+    return own[0] if leases.unseen.directory_of(oid) is not None else None

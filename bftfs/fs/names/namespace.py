@@ -183,7 +183,7 @@ class Names:
             guess is None
             or self.cache.fresh(guess[0]) is not None
             or (guess[0] in self.cache.files and held_here(leases, guess[0]))
-            or (leases is not None and leases.unseen_in(guess[0]) == parent)
+            or (leases is not None and leases.unseen.directory_of(guess[0]) == parent)
             or (guess[1] == obj.DIR_TYPE and made_and_held_here(self.meta.leases, guess[0]))
             or self._listed_as(parent, name, guess[0])
         ):  # the name alone (its answer often leased), then attributes known or fresh
@@ -348,7 +348,7 @@ class Names:
             if held is not None:
                 return self.cache.attr(ino, held)
         if self.meta.leases is not None:  # named elsewhere: others may reach it there
-            self.meta.leases.seen([ino])
+            self.meta.leases.unseen.seen([ino])
         f, pst = await self.meta.update(
             [ino, new_parent],
             "fs.link",

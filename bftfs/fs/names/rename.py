@@ -97,7 +97,7 @@ class Rename:
                 "now": self.meta.now(),
             }
             if self.meta.leases is not None:  # named elsewhere: others may reach them there
-                self.meta.leases.seen([o] if t is None else [o, t])
+                self.meta.leases.unseen.seen([o] if t is None else [o, t])
             try:
                 stats = await self.meta.update(sorted(objs), "fs.rename", arg)
             except (OutOfDate, NotFound) as e:

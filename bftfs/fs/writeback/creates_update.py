@@ -185,7 +185,7 @@ class CreateSender:
 
     def _inherited(self, asked: float | None, parent: int, oids: list[int]) -> None:
         """The create asked at ``asked`` made ``oids``: held here with the directory's
-        lease, and unseen while that holding lasts (``Leases.unseen_in``)."""
+        lease, and unseen while that holding lasts (``leases/unseen.py``)."""
         if asked is not None and self.meta.leases is not None:
             self.meta.leases.inherit(parent, oids, asked=asked)
 

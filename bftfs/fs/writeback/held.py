@@ -127,14 +127,14 @@ class HeldFiles:
         (one turned into a session-bound shared lease, :meth:`renew_used`): nobody else
         changed the file meanwhile, so an ``open`` may still answer from it (what is
         written then goes at the close: only an exclusive lease holds writes back); or,
-        clean, a file no other client can have seen (``Leases.unseen_in``), whose lease
-        may have ended (``Leases.lapses``)."""
+        clean, a file no other client can have seen (``leases/unseen.py``), whose lease
+        may have ended (``Taker.lapses``)."""
         if self.holds_current(f):
             return True
         if f.dirty or f.ino in self._due or f.ino in self._sending:
             return False
-        if self.leases.unseen_in(f.ino) is not None:
-            return True  # nobody else can have changed it (``Leases.unseen_in``)
+        if self.leases.unseen.directory_of(f.ino) is not None:
+            return True  # nobody else can have changed it (``leases/unseen.py``)
         return self.leases.remaining(f.ino, f.adopted) > 0  # (nothing to send before it ends)
 
     def want(self, f: OpenFile) -> None:
@@ -342,7 +342,7 @@ class HeldFiles:
             busy, idle = [], []
             for ino in self._used:
                 if not self._writing(ino, written) and self.leases.exclusive_left(ino) > 0:
-                    if self.leases.lapses(ino):
+                    if self.leases.taker.lapses(ino):
                         continue  # (nothing of it needs its lease: let it end)
                     idle.append(ino)
                 else:

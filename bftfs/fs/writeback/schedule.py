@@ -249,7 +249,7 @@ class WriteBack:
         file has no name).  Without it that client opened the removed file."""
         left = self.leases.exclusive_left(u.parent)
         self.leases.want_exclusive(u.parent)
-        self.leases.removes_in(u.parent)
+        self.leases.taker.removes_in(u.parent)
         if reachable:
             own = self.leases.exclusive_left(u.oid)
             if own <= 0 and self.leases.kept_left(u.oid) > 0:

@@ -200,13 +200,13 @@ class PendingUnlinks:
 
     def _unseen(self, parent: int, oid: int, f: OpenFile | None) -> bool:
         """Whether no other client can have seen file ``oid``, the one name of which is in
-        ``parent`` (``Leases.unseen_in``): its removal then needs no lease on the file
+        ``parent`` (``leases/unseen.py``): its removal then needs no lease on the file
         itself, only the directory's, whose recall sends the removal first.  Past
         ``MAX_KEPT`` closed files such a file's own lease was let end (nothing of it was
         renewed) or went to the session, and each removal went at once (issue 62: 1 639
         of 3 000 in ``rm -rf``)."""
         leases = self.meta.leases
-        if leases is None or leases.unseen_in(oid) != parent:
+        if leases is None or leases.unseen.directory_of(oid) != parent:
             return False
         own = self.cache.own.get(oid)
         s = f.st if f is not None else None if own is None else own[0]
@@ -244,7 +244,7 @@ class PendingUnlinks:
         self.cache.own_touch(parent, self.meta.now())
         leases = self.meta.leases
         if leases is not None:  # as a removal taken: the name leaves the leased listing
-            leases.seen([oid])
+            leases.unseen.seen([oid])
             leases.changed([parent, oid], parent=parent, names=frozenset((name,)))
             leases.entry_done("fs.unlink", parent, frozenset((name,)), "taken")
 

@@ -1,0 +1,56 @@
+"""Files no other client can have seen (issue 62, docs/fs.md "Removals are written back
+too"): made by this mount in a directory under an exclusive lease on it that the mount has
+held without a break since before the create was sent, and neither renamed nor linked
+since.  Every other client reaches the directory's entries only by reading the directory,
+which recalls that lease first; none knows such a file's id, so none can reach it by a
+name its kernel cached, nor change it.  The mount then answers the file's attributes from
+its own and lets its removal wait on the directory's lease alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+#: Files remembered at most; past it the oldest are forgotten (each then costs what any
+#: leased file costs).
+MAX_UNSEEN = 1 << 16
+
+
+class UnseenFiles:
+    """Which files no other client can have seen, and in which directory.
+
+    Args:
+        exclusive_from: when this mount's unbroken exclusive holding of an object began
+            (``Holdings.exclusive_from``), None when it holds none: a file stays unseen
+            while its directory's holding is the one it was made under.
+    """
+
+    def __init__(self, exclusive_from: Callable[[int], float | None]) -> None:
+        self._exclusive_from = exclusive_from
+        #: file -> (directory, when that holding began), oldest first.
+        self._made: dict[int, tuple[int, float]] = {}
+
+    def made(self, parent: int, oids: Sequence[int], since: float) -> None:
+        """``oids`` were made in ``parent`` under its holding that began at ``since``."""
+        for oid in oids:
+            self._made[oid] = (parent, since)
+        while len(self._made) > MAX_UNSEEN:
+            del self._made[next(iter(self._made))]
+
+    def directory_of(self, oid: int) -> int | None:
+        """The directory of file ``oid`` while no other client can have seen it, else None
+        (forgotten once the directory's holding broke)."""
+        made = self._made.get(oid)
+        if made is None:
+            return None
+        parent, since = made
+        if self._exclusive_from(parent) != since:
+            del self._made[oid]
+            return None
+        return parent
+
+    def seen(self, oids: Sequence[int]) -> None:
+        """``oids`` may be reached by another client from now on (renamed or linked by this
+        mount: named in another directory), or are gone: no longer unseen."""
+        for oid in oids:
+            self._made.pop(oid, None)
