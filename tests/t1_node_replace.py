@@ -1,17 +1,24 @@
 """Node replacement's Q/U pieces (issue 35; docs/membership.md, "Replacing a node"): a
 history authenticated under a replaced server's ended key is dropped without blame, a
-forged one is still reported, and a client's caches forget the replaced server.  Pure."""
+forged one is still reported, a client's caches forget the replaced server, and culls
+that only show a replacement (the newcomer's of histories cached before it, issue 66)
+prove nobody malevolent while a forger is still proven.  Pure."""
 
 from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from bftfs.net import moved
+from bftfs.qu import core
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.history import OHSEntry, make_authenticator, make_rh
+from bftfs.qu.messages import ReplyStatus
 from bftfs.qu.objects import Registry
 from bftfs.qu.ohscache import HistoryCache
 from bftfs.qu.replica import cull
+from bftfs.qu.reply import Reply
 from bftfs.qu.serverconfig import ReplicaConfig
 from bftfs.qu.timestamp import ZERO, Candidate, Timestamp
 
@@ -68,3 +75,64 @@ def test_a_clients_caches_forget_a_replaced_server() -> None:
         assert set(c.cached(OID)) == {1} and c.excluded == set()
     moved.announce(3)  # a server it holds nothing of: nothing else changes
     assert set(cache.cached(OID)) == {1}
+
+
+def test_malevolent_leaves_out_the_reports_said_stale() -> None:
+    """``core.malevolent``: a report ``stale`` names does not count; the others do."""
+    reports = [
+        (3, Reply(ReplyStatus.OK, culled=((0, 1),))),
+        (2, Reply(ReplyStatus.OK, culled=((1,),))),
+    ]
+    assert core.malevolent(reports, [OID], 0) == {0, 1}
+    assert core.malevolent(reports, [OID], 0, lambda r, _o, _s: r == 3) == {1}
+    assert core.malevolent(reports, [OID], 1, lambda r, _o, _s: r == 3) == set()
+    assert core.malevolent(reports, [OID], 0, lambda _r, _o, s: s == 1) == {0}
+
+
+B0 = QUThresholds.minimal(1, 0)  # groups of four: one report proves a server malevolent
+
+
+def _reply(culled: tuple[int, ...] = (), hist: bool = True) -> Reply:
+    return Reply(ReplyStatus.FAIL, hist=(entry(OLD),) if hist else (), culled=(culled,))
+
+
+def test_a_newcomers_culls_prove_nobody_malevolent() -> None:
+    """Issue 66: the client cached servers 0-2's histories, their entries for server 3
+    made under its old machine's key; server 3 is replaced; its new machine culls them
+    all.  With ``b = 0`` that proved the three correct servers malevolent.  Histories
+    that came in after the replacement may still carry old entries (a peer re-keys its
+    stored histories in the background), so the newcomer's culls prove nothing then
+    either."""
+    cache = HistoryCache(B0, Counter())
+    cache.absorb((OID,), {s: _reply() for s in range(4)}, {})
+    cache.forget_server(3)  # what moved.announce(3) does to every cache
+    cache.absorb((OID,), {3: _reply((0, 1, 2)), 0: _reply(), 1: _reply()}, {})
+    cache.absorb((OID,), {3: _reply((0, 1, 2))}, {})
+    assert cache.excluded == set()
+    assert cache.faults[(0, "culled")] == 2  # still counted as culls, for the record
+
+
+@pytest.mark.expected_logs("bftfs.qu.ohscache", "WARNING", match=r"^Q/U server \d+ is malevolent")
+def test_culls_of_the_replaced_machines_history_prove_nothing() -> None:
+    """A request built before the client heard of the replacement carries the old
+    machine's history; a peer that holds the new key culls it (one that knows the ended
+    key drops it silently, ``replica.cull``): no proof against the newcomer.  The
+    newcomer's own history, once cached, is judged as any other."""
+    cache = HistoryCache(B0, Counter())
+    cache.absorb((OID,), {s: _reply() for s in range(4)}, {})
+    cache.forget_server(3)
+    cache.absorb((OID,), {0: _reply((3,)), 1: _reply((3,))}, {})
+    assert cache.excluded == set()
+    cache.absorb((OID,), {3: _reply()}, {})  # the newcomer's history, cached now
+    cache.absorb((OID,), {0: _reply((3,))}, {})
+    assert cache.excluded == {3}
+
+
+@pytest.mark.expected_logs("bftfs.qu.ohscache", "WARNING", match=r"^Q/U server \d+ is malevolent")
+def test_a_forger_is_proven_by_the_others_despite_a_replacement() -> None:
+    """Reports by servers not replaced count as before, whatever the cache's age."""
+    cache = HistoryCache(B0, Counter())
+    cache.absorb((OID,), {s: _reply() for s in range(4)}, {})
+    cache.forget_server(3)
+    cache.absorb((OID,), {1: _reply((2,)), 3: _reply((0, 2))}, {})
+    assert cache.excluded == {2}

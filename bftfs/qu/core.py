@@ -29,7 +29,7 @@ from __future__ import annotations
 import enum
 import random
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,15 +86,30 @@ def merge(
     return out
 
 
-def malevolent(reports: Iterable[tuple[int, Reply]], objects: list[int], b: int) -> set[int]:
+def malevolent(
+    reports: Iterable[tuple[int, Reply]],
+    objects: list[int],
+    b: int,
+    stale: Callable[[int, int, int], bool] | None = None,
+) -> set[int]:
     """Servers whose histories more than ``b`` servers culled: at least one benign server
     found their authenticator bad, and a correct client did not tamper, so they are
-    malevolent (L2659-2662)."""
+    malevolent (L2659-2662).
+
+    The seed's inference holds only if the culled server authenticated its history under
+    the key the reporter checks it with.  A node replaced by a new machine (a view or a
+    layout: same index, new key) breaks that for the histories made before: the newcomer
+    culls every history whose entry for it was made under the old machine's key, and a
+    peer culls the old machine's histories; a correct server cannot tell those from forged
+    ones, so it reports them.  ``stale(reporter, oid, server)`` says a report may be one
+    of those (``HistoryCache._stale``): it does not count.  Every other report counts as
+    before, so a server that forges histories its peers check is still proven.
+    """
     count: Counter[tuple[int, int]] = Counter()
     for reporter, rep in reports:
         for oid, culled in zip(objects, rep.culled, strict=False):
             for s in set(culled):
-                if s != reporter:
+                if s != reporter and (stale is None or not stale(reporter, oid, s)):
                     count[(oid, s)] += 1
     return {s for (_, s), k in count.items() if k > b}
 

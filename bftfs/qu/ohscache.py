@@ -38,6 +38,8 @@ class HistoryCache:
         self.th = th
         self.faults = faults
         self._cache: dict[int, dict[int, OHSEntry]] = {}
+        #: Servers a view or layout replaced while this cache lived (:meth:`_stale`).
+        self.renewed: set[int] = set()
         #: Servers proven malevolent: left out from then on.
         self.excluded: set[int] = set()
         #: Stray-history servers of the running operation.
@@ -45,13 +47,37 @@ class HistoryCache:
         _CACHES.add(self)
 
     def forget_server(self, server: int) -> None:
-        """A view replaced ``server`` by a new machine (``net/moved.py``): its cached
-        histories came from the old one, under a key the servers no longer accept, so they
-        go, and the new machine starts with a clean record."""
+        """A view or a layout replaced ``server`` by a new machine (``net/moved.py``): its
+        cached histories came from the old one, under a key the servers no longer accept,
+        so they go, and the new machine starts with a clean record.  Its culls prove
+        nobody malevolent from now on (:meth:`_stale`)."""
         for ohs in self._cache.values():
             ohs.pop(server, None)
         self.excluded.discard(server)
         self.suspects.discard(server)
+        self.renewed.add(server)
+
+    def _stale(self, reporter: int, oid: int, server: int) -> bool:
+        """Whether ``reporter``'s cull of ``server``'s history of ``oid`` may come from a
+        replacement rather than a forgery, and so proves nothing (:func:`core.malevolent`).
+
+        - ``reporter`` is a new machine: it checks its entry in each history under its
+          new key, and cannot tell a forged entry from one made under the old machine's
+          key.  Those are many and last: the client's cached histories of quiet objects,
+          and what a peer serves until its background pass re-authenticated its stored
+          histories (``node/rekey.py``), also after the client took the layout (issue 66:
+          the client heard of it from one node while another still served the old
+          entries).  So a new machine's culls count for nobody; the other servers' still
+          prove a forger (every correct one culls a forged entry for it).
+        - ``server`` is a new machine and the culled history is its old one's (the cache
+          holds none of the new one's for ``oid``: the request went out before the client
+          heard of the replacement; rounds on an object run one after another).  A peer
+          that took the layout drops those silently (``replica.cull``); one that had not
+          yet reports them.  A cull of the new machine's own history counts.
+        """
+        return reporter in self.renewed or (
+            server in self.renewed and server not in self._cache.get(oid, {})
+        )
 
     def cached(self, oid: int) -> dict[int, OHSEntry]:
         """The cached OHS of ``oid`` (a copy)."""
@@ -104,6 +130,9 @@ class HistoryCache:
         """Fold ``replies`` into the cache (line 602), mark their servers fresh for
         ``objects``, count the culls they report and leave out servers they prove
         malevolent."""
+        # Judged on the histories the request was built from, before the replies'.
+        stale = self._stale if self.renewed else None
+        proven = core.malevolent(replies.items(), list(objects), self.th.b, stale) - self.excluded
         merged = core.merge(self.mohs(objects), objects, replies)
         for oid in objects:
             self._cache[oid] = merged[oid]
@@ -112,10 +141,12 @@ class HistoryCache:
             for culled in rep.culled:
                 for s in set(culled):
                     self.faults[(int(s), "culled")] += 1
-        proven = core.malevolent(replies.items(), list(objects), self.th.b) - self.excluded
         for s in proven:
             self.faults[(int(s), "malevolent")] += 1
-            log.warning("Q/U server %s is malevolent (its history culled by more than b)", s)
+            by = sorted(r for r, rep in replies.items() if any(s in c for c in rep.culled))
+            log.warning(
+                "Q/U server %s is malevolent (its history culled by more than b: by %s)", s, by
+            )
         self.excluded |= proven
 
 
