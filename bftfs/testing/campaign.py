@@ -238,7 +238,11 @@ def _fail(what: str) -> Finding:
 
 
 async def _run(home: Path, sched: Schedule, out: Outcome) -> None:
+    # Two streams: the operations' plan must not depend on when an armed crash lands
+    # (that depends on the sockets' interleaving), or one seed runs different operations
+    # from run to run (measured for seed 2: 45 to 47 operations in 17 to 19 rounds).
     rng = random.Random(sched.seed ^ 0xCA3)
+    fault_rng = random.Random(sched.seed ^ 0xFA17)
     out.note("starting the cluster")
     async with (
         open_cluster(
@@ -255,7 +259,7 @@ async def _run(home: Path, sched: Schedule, out: Outcome) -> None:
         out.note(f"{sched.clients} file systems opened")
         planner = Planner(rng, sched.clients)
         moments = [time.time_ns()]  # the node clocks' time between rounds (planner.past)
-        await _rounds(cluster, faulty, rng, sched, out, planner, fss, pasts, moments)
+        await _rounds(cluster, faulty, fault_rng, sched, out, planner, fss, pasts, moments)
         await _final_reads(cluster, faulty, out, planner, fss, pasts, moments)
 
 
@@ -398,16 +402,19 @@ async def _faults(
     down_since: dict[int, int],
     out: Outcome,
 ) -> None:
-    """Restart nodes down for a few rounds; now and then arm a faulty node to crash."""
+    """Restart nodes down for a few rounds; now and then arm a faulty node to crash.
+
+    ``rng`` is the faults' own stream, drawn from the same number of times every round
+    whatever the nodes' state, so each round's draw is the seed's alone."""
     for i in sorted(cluster.crashed):
         down_since.setdefault(i, r)
         if r - down_since[i] >= 2:
             await cluster.recover(i)
             del down_since[i]
             out.note(f"round {r}: node {i} restarted")
-    if faulty and not cluster.crashed and rng.random() < CRASH_CHANCE:
-        i = rng.choice(sorted(faulty))
-        after = rng.randint(1, 40)
+    roll, pick, after = rng.random(), rng.randrange(max(len(faulty), 1)), rng.randint(1, 40)
+    if faulty and not cluster.crashed and roll < CRASH_CHANCE:
+        i = sorted(faulty)[pick]
         faulty[i].arm_crash(after)
         out.note(f"round {r}: node {i} armed to crash in its request {after} from now")
 
