@@ -22,6 +22,7 @@ import trio
 from rw_helpers import rw_cluster
 
 from bftfs.rw.failures import ReadFailed, WriteFailed
+from bftfs.testing.cluster import Cluster
 
 #: The client's patience per quorum call (seconds) in these tests.
 PATIENCE = 0.4
@@ -30,9 +31,10 @@ PATIENCE = 0.4
 SLOW = 3 * PATIENCE
 
 
-def _slow(cluster: object, nodes: range) -> None:
+def _slow(cluster: Cluster, nodes: range) -> None:
+    """``nodes`` hold every request they get (pings too) for :data:`SLOW` seconds."""
     for i in nodes:
-        cluster.faults[i].delay(SLOW)  # type: ignore[attr-defined]
+        cluster.faults[i].delay(SLOW)
 
 
 async def test_a_read_waits_for_t_plus_1_nodes_slower_than_its_patience(tmp_path: Path) -> None:
