@@ -51,6 +51,8 @@ DEFAULT_CONCURRENCY = 32
 MAX_PATIENT_ROUNDS = 6
 #: The most a silent node's patience is stretched, in base timeouts (bounded back-off).
 MAX_STRETCH = 16.0
+#: Seconds between two looks at the liveness of a patient round's outstanding targets.
+LIVENESS_POLL = 0.5
 #: The endpoint's wording for a target silent until a call's own deadline (connection up).
 _NO_REPLY = "no reply"
 
@@ -125,15 +127,87 @@ class RWCalls:
         """One quorum call to ``targets``, batched when the client has a batcher; the
         accepted replies; ``refused(node)`` for each target that refused its request, by
         the time the call ended.  ``timeout``: this call's patience (default the
-        client's; :meth:`patient_timeout` gives a longer one for silent nodes).  Raises
-        ``QuorumUnavailable`` as ``Endpoint.quorum_call`` does."""
+        client's; :meth:`patient_timeout` gives a longer one for silent nodes, and such a
+        call - a patient round - watches its outstanding targets' liveness,
+        :meth:`_watched`).  Raises ``QuorumUnavailable`` as ``Endpoint.quorum_call``
+        does."""
         try:
-            result = await self._quorum(targets, kind, payload, enough, accept, initial, timeout)
+            if timeout is None:
+                result = await self._quorum(targets, kind, payload, enough, accept, initial)
+            else:
+                result = await self._watched(
+                    targets, kind, payload, enough, accept, initial, timeout
+                )
         except QuorumUnavailable as e:
             _refusals(e.result, refused)
             raise
         _refusals(result, refused)
         return result.replies
+
+    async def _watched(
+        self,
+        targets: Sequence[int],
+        kind: str,
+        payload: Any,
+        enough: Callable[[Mapping[NodeId, Any]], bool],
+        accept: Callable[[NodeId, Any], bool],
+        initial: int | None,
+        timeout: float,
+    ) -> QuorumResult:
+        """A patient round: :meth:`_quorum` with ``timeout``, ended early once none of
+        its targets still outstanding is live (``Endpoint.node_live``, asked every
+        :data:`LIVENESS_POLL` seconds at most).  Asking also sends a silent node the
+        transport's heartbeat (``net/liveness.py``): a node that is merely slow answers
+        it and stays live however long its request takes, while a hung one (connection
+        up, nothing answered) is taken for absent after its liveness window and ends the
+        round then, not at its stretched deadline.  Ended so, the call raises
+        ``QuorumUnavailable`` with the outstanding targets' error ``no reply, not live``."""
+        replies: dict[NodeId, Any] = {}
+        errors: dict[NodeId, str] = {}
+
+        def accepting(node: NodeId, raw: Any) -> bool:
+            ok = accept(node, raw)
+            if ok:
+                replies[node] = raw
+            else:
+                errors[node] = INVALID_REPLY
+            return ok
+
+        #: The call's result, or what it raised (re-raised here, not in an exception group).
+        got: list[QuorumResult | Exception] = []
+        async with trio.open_nursery() as nursery:
+
+            async def call() -> None:
+                try:
+                    got.append(
+                        await self._quorum(
+                            targets, kind, payload, enough, accepting, initial, timeout
+                        )
+                    )
+                except Exception as e:  # noqa: BLE001 - re-raised below, as it was
+                    got.append(e)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(call)
+            poll = min(LIVENESS_POLL, timeout / 4)
+            while True:
+                await trio.sleep(poll)
+                now = trio.current_time()
+                outstanding = [NodeId(n) for n in targets if n not in replies and n not in errors]
+                if not any(self.endpoint.node_live(n, now) for n in outstanding):
+                    nursery.cancel_scope.cancel()
+                    break
+        if got:
+            if isinstance(got[0], Exception):
+                raise got[0]
+            return got[0]
+        self.stats["patient_rounds_not_live"] += 1
+        result = QuorumResult(dict(replies), dict(errors))
+        for n in outstanding:
+            result.errors[n] = "no reply, not live"
+        raise QuorumUnavailable(
+            f"{kind}: quorum not reached; {outstanding} not live (transport liveness)", result
+        )
 
     async def _quorum(
         self,
