@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 from rw_helpers import rw_cluster
 
+from bftfs.net import liveness
 from bftfs.rw.failures import ReadFailed, WriteFailed
+from bftfs.rw.messages import KIND_READ_LATEST
 from bftfs.testing.cluster import Cluster
 
 #: The client's patience per quorum call (seconds) in these tests.
@@ -68,6 +71,32 @@ async def test_a_write_waits_for_t_plus_1_nodes_slower_than_its_patience(tmp_pat
                 f.clear()
             assert await rw.read_block(8) == data
         assert rw.statistics()["patient_rounds"] >= 1
+
+
+async def test_a_read_waits_for_nodes_slower_than_their_liveness_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nodes whose read handler takes longer than the transport's liveness window, but
+    whose process runs (they answer heartbeats at once): slow, not absent.  The window is
+    lowered to 3 s and the handlers take 6 s; patience 0.5 s, so the read's rounds last
+    1, 2, 4 and 8 s (each round to the silent nodes alone, unbatched: the batcher's
+    calls kept the client's 0.5 s and failed the items, ``RWCalls._quorum``).  Before:
+    ReadFailed after the first round."""
+    monkeypatch.setattr(liveness, "LIVE_FLOOR", 3.0)
+    handler_takes = 6.0
+
+    async def slow_read(ctx: Any, payload: Any, honest: Any) -> Any:
+        await trio.sleep(handler_takes)  # the node's fault profile: a loaded machine
+        return await honest(ctx, payload)
+
+    data = random.Random(63).randbytes(4096)
+    async with rw_cluster(tmp_path, clients=1, client_options={"timeout": 0.5}) as (cl, (rw,)):
+        with trio.fail_after(120):
+            await rw.write_block(10, data)
+            for i in range(cl.config.n - cl.config.t - 1, cl.config.n):
+                cl.faults[i].byzantine(KIND_READ_LATEST, slow_read)
+            assert await rw.read_block(10) == data
+        assert rw.statistics()["patient_rounds"] >= 3
 
 
 @pytest.mark.parametrize("write", [False, True])

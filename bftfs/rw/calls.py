@@ -219,15 +219,20 @@ class RWCalls:
         initial: int | None,
         timeout: float | None = None,
     ) -> QuorumResult:
+        """The quorum call, through the batcher unless ``timeout`` is given: a patient
+        round's requests go on their own, since the batcher's calls keep the client's
+        timeout per batch (its items failed ``no reply within`` it, whatever the
+        round's patience); such rounds are rare (nobody else was left to ask)."""
         kwargs: dict[str, Any] = {"probe_after": self.probe_after}
+        batcher = self.batcher if timeout is None else None
         if timeout is None:
             timeout = self.timeout
         if timeout is not None:
             kwargs["timeout"] = timeout
-        if self.batcher is not None:
+        if batcher is not None:
             kwargs.setdefault("timeout", self.endpoint.timeout)
             result = await batch_quorum(
-                self.batcher,
+                batcher,
                 [NodeId(t) for t in targets],
                 kind,
                 payload,
