@@ -344,8 +344,8 @@ async def test_more_than_t_unreachable_nodes_fail_loudly(tmp_path: Path, batch: 
     The two nodes drop everything with their connections up (a hung process): each
     client asks them again with more patience until its transport takes them for absent
     (``net/liveness.LIVE_FLOOR``, 10 s of silence through heartbeats; ``rw/calls.py``),
-    so each failing operation takes some 15 s rather than one timeout (3 s in all
-    before): the unbatched variant, two clients, some 30 s, runs in the slow tier."""
+    so the two clients' failing operations take some 15-22 s rather than one timeout
+    each (3.4 s in all before): the unbatched variant runs in the slow tier."""
     async with rw_cluster(tmp_path, batch=batch, client_options={"timeout": 1.0}) as (
         cluster,
         (a, b),
