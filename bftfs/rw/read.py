@@ -13,6 +13,17 @@ READ_LATEST when garbage collection removed what the read looked for (bounded by
 ``max_restarts``: obstruction-freedom, L1566-1574).  The rounds and what they learn are
 ``rw/readround.py``; this module decides which to run and when the read is done.
 
+Slow is not unavailable: a node that did not answer within a round's patience is
+*silent*, not bad (``ReadState.silent``).  The read goes on without it - widening to the
+nodes not asked yet, as before, so a node that never answers (crashed, or Byzantine and
+withholding) costs at most one patience while others can answer - and only when WIDEN
+finds no other node left does it ask the silent nodes again, with twice the patience each
+time (``RWCalls.patient_timeout``: bounded back-off, a bounded number of rounds).  It
+fails with ``ReadFailed`` only when too few nodes are left that are neither proven faulty
+nor really unreachable (connection refused or closed, or the transport's liveness
+says absent: ``Endpoint.node_live``), or when the caller's patience (the mount's
+``timeo``) ran out or the rounds are spent; a caller's cancel scope cancels the read.
+
 A storage node reading as a client (lazy verification, ``node/rw_verifier.py``) gives its
 reader a :class:`LocalReplica`: its own reply is then read from its own store instead of
 left out (its endpoint cannot call itself), and taken through the same checks as a peer's
@@ -219,13 +230,33 @@ class Reader:
                 log.debug("block %s: restart (%s)", block, d.reason)
                 return None
             if d.kind is Kind.WIDEN:
-                rest = [n for n in self.calls.nodes if n not in st.views and n not in st.bad]
-                if not rest:
+                rest = [
+                    n
+                    for n in self.calls.nodes
+                    if n not in st.views and n not in st.bad and n not in st.silent
+                ]
+                if rest:
+                    await rounds.read_latest(st, block, rest, set(), initial=None, cap=cap)
+                    continue
+                # Nobody else: the silent nodes again, with more patience (module docstring).
+                quiet = list(st.silent)
+                timeout = self.calls.patient_timeout(quiet, st.patient_rounds)
+                if timeout is None:
                     raise ReadFailed(
                         f"block {block}: no decision from {len(st.views)} valid replies; "
-                        f"bad: {st.bad}"
+                        f"bad: {st.bad}; silent: {st.silent}"
                     )
-                await rounds.read_latest(st, block, rest, set(), initial=None, cap=cap)
+                st.patient_rounds += 1
+                st.silent.clear()
+                log.info(
+                    "block %s: nodes %s silent, asking them again within %.3gs",
+                    block,
+                    quiet,
+                    timeout,
+                )
+                await rounds.read_latest(
+                    st, block, quiet, set(), initial=None, cap=cap, timeout=timeout
+                )
                 continue
             if d.kind is Kind.FETCH:
                 await self._fetch_history(st, block, d)

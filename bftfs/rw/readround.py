@@ -6,7 +6,10 @@ with or without fragments), READ_PREV for older history (:meth:`ReadRounds.fetch
 and READ_PREV with data at a candidate's timestamp (:meth:`ReadRounds.fetch_fragments`).
 A reply that does not parse, fails its checks (``rw/verify.py``), or refutes a version its
 node listed marks that node bad for the attempt and counts a fault against it
-(``rw/health.py``).  Code between two ``await`` points runs atomically, which the state
+(``rw/health.py``).  A node that did not answer within a round's patience is *silent*,
+not bad (``ReadState.silent``; slow is not unavailable, ``rw/calls.py``): it no longer
+counts for the attempt, but the read asks it again, with more patience, once no other
+node is left (``rw/read.py``).  Code between two ``await`` points runs atomically, which the state
 relies on: a quorum call's ``accept`` callbacks mutate it without locks.
 """
 
@@ -20,7 +23,7 @@ from typing import Any
 from bftfs.ids import NodeId
 from bftfs.net.quorum import QuorumUnavailable
 from bftfs.rw import verify
-from bftfs.rw.calls import RWCalls
+from bftfs.rw.calls import RWCalls, silent_targets
 from bftfs.rw.classify import (
     Decision,
     HostStatus,
@@ -51,6 +54,11 @@ class ReadState:
     restart_at: int | None = None
     #: Each answering node's garbage-collection floor (reads of the past check it).
     floors: dict[int, Timestamp] = field(default_factory=dict)
+    #: Nodes that did not answer within a round's patience, and why: not counted, not
+    #: bad; asked again with more patience when nobody else is left (``rw/read.py``).
+    silent: dict[int, str] = field(default_factory=dict)
+    #: How many times this attempt asked silent nodes again.
+    patient_rounds: int = 0
 
     def good_views(self) -> dict[int, NodeView]:
         return {n: v for n, v in self.views.items() if n not in self.bad}
@@ -58,15 +66,30 @@ class ReadState:
     def failed(self, e: QuorumUnavailable, targets: Iterable[int], answered: set[int]) -> None:
         """After a quorum call gave up: targets that never answered no longer count.
 
-        Nodes whose reply arrived were judged by ``accept`` already (marked bad, or merely
-        not useful, e.g. a fragment collected meanwhile) and are left alone.
+        Those that failed (refused, unreachable) are bad for the attempt; those merely
+        silent until the call's deadline are :attr:`silent` instead (what they said
+        before is dropped too: a view or fragment that a timed-out history or fragment
+        round could not complete).  Nodes whose reply arrived were judged by ``accept``
+        already (marked bad, or merely not useful, e.g. a fragment collected meanwhile)
+        and are left alone.
         """
+        targets = [n for n in targets if n not in answered and n not in self.bad]
+        quiet = set(silent_targets(e.result, targets))
         for node in targets:
-            if node not in answered and node not in self.bad:
-                self.mark_bad(node, e.result.errors.get(NodeId(node), "no reply in time"))
+            why = e.result.errors.get(NodeId(node), "no reply in time")
+            if node in quiet:
+                self.forget(node)
+                self.silent[node] = why
+            else:
+                self.mark_bad(node, why)
 
     def mark_bad(self, node: int, reason: str) -> None:
         self.bad[node] = reason
+        self.silent.pop(node, None)
+        self.forget(node)
+
+    def forget(self, node: int) -> None:
+        """Drop what ``node`` said in this attempt (its view, fragments, flags)."""
         self.views.pop(node, None)
         for by_node in self.frags.values():
             by_node.pop(node, None)
@@ -152,9 +175,11 @@ class ReadRounds:
         *,
         initial: int | None,
         cap: Timestamp | None = None,
+        timeout: float | None = None,
     ) -> None:
         """READ_LATEST (READ_PREV up to ``cap`` inclusive when reading the past) to
-        ``targets``, with data from ``data_nodes``, until the next decision is no WIDEN."""
+        ``targets``, with data from ``data_nodes``, until the next decision is no WIDEN;
+        ``timeout``: the round's patience (default the client's)."""
         self.calls.stats["rounds"] += 1
         reqs = {
             n: ReadRequest(block, data=n in data_nodes, below=cap, inclusive=cap is not None)
@@ -176,6 +201,7 @@ class ReadRounds:
                 accept=accept,
                 initial=initial,
                 refused=self.health.refused,
+                timeout=timeout,
             )
         except QuorumUnavailable as e:
             # Every target answered or failed, or time ran out: the caller's next decision

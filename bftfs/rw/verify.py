@@ -111,7 +111,9 @@ class ReadOutcome:
     #: them, node/rw_verifier.py).
     poisonous: tuple[Timestamp, ...] = ()
     #: Nodes the returning attempt stopped counting (a reply that failed its checks, or
-    #: none in time): a verifying node among them heals its own copy (node/rw_verifier.py).
+    #: the node failed: refused, unreachable; one merely silent past a round's patience
+    #: is not among them, ``rw/readround.py``): a verifying node among them heals its own
+    #: copy (node/rw_verifier.py).
     bad: tuple[int, ...] = ()
 
     @property

@@ -9,10 +9,18 @@ rounds (``one_round``; :meth:`Writer._fresh_write` gives the argument).
 
 Repair (Figure 3.2): a read's write-back of a validated repairable candidate at its own
 timestamp, :meth:`Writer.repair_block`, called by the read loop (``rw/read.py``).
+
+Slow is not unavailable (``rw/calls.py``): when READ_TIMESTAMP or WRITE ends without its
+``N - t`` answers while some nodes were merely silent (no reply within the call's
+patience, connection up), those nodes are asked again - only they, the answers already
+counted kept - with twice the patience each time (:meth:`Writer._patient_quorum`), and
+the write fails with ``WriteFailed`` only once none of them is live by the transport's
+judgement, the caller's patience ran out, or the rounds are spent.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +31,7 @@ from bftfs import erasure
 from bftfs.ids import NodeId
 from bftfs.net.quorum import QuorumUnavailable
 from bftfs.rw import verify
-from bftfs.rw.calls import DEFAULT_CONCURRENCY, RWCalls
+from bftfs.rw.calls import DEFAULT_CONCURRENCY, RWCalls, silent_targets
 from bftfs.rw.failures import WriteFailed, outcomes
 from bftfs.rw.health import NodeHealth
 from bftfs.rw.messages import (
@@ -37,6 +45,8 @@ from bftfs.rw.messages import (
     WriteRequest,
 )
 from bftfs.rw.timestamp import Timestamp, make_timestamp
+
+log = logging.getLogger(__name__)
 
 #: The most fragment bytes one wave of :meth:`Writer.write_blocks` sends each node (one
 #: frame, one commit there).  A node takes nothing of a frame before all of it arrived, so
@@ -234,14 +244,13 @@ class Writer:
             latest[node] = ts
             return True
 
-        replies = await self.calls.quorum(
-            self.calls.nodes,
+        await self._patient_quorum(
             KIND_TIME,
-            TimeRequest(block).to_wire(),
-            enough=lambda r: len(r) >= self.th.quorum,
+            lambda _n: TimeRequest(block).to_wire(),
+            enough=lambda: len(latest) >= self.th.quorum,
             accept=accept,
         )
-        return verify.choose_time({n: latest[n] for n in replies}, self.clock_ns())
+        return verify.choose_time(latest, self.clock_ns())
 
     @outcomes(WriteFailed)
     async def do_write(
@@ -267,15 +276,62 @@ class Writer:
         def payload(node: NodeId) -> Any:
             return WriteRequest(block, ts, cross_checksum, fragments[node], moved=moved).to_wire()
 
+        acked: set[NodeId] = set()
+
         def accept(node: NodeId, reply: Any) -> bool:
             try:
-                return WriteReply.from_wire(reply).ok
+                ok = WriteReply.from_wire(reply).ok
             except MessageError:
                 return False
+            if ok:
+                acked.add(node)
+            return ok
 
-        await self.calls.quorum(
-            nodes, KIND_WRITE, payload, enough=lambda r: len(r) >= need, accept=accept
+        await self._patient_quorum(
+            KIND_WRITE, payload, enough=lambda: len(acked) >= need, accept=accept, nodes=nodes
         )
+
+    async def _patient_quorum(
+        self,
+        kind: str,
+        payload: Callable[[NodeId], Any],
+        *,
+        enough: Callable[[], bool],
+        accept: Callable[[NodeId, Any], bool],
+        nodes: Sequence[NodeId] | None = None,
+    ) -> None:
+        """A quorum call to ``nodes`` (default all) until ``enough()`` holds over what
+        ``accept`` recorded, asking the nodes silent at its deadline again with more
+        patience (module docstring).  ``accept`` keeps its own record, so the answers of
+        earlier rounds count in later ones.
+
+        Raises:
+            QuorumUnavailable: the last round's, once there is nobody to ask again.
+        """
+        targets: Sequence[NodeId] = self.calls.nodes if nodes is None else nodes
+        timeout: float | None = None
+        rounds = 0
+        while True:
+            try:
+                await self.calls.quorum(
+                    targets,
+                    kind,
+                    payload,
+                    enough=lambda _r: enough(),
+                    accept=accept,
+                    timeout=timeout,
+                )
+                return
+            except QuorumUnavailable as e:
+                quiet = silent_targets(e.result, targets)
+                timeout = self.calls.patient_timeout(quiet, rounds)
+                if timeout is None:
+                    raise
+                log.info(
+                    "%s: nodes %s silent, asking them again within %.3gs", kind, quiet, timeout
+                )
+                rounds += 1
+                targets = quiet
 
     @outcomes(WriteFailed)
     async def write_blocks(
