@@ -49,6 +49,7 @@ the node.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -101,6 +102,9 @@ LIST_TIMEOUT: float | None = None
 #: second figure, for as long as the node runs (a peer it needs may be down for long).
 RETRY_SECONDS = 10.0
 RETRY_MAX_SECONDS = 600.0
+#: Passes whose listing too few peers answered before that is logged as a warning (the
+#: first ones are the node's start beside its peers', or a busy machine: information).
+WARN_AFTER_PASSES = 3
 
 
 def new_progress() -> dict[str, Any]:
@@ -257,8 +261,15 @@ class CatchUp:
                 merge.drop(p)
                 self._count("bad_peers")
         if len(pages) < self.th.quorum - 1:
-            node.log.warning(
-                "node %s: rw catch-up: only %d peers listed their blocks", node.id, len(pages)
+            # Peers starting with this node, or slow on a busy machine, miss the listing's
+            # timeout: the pass is run again (:func:`run`), so only a listing that keeps
+            # failing is worth a warning (a peer this node needs is down for long).
+            late = self.progress["passes"] >= WARN_AFTER_PASSES
+            node.log.log(
+                logging.WARNING if late else logging.INFO,
+                "node %s: rw catch-up: only %d peers listed their blocks",
+                node.id,
+                len(pages),
             )
             return None
 
