@@ -218,28 +218,30 @@ class Taker:
         return at is not None and trio.current_time() - at < self._holdings.term
 
     def renew_margin(self) -> float:
-        """Seconds before its end a lease is to be renewed at the latest: :data:`RENEW_WAITS`
-        times the longest recent wait for a grant (asked to granted: the batch ahead of it,
-        the object's other updates it queues behind, the rounds), at most
-        :data:`MAX_MARGIN` of a lease's span.  A fixed share of the term (a third, 10 s;
-        half of the span for a write-back directory) is what a renewal had at `b = 1`; at
-        `b = 2` on a loaded machine (11 nodes, each round 2.5x the nodes' work) grants
-        waited seconds, a directory's renewal came back after its lease's end, and
-        write-back and the files made under the lease went synchronous (issue 64: slow is
-        not unavailable, so the renewal goes earlier rather than the lease being lost)."""
+        """Seconds before its end the exclusive lease a directory's write-back works in is
+        renewed at the latest (:meth:`want_exclusive`): :data:`RENEW_WAITS` times the
+        longest recent wait for a grant (asked to granted: the batch ahead of it, the
+        directory's write-back updates it queues behind, the rounds), at most
+        :data:`MAX_MARGIN` of a lease's span.  With half the span alone (12.5 s of 25), a
+        grant slower than 6.5 s left the deferred creates and removals of its last seconds
+        under two write-back margins (sent at once), and one slower than 12.5 s broke the
+        holding, and with it every file made under it that no other client could have
+        seen (``leases/unseen.py``).  Grants at `b = 2` on a loaded machine waited up to
+        4.7 s (8.3 s at `b = 1` under more load; issue 64): slow is not unavailable, so the
+        renewal goes earlier as the waits grow rather than the lease running short."""
         slowest = max(self._waits, default=0.0)
         span = self._holdings.term - HOLDER_MARGIN / 1e9
         return min(RENEW_WAITS * slowest, MAX_MARGIN * span)
 
     def renew_if_due(self, oids: Sequence[int], now: float) -> None:
-        """Renew the leases on ``oids`` that have less than a third of their term left
-        (or less than :meth:`renew_margin`)."""
-        due = max(self._holdings.term / 3, self.renew_margin())
+        """Renew the leases on ``oids`` that have less than a third of their term left.
+        (Not :meth:`renew_margin`: renewed on use, earlier renewals under load would keep
+        leases the held files' sweep lets end, ``lapses``; one that ends is taken again.)"""
         for o in oids:
             h = self._holdings.held.get(o)
             if h is not None and h.slot is not None:
                 h.used = now  # its session is renewed, not it
-            elif h is not None and h.until - now < due:
+            elif h is not None and h.until - now < self._holdings.term / 3:
                 self.ask(o, now, h.kind)
 
     def renew(self, oids: Sequence[int]) -> None:
