@@ -124,10 +124,10 @@ class Holdings:
         ends = self.ends(h)
         if ends is None or now >= ends[0]:
             if oid in self.asking and h.slot is None:
-                # Its renewal was asked and has not come back: lost to a slow round
-                # (``Taker.renew_margin``: renewals are asked that much earlier).
+                # A renewal (or a conversion to the session) was asked and has not come
+                # back: counted, a slow round's or an ask made near the end (issue 64).
                 self.stats["lapsed"] += 1
-                log.info("lease on %d (kind %d) ended before its renewal came back", oid, h.kind)
+                log.info("lease on %d (kind %d) ended while asked for again", oid, h.kind)
             self.drop(oid)
             return None
         if self.wall_ns() >= ends[1]:  # the machine slept (or its clock was set on)
