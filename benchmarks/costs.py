@@ -59,6 +59,17 @@ def parse_exposition(text: str) -> dict[str, float]:
     return out
 
 
+def _label(sample: str, name: str) -> str:
+    """The value of label ``name`` in a sample key ``metric{a="x",b="y"}`` (the whole
+    label set when it has no such label)."""
+    labels = sample.partition("{")[2].rstrip("}")
+    for part in labels.split(","):
+        k, _, v = part.partition("=")
+        if k.strip() == name:
+            return v.strip().strip('"')
+    return labels
+
+
 def _status(
     config: Any, mountpoint: Path, after: float | None, pid: int | None, wait: float
 ) -> dict[str, Any]:
@@ -97,6 +108,11 @@ def mount_counters(
     leases = st.get("leases")
     if isinstance(leases, dict):
         out["renewals"] = float(leases.get("renewed", 0))
+        # Every lease counter too (grants, renewals, to_session, refused, expiries), for
+        # a benchmark that records where its leases went (issue 64's b = 2).
+        for k, v in leases.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[f"leases.{k}"] = float(v)
     if st.get("metrics"):
         try:
             with urllib.request.urlopen(f"http://{st['metrics']}/metrics", timeout=5) as r:
@@ -105,9 +121,11 @@ def mount_counters(
             samples = {}
         for key, metric in _METRICS.items():
             if key in _SUMMED:
-                parts = [v for k, v in samples.items() if k.startswith(metric + "{")]
+                parts = {k: v for k, v in samples.items() if k.startswith(metric + "{")}
                 if parts:
-                    out[key] = sum(parts)
+                    out[key] = sum(parts.values())
+                for k, v in parts.items():
+                    out[f"{key}.{_label(k, 'method')}"] = v
             elif metric in samples:
                 out[key] = samples[metric]
     return out
@@ -146,7 +164,12 @@ class MountCounters:
             self._start = self._snapshot(time.time() if self.fresh_start else None)
             return
         end = self._snapshot(time.time())
-        self.phases[phase] = {k: v - self._start[k] for k, v in end.items() if k in self._start}
+        # A method's or lease counter's first count may come within the phase: it was 0.
+        self.phases[phase] = {
+            k: v - self._start.get(k, 0.0)
+            for k, v in end.items()
+            if k in self._start or ("." in k and self._start)
+        }
 
 
 class Costs:

@@ -280,6 +280,9 @@ def measure(
                         meter("postmark", "end")
                         rec["cpu"] = meter.cpu.phases["postmark"]
                         rec["costs"] = meter.per_unit("postmark", args.transactions)
+                        # The run's raw counters: Q/U operations by method, every lease
+                        # counter of the mount (issue 64: where b = 2's time goes).
+                        rec["counters"] = meter.counters.phases.get("postmark", {})
             except (common.TargetError, PostMarkError, OSError, RuntimeError) as e:
                 rec["error"] = str(e)
                 progress.more(f" FAILED: {str(e).splitlines()[0][:200]}", end="\n")

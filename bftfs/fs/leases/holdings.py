@@ -12,6 +12,7 @@ machine slept, and every lease is let go (``woke``).
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ import trio
 from bftfs.fs.leases.contention import Contention
 from bftfs.fs.leases.unseen import UnseenFiles
 from bftfs.fsobjects.leases import EXCLUSIVE, HOLDER_MARGIN, SHARED
+
+log = logging.getLogger(__name__)
 
 #: Seconds after a recall or a refusal during which no lease on the object is asked for.
 COOLDOWN = 5.0
@@ -120,6 +123,11 @@ class Holdings:
             return None
         ends = self.ends(h)
         if ends is None or now >= ends[0]:
+            if oid in self.asking and h.slot is None:
+                # A renewal (or a conversion to the session) was asked and has not come
+                # back: counted, a slow round's or an ask made near the end (issue 64).
+                self.stats["lapsed"] += 1
+                log.info("lease on %d (kind %d) ended while asked for again", oid, h.kind)
             self.drop(oid)
             return None
         if self.wall_ns() >= ends[1]:  # the machine slept (or its clock was set on)

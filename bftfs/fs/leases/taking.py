@@ -19,7 +19,7 @@ mount deferred there (write-back), and its listing is read once granted.
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -51,6 +51,15 @@ WRITE_BACK_RENEW = 0.5
 #: Seconds the leases asked for are gathered before they are sent (a lease is an
 #: optimisation: taking it a moment later costs nothing, a round per object would).
 GATHER = 0.002
+#: How many of the slowest recent waits for a grant a renewal is asked ahead of its
+#: lease's end (:meth:`Taker.renew_margin`), and how many recent waits are remembered.
+#: Two: a renewal asked that early comes back in time even when it waits twice as long
+#: as any of the last :data:`WAITS` did (its own round, and the queue it joins).
+RENEW_WAITS = 2.0
+WAITS = 32
+#: The most of a lease's span (term less the holder's margin) the measured margin may
+#: take: however slow the rounds, a lease is not renewed more often than that leaves.
+MAX_MARGIN = 0.8
 
 #: The ungated query of the file system (``Meta.query_now``): a listing is read with it.
 Query = Callable[[int, str, Any], Awaitable[Any]]
@@ -108,6 +117,10 @@ class Taker:
         self._worked: dict[int, float] = {}
         #: Directories by when a removal there last asked to wait in write-back.
         self._removing: dict[int, float] = {}
+        #: Objects asked for -> when (trio time): the wait for their grant is measured.
+        self._asked_at: dict[int, float] = {}
+        #: The last :data:`WAITS` waits (seconds) from asking for a lease to its grant.
+        self._waits: deque[float] = deque(maxlen=WAITS)
 
     def used(
         self, oids: Sequence[int], leased: Sequence[Lease | None], answer: Any, now: float
@@ -140,6 +153,7 @@ class Taker:
             return False
         self._kinds[oid] = kind
         self._holdings.asking.add(oid)
+        self._asked_at[oid] = now if now > 0 else trio.current_time()
         self._wanted.append(oid)
         if not self._taking:
             self._taking = True
@@ -203,8 +217,26 @@ class Taker:
         at = None if parent is None else self._removing.get(parent)
         return at is not None and trio.current_time() - at < self._holdings.term
 
+    def renew_margin(self) -> float:
+        """Seconds before its end the exclusive lease a directory's write-back works in is
+        renewed at the latest (:meth:`want_exclusive`): :data:`RENEW_WAITS` times the
+        longest recent wait for a grant (asked to granted: the batch ahead of it, the
+        directory's write-back updates it queues behind, the rounds), at most
+        :data:`MAX_MARGIN` of a lease's span.  With half the span alone (12.5 s of 25), a
+        grant slower than 6.5 s left the deferred creates and removals of its last seconds
+        under two write-back margins (sent at once), and one slower than 12.5 s broke the
+        holding, and with it every file made under it that no other client could have
+        seen (``leases/unseen.py``).  Grants at `b = 2` on a loaded machine waited up to
+        4.7 s (8.3 s at `b = 1` under more load; issue 64): slow is not unavailable, so the
+        renewal goes earlier as the waits grow rather than the lease running short."""
+        slowest = max(self._waits, default=0.0)
+        span = self._holdings.term - HOLDER_MARGIN / 1e9
+        return min(RENEW_WAITS * slowest, MAX_MARGIN * span)
+
     def renew_if_due(self, oids: Sequence[int], now: float) -> None:
-        """Renew the leases on ``oids`` that have less than a third of their term left."""
+        """Renew the leases on ``oids`` that have less than a third of their term left.
+        (Not :meth:`renew_margin`: renewed on use, earlier renewals under load would keep
+        leases the held files' sweep lets end, ``lapses``; one that ends is taken again.)"""
         for o in oids:
             h = self._holdings.held.get(o)
             if h is not None and h.slot is not None:
@@ -238,6 +270,7 @@ class Taker:
         if h is not None and h.kind == EXCLUSIVE:
             term = self._holdings.term
             due = max(term / 3, (term - HOLDER_MARGIN / 1e9) * WRITE_BACK_RENEW)
+            due = max(due, self.renew_margin())
             if h.slot is None and h.until - now < due:
                 self.ask(oid, now, EXCLUSIVE)
             self.ensure_listing(oid)
@@ -331,6 +364,7 @@ class Taker:
                 objects.append(self.sessions.sid(slot))
             answer = await self._update(objects, "fs.lease", arg)
         except Exception as e:  # noqa: BLE001 - a lease is an optimisation (refused, EIO)
+            self._waited(oids)
             holdings.asking.difference_update(oids)
             holdings.converting.difference_update(oids)  # (the exclusive lease runs on)
             self._refused(oids, e, kind)
@@ -341,6 +375,7 @@ class Taker:
             got, seq = (answer[1], answer[2]) if ok else (None, 0)
             if got is None or got != gen or holdings.session_ends(slot or 0, got) is None:
                 gen = None  # the session moved on meanwhile: given back, not held
+        self._waited(oids)
         holdings.asking.difference_update(oids)
         holdings.converting.difference_update(oids)
         now = trio.current_time()
@@ -351,6 +386,9 @@ class Taker:
         for oid, epoch in zip(oids, epochs, strict=True):
             old = holdings.held.get(oid)
             if old is not None and not holdings.lasted(old, now):
+                if old.slot is None:
+                    self._stats["lapsed"] += 1  # (the renewal came too late: renew_margin)
+                    log.info("lease on %d (kind %d) renewed after its end", oid, old.kind)
                 # It ended before this grant came (a renewal answered late, under load):
                 # the nodes may have let another client in meanwhile, so this grant is a
                 # new holding, not a continuation of it: what was kept under it (answers,
@@ -384,6 +422,21 @@ class Taker:
         if gone:
             self._recalls.give_back(gone)
 
+    def _waited(self, oids: Sequence[int]) -> None:
+        """The answer to the lease asked for ``oids`` came (or its failure): remember how
+        long the longest of them waited (:meth:`renew_margin`), counted as ``wait_ms``
+        (the sum) and ``wait_max_ms`` (the longest) in the statistics."""
+        now = trio.current_time()
+        waits = [now - at for o in oids if (at := self._asked_at.pop(o, None)) is not None]
+        if not waits:
+            return
+        wait = max(waits)
+        self._waits.append(wait)
+        ms = round(wait * 1000)
+        self._stats["wait_ms"] += ms
+        self._stats["waits"] += 1
+        self._stats["wait_max_ms"] = max(self._stats["wait_max_ms"], ms)
+
     def ensure_listing(self, oid: int) -> None:
         """Read the listing of a directory leased exclusively here unless it is known or
         being read (:meth:`LeasedAnswers.read_listing`); a read a create crossed is read
@@ -401,4 +454,4 @@ class Taker:
         now = trio.current_time()
         self._holdings.quiet_until[oids[0]] = now + COOLDOWN
         self._holdings.contention.contended(oids[0], now)  # another holds it: contention
-        log.debug("lease on %d not taken: %s", oids[0], e)
+        log.debug("lease on %d (kind %d) not taken: %s", oids[0], kind, e)
