@@ -230,33 +230,7 @@ class Reader:
                 log.debug("block %s: restart (%s)", block, d.reason)
                 return None
             if d.kind is Kind.WIDEN:
-                rest = [
-                    n
-                    for n in self.calls.nodes
-                    if n not in st.views and n not in st.bad and n not in st.silent
-                ]
-                if rest:
-                    await rounds.read_latest(st, block, rest, set(), initial=None, cap=cap)
-                    continue
-                # Nobody else: the silent nodes again, with more patience (module docstring).
-                quiet = list(st.silent)
-                timeout = self.calls.patient_timeout(quiet, st.patient_rounds)
-                if timeout is None:
-                    raise ReadFailed(
-                        f"block {block}: no decision from {len(st.views)} valid replies; "
-                        f"bad: {st.bad}; silent: {st.silent}"
-                    )
-                st.patient_rounds += 1
-                st.silent.clear()
-                log.info(
-                    "block %s: nodes %s silent, asking them again within %.3gs",
-                    block,
-                    quiet,
-                    timeout,
-                )
-                await rounds.read_latest(
-                    st, block, quiet, set(), initial=None, cap=cap, timeout=timeout
-                )
+                await self._widen(st, block, cap)
                 continue
             if d.kind is Kind.FETCH:
                 await self._fetch_history(st, block, d)
@@ -284,6 +258,34 @@ class Reader:
                 tuple(sorted(st.rejected, reverse=True)),
                 tuple(sorted(st.bad)),
             )
+
+    async def _widen(self, st: ReadState, block: BlockId, cap: Timestamp | None) -> None:
+        """WIDEN: ask the nodes not asked yet; with nobody else, the silent nodes again,
+        with more patience (module docstring).
+
+        Raises:
+            ReadFailed: nobody is left and the silent nodes' patience is spent.
+        """
+        rounds = self.rounds
+        rest = [
+            n
+            for n in self.calls.nodes
+            if n not in st.views and n not in st.bad and n not in st.silent
+        ]
+        if rest:
+            await rounds.read_latest(st, block, rest, set(), initial=None, cap=cap)
+            return
+        quiet = list(st.silent)
+        timeout = self.calls.patient_timeout(quiet, st.patient_rounds)
+        if timeout is None:
+            raise ReadFailed(
+                f"block {block}: no decision from {len(st.views)} valid replies; "
+                f"bad: {st.bad}; silent: {st.silent}"
+            )
+        st.patient_rounds += 1
+        st.silent.clear()
+        log.info("block %s: nodes %s silent, asking them again within %.3gs", block, quiet, timeout)
+        await rounds.read_latest(st, block, quiet, set(), initial=None, cap=cap, timeout=timeout)
 
     def _ask_local(self, st: ReadState, req: ReadRequest, *, fetched: bool) -> ReadReply | None:
         """This node's own reply to ``req``, merged into ``st`` through the checks a peer's

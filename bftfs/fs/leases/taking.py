@@ -364,9 +364,7 @@ class Taker:
                 objects.append(self.sessions.sid(slot))
             answer = await self._update(objects, "fs.lease", arg)
         except Exception as e:  # noqa: BLE001 - a lease is an optimisation (refused, EIO)
-            self._waited(oids)
-            holdings.asking.difference_update(oids)
-            holdings.converting.difference_update(oids)  # (the exclusive lease runs on)
+            self._waited(oids)  # (a converting exclusive lease runs on)
             self._refused(oids, e, kind)
             return
         seq = 0
@@ -376,8 +374,6 @@ class Taker:
             if got is None or got != gen or holdings.session_ends(slot or 0, got) is None:
                 gen = None  # the session moved on meanwhile: given back, not held
         self._waited(oids)
-        holdings.asking.difference_update(oids)
-        holdings.converting.difference_update(oids)
         now = trio.current_time()
         gone = []
         new = [o for o in oids if o not in holdings.held]
@@ -423,9 +419,12 @@ class Taker:
             self._recalls.give_back(gone)
 
     def _waited(self, oids: Sequence[int]) -> None:
-        """The answer to the lease asked for ``oids`` came (or its failure): remember how
-        long the longest of them waited (:meth:`renew_margin`), counted as ``wait_ms``
-        (the sum) and ``wait_max_ms`` (the longest) in the statistics."""
+        """The answer to the lease asked for ``oids`` came (or its failure): they are no
+        longer being asked for or converted, and how long the longest of them waited is
+        remembered (:meth:`renew_margin`), counted as ``wait_ms`` (the sum) and
+        ``wait_max_ms`` (the longest) in the statistics."""
+        self._holdings.asking.difference_update(oids)
+        self._holdings.converting.difference_update(oids)
         now = trio.current_time()
         waits = [now - at for o in oids if (at := self._asked_at.pop(o, None)) is not None]
         if not waits:
