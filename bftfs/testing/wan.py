@@ -56,6 +56,15 @@ from bftfs.testing import netns
 
 #: The MTU of every interface of a ``wire`` bed (the most a tap and a veth take).
 WIRE_MTU = 65000
+#: Each host's TCP buffers on a ``wire`` bed (``net.ipv4.tcp_rmem`` and ``tcp_wmem``: min,
+#: default, max bytes).  The kernel's default receive buffer, 128 KiB, opens a window of
+#: half of it: one 64 KB segment a round trip on the wire's MTU (at 25 ms one-way, 1.3
+#: MB/s), and autotuning grows it only as fast as it is filled, so a node's fresh
+#: connection took 1-3 s to carry a 50 Mbit/s link (issue 65: the first flush of a big
+#: file), where a 1500-byte MTU's 43 segments grow in a few round trips.  4 MiB covers
+#: a 50 Mbit/s link's bandwidth-delay product at 300 ms.  (The client is the root
+#: namespace, the machine's own, which the bed leaves alone.)
+WIRE_TCP_MEM = "4096 4194304 33554432"
 
 _TUNSETIFF = 0x400454CA
 _IFF_TAP = 0x0002
@@ -234,6 +243,10 @@ class Wan:
             _ip("link", "set", own, "up")
             flows.append({"a": a, "w": w, "link": asdict(link), "seed": self.seed * 100 + i})
         _ip("link", "set", hosts.bridge, "mtu", mtu)
+        for i in range(len(self.links)):
+            for key in ("net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem"):
+                cmd = ["ip", "netns", "exec", hosts.name(i), "sysctl", "-q", "-w"]
+                subprocess.run([*cmd, f"{key}={WIRE_TCP_MEM}"], check=True, timeout=30)
         self._wire = subprocess.Popen(
             [sys.executable, "-m", "bftfs.testing.wan", json.dumps(flows)],
             stdout=subprocess.PIPE,
