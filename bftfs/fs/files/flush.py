@@ -86,7 +86,7 @@ class FlushEngine:
         #: up to a dozen threads coding at once, each allocating in its own malloc arena
         #: (the daemon writing 1 GiB peaked at 785 MiB; fs/files/encodeahead.py).
         self.ahead_limit = trio.Semaphore(1)
-        #: The background flushes' blocks rate and update round, which size write-behind
+        #: The background flushes' blocks rate and idle, which size write-behind
         #: (``fs/files/pace.py``, issue 65).
         self.pace = Pace()
         self.fetcher = Fetcher(
