@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import functools
 import hashlib
+import json
 import os
 import random
 import signal
@@ -235,14 +236,116 @@ def workload(mounts: Mounts, work: Path, inp: Inputs, args: Any) -> dict[str, fl
         out.update(git_build(mnt, inp.repo, inp.expect))
     if "big" in chosen and args.mb:
         before = mounts.verified()
+        cpu0 = daemon_cpu(mnt)
+        w0 = time.monotonic()
         out["write big"] = timed(lambda: write_big(mnt / "big", args.mb))
+        w1 = time.monotonic()
+        cpu1, peak = daemon_cpu(mnt), daemon_peak_mib(mnt)
         during = [b - a for a, b in zip(before, mounts.verified(), strict=False)]
         if during:  # (bftfs: lazy verification's reads share the links with the write)
             print(f"blocks each node verified during the write: {during}", flush=True)
         if args.settle:
             out["settle"] = mounts.settle()
-        out["read big"] = timed(lambda: read_big(mounts.again() / "big", args.mb))
+        again = mounts.again()
+        cpu2 = daemon_cpu(again)
+        r0 = time.monotonic()
+        out["read big"] = timed(lambda: read_big(again / "big", args.mb))
+        r1 = time.monotonic()
+        cpu3 = daemon_cpu(again)
+        if cpu0 is not None and cpu1 is not None and cpu2 is not None and cpu3 is not None:
+            print(
+                f"mount daemon CPU: write {cpu1 - cpu0:.1f} s (peak RSS {peak:.0f} MiB), "
+                f"read {cpu3 - cpu2:.1f} s",
+                flush=True,
+            )
+        idle_report(mounts, args, {"write": (w0, w1), "read": (r0, r1)})
     return out
+
+
+def daemon_pids(mnt: Path) -> list[int]:
+    """The processes serving the mount at ``mnt`` (the bftfs mount daemon: its command
+    line names the mount point; GlusterFS's client names its volume instead)."""
+    return [
+        pid
+        for pid, argv in proc.command_lines()
+        if any(str(mnt).encode() in a for a in argv) and any(b"bftfs" in a for a in argv)
+    ]
+
+
+def daemon_cpu(mnt: Path) -> float | None:
+    """CPU seconds (user + system) of :func:`daemon_pids`; None if there is none."""
+    total, found, tick = 0.0, False, os.sysconf("SC_CLK_TCK")
+    for pid in daemon_pids(mnt):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            found = True
+    return total if found else None
+
+
+def daemon_peak_mib(mnt: Path) -> float:
+    """The largest peak resident set (``VmHWM``) of :func:`daemon_pids`, MiB."""
+    peak = 0.0
+    for pid in daemon_pids(mnt):
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) / 1024)
+    return peak
+
+
+def flush_lines(log: Path | None, start: float, end: float) -> list[tuple[float, float, int]]:
+    """The mount's background flushes (``fs/writeback/flush_behind.py``'s debug lines:
+    start, end, blocks) that began between monotonic ``start`` and ``end``."""
+    if log is None or not log.exists():
+        return []
+    got = []
+    for line in log.read_text(errors="replace").splitlines():
+        if "flush-behind" in line:
+            words = line.split("flush-behind", 1)[1].split()
+            a, b, blocks = float(words[1]), float(words[2]), int(words[3])
+            if start <= a <= end:
+                got.append((a, b, blocks))
+    return got
+
+
+def idle_report(mounts: Mounts, args: Any, phases: dict[str, tuple[float, float]]) -> None:
+    """Where the links sat idle during the big file's phases (issue 65): per link, the
+    mean fraction of its rate it carried the way the data goes (to the hosts for the
+    write, from them for the read) and the fraction of 100 ms ticks it was idle (below
+    10%); the mount's background flushes beside them; the wire's CPU.  With
+    ``--timeline DIR`` the ticks and the flushes are saved as JSON there."""
+    if mounts.bed is None or not args.rate:
+        return
+    tl = mounts.bed.timeline()
+    saved: dict[str, Any] = {"cpu": tl.cpu, "load": os.getloadavg()}
+    for phase, (start, end) in phases.items():
+        ticks = tl.window(start, end)
+        way = 0 if phase == "write" else 1  # to the hosts, or from them
+        cells = []
+        for i in range(len(ticks) // 2):
+            used, idle = wan.busy_fractions(ticks[2 * i + way], args.rate)
+            cells.append(f"{used:.2f}/{idle:.2f}")
+        flushes = flush_lines(mounts.log, start, end)
+        gaps = [b[0] - a[1] for a, b in zip(flushes, flushes[1:], strict=False)]
+        extra = ""
+        if flushes:
+            extra = (
+                f"; {len(flushes)} background flushes of median "
+                f"{statistics.median(f[2] for f in flushes):g} blocks, "
+                f"{statistics.median(f[1] - f[0] for f in flushes):.2f} s, gap median "
+                f"{statistics.median(gaps) if gaps else 0:.3f} s"
+            )
+        print(
+            f"{phase} {end - start:.1f} s: links 0-5 used/idle {' '.join(cells)}{extra}; "
+            f"wire CPU {tl.cpu:.1f} s so far; load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
+        saved[phase] = {"start": start, "end": end, "ticks": ticks, "flushes": flushes}
+    if args.timeline:
+        args.timeline.mkdir(parents=True, exist_ok=True)
+        name = f"big-{time.strftime('%H%M%S')}-{os.getpid()}.json"
+        (args.timeline / name).write_text(json.dumps(saved))
 
 
 class Mounts:
@@ -256,9 +359,13 @@ class Mounts:
         work: Path,
         umount: list[str],
         config: Path | None = None,
+        bed: wan.Wan | None = None,
+        log: Path | None = None,
     ) -> None:
         self.stack, self.mount, self.work, self.umount = stack, mount, work, umount
         self.config, self.count = config, 0
+        #: The bed (its links' timeline) and the mount's log (its background flushes).
+        self.bed, self.log = bed, log
         self.path = self.again()
 
     def _progress(self) -> list[dict[str, Any]]:
@@ -301,9 +408,13 @@ class Mounts:
 def run_bftfs(bed: wan.Wan, work: Path, inp: Inputs, args: Any) -> dict[str, float]:
     """bftfs's phases on a fresh cluster on ``bed``."""
     with wan.cluster(bed, work / "admin") as config, ExitStack() as mounted:
-        mount = ["mount", "--config", str(config), "-o", "client=client0"]
+        log = work / "mount.log"
+        mount = ["mount", "--debug-modules", "bftfs.fs.writeback.flush_behind", "--config"]
+        mount += [str(config), "-o", "client=client0", "--log", str(log)]
         umount = [sys.executable, "-m", "bftfs", "umount"]
-        mounts = Mounts(mounted, lambda p: wan.bftfs_cli(*mount, str(p)), work, umount, config)
+        mounts = Mounts(
+            mounted, lambda p: wan.bftfs_cli(*mount, str(p)), work, umount, config, bed, log
+        )
         out = workload(mounts, work, inp, args)
     return out
 
@@ -405,7 +516,7 @@ def run_gluster(bed: wan.Wan, work: Path, inp: Inputs, args: Any) -> dict[str, f
         def mount(path: Path) -> None:
             subprocess.run(["mount", "-t", "glusterfs", "-o", log, what, str(path)], check=True)
 
-        out = workload(Mounts(mounted, mount, work, ["umount", "-l"]), work, inp, args)
+        out = workload(Mounts(mounted, mount, work, ["umount", "-l"], bed=bed), work, inp, args)
     return out
 
 
@@ -432,6 +543,7 @@ def one_delay(delay: float, tmp: Path, inp: Inputs, args: Any) -> list:
                 rows.append((system, rep, out))
     mib = [f"{to / 2**20:.0f}/{back / 2**20:.0f}/{drops}" for to, back, drops in bed.carried]
     print(f"MiB each link carried to/from its host, frames dropped, at {delay:g} ms: {mib}")
+    print(f"the wire process's CPU: {bed.wire_cpu:.1f} s")
     return rows
 
 
@@ -528,6 +640,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--reps", type=int, default=2, help="runs of each system per delay")
     ap.add_argument("--svg", type=Path, default=None, help="the plot against the RTT")
+    ap.add_argument(
+        "--timeline", type=Path, default=None, help="a directory for the big file's link ticks"
+    )
     args = ap.parse_args(argv)
     common.install_sigterm_handler()  # a killed run still removes its hosts and daemons
     if (why := wan.skip_reason()) is not None:

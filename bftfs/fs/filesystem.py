@@ -24,7 +24,8 @@ What the client caches, and why it is safe:
   ``open`` re-reads the attribute object; cached blocks survive only when its version
   counter is unchanged.  Writes are buffered per file and flushed on ``flush``, ``fsync``,
   ``release``, before a truncation, and when the dirty data passes a bound (8 MiB): in the
-  background for a sequential writer (write-behind, bounded by ``behind_limit``; its errors
+  background for a sequential writer (write-behind, bounded by ``behind_limit``, raised
+  up to ``behind_max`` from the measured rate and round trip, fs/files/pace.py; its errors
   reach the next write, flush or fsync), and sequential readers have a window of blocks
   fetched in the background (docs/fs.md, "Big files").  A flush writes every block first
   (PASIS, complete at ``N - t`` nodes) and only then sends the size and mtime (Q/U), so a
@@ -101,6 +102,7 @@ from bftfs.fs.files import (
     OpenFile,
 )
 from bftfs.fs.files.flush import FlushEngine
+from bftfs.fs.files.pace import DEFAULT_BEHIND_MAX
 from bftfs.fs.files.reclaim import Reclaimer
 from bftfs.fs.files.table import HandleTable
 from bftfs.fs.handles import Handles
@@ -125,6 +127,15 @@ XATTR_CREATE = obj.XATTR_CREATE
 XATTR_REPLACE = obj.XATTR_REPLACE
 
 
+def _behind_max(behind_limit: int, behind_max: int | None) -> int:
+    """The most write-behind's measured sizing may buffer per file: ``behind_max`` when
+    given, else :data:`DEFAULT_BEHIND_MAX`, or ``behind_limit`` itself when that is set
+    below its default (a caller bounding a file's memory tightly keeps its bound)."""
+    if behind_max is not None:
+        return behind_max
+    return DEFAULT_BEHIND_MAX if behind_limit >= DEFAULT_BEHIND_LIMIT else behind_limit
+
+
 class FileSystem:
     """The file-system model of one client (one mount); see the module docstring."""
 
@@ -143,6 +154,7 @@ class FileSystem:
         readahead: int = DEFAULT_READAHEAD,
         readahead_max: int = DEFAULT_READAHEAD_MAX,
         behind_limit: int = DEFAULT_BEHIND_LIMIT,
+        behind_max: int | None = None,
         write_behind: bool = False,
         lease_term: float = 0.0,
         commit: float = 0.0,
@@ -203,6 +215,7 @@ class FileSystem:
             box.creates,
             dirty_limit=dirty_limit,
             behind_limit=behind_limit,
+            behind_max=_behind_max(behind_limit, behind_max),
             held=box.held,
             answers_eio=not hard,
         )

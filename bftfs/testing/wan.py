@@ -56,6 +56,15 @@ from bftfs.testing import netns
 
 #: The MTU of every interface of a ``wire`` bed (the most a tap and a veth take).
 WIRE_MTU = 65000
+#: Each host's TCP buffers on a ``wire`` bed (``net.ipv4.tcp_rmem`` and ``tcp_wmem``: min,
+#: default, max bytes).  The kernel's default receive buffer, 128 KiB, opens a window of
+#: half of it: one 64 KB segment a round trip on the wire's MTU (at 25 ms one-way, 1.3
+#: MB/s), and autotuning grows it only as fast as it is filled, so a node's fresh
+#: connection took 1-3 s to carry a 50 Mbit/s link (issue 65: the first flush of a big
+#: file), where a 1500-byte MTU's 43 segments grow in a few round trips.  4 MiB covers
+#: a 50 Mbit/s link's bandwidth-delay product at 300 ms.  (The client is the root
+#: namespace, the machine's own, which the bed leaves alone.)
+WIRE_TCP_MEM = "4096 4194304 33554432"
 
 _TUNSETIFF = 0x400454CA
 _IFF_TAP = 0x0002
@@ -136,6 +145,39 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], capture_output=True, text=True, check=True, timeout=30)
 
 
+#: The wire's timeline's unit, seconds: bytes each link carried per tick.
+TICK = 0.1
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Bytes each link carried per :data:`TICK` (counted when a frame's serialisation at
+    the link's rate ends, i.e. when the link was busy with it), from the wire's ``start``
+    (``time.monotonic``, which every namespace shares); ``ticks[2 * i]`` is host ``i``'s
+    link towards the host, ``ticks[2 * i + 1]`` from it.  ``cpu``: the wire's CPU
+    seconds so far."""
+
+    start: float
+    ticks: list[list[int]]
+    cpu: float
+
+    def window(self, start: float, end: float) -> list[list[int]]:
+        """The ticks of every direction between monotonic times ``start`` and ``end``."""
+        lo, hi = int((start - self.start) / TICK), int((end - self.start) / TICK) + 1
+        return [(d + [0] * max(0, hi - len(d)))[max(lo, 0) : hi] for d in self.ticks]
+
+
+def busy_fractions(ticks: list[int], rate_mbit: float, idle: float = 0.1) -> tuple[float, float]:
+    """For one direction's ``ticks`` on a link of ``rate_mbit``: the mean fraction of
+    the link's capacity carried, and the fraction of ticks it was idle (below ``idle``
+    of its capacity): where a transfer left the link waiting."""
+    if not ticks:
+        return 0.0, 0.0
+    cap = rate_mbit * 1e6 / 8 * TICK
+    used = [min(t / cap, 1.0) for t in ticks]
+    return sum(used) / len(used), sum(u < idle for u in used) / len(used)
+
+
 class Wan:
     """``len(links)`` hosts, host ``i``'s cable impaired as ``links[i]``; the client is the
     root namespace (:attr:`hosts`' gateway).  ``with Wan(links) as wan:`` builds it and
@@ -155,6 +197,9 @@ class Wan:
         #: the host and from it (frames, headers included), and the frames it dropped with
         #: a full queue, from the wire's report.
         self.carried: list[tuple[int, ...]] = []
+        #: After :meth:`close`: the wire process's CPU seconds (user + system), the check
+        #: that the wire itself is not what limits a rate-limited bed (issue 65).
+        self.wire_cpu = 0.0
 
     def __enter__(self) -> Wan:
         self.hosts.__enter__()
@@ -198,6 +243,10 @@ class Wan:
             _ip("link", "set", own, "up")
             flows.append({"a": a, "w": w, "link": asdict(link), "seed": self.seed * 100 + i})
         _ip("link", "set", hosts.bridge, "mtu", mtu)
+        for i in range(len(self.links)):
+            for key in ("net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem"):
+                cmd = ["ip", "netns", "exec", hosts.name(i), "sysctl", "-q", "-w"]
+                subprocess.run([*cmd, f"{key}={WIRE_TCP_MEM}"], check=True, timeout=30)
         self._wire = subprocess.Popen(
             [sys.executable, "-m", "bftfs.testing.wan", json.dumps(flows)],
             stdout=subprocess.PIPE,
@@ -206,6 +255,15 @@ class Wan:
         assert self._wire.stdout is not None
         if self._wire.stdout.readline().strip() != "ready":
             raise RuntimeError("the WAN wire process did not start")
+
+    def timeline(self) -> Timeline:
+        """What each link carried so far, per :data:`TICK` (the wire's report on SIGUSR1;
+        an empty one on a ``netem`` bed, which counts nothing)."""
+        if self._wire is None or self._wire.stdout is None:
+            return Timeline(0.0, [], 0.0)
+        self._wire.send_signal(signal.SIGUSR1)
+        got = json.loads(self._wire.stdout.readline())
+        return Timeline(float(got["start"]), got["ticks"], float(got["cpu"]))
 
     def connect_rtt(self, i: int, port: int) -> float:
         """Seconds a TCP connection from the client to host ``i``'s ``port`` takes to open:
@@ -221,8 +279,10 @@ class Wan:
             try:
                 self._wire.wait(timeout=10)
                 assert self._wire.stdout is not None
-                with contextlib.suppress(ValueError):
-                    self.carried = [tuple(c) for c in json.loads(self._wire.stdout.read())]
+                with contextlib.suppress(ValueError, KeyError):
+                    got = json.loads(self._wire.stdout.read().splitlines()[-1])
+                    self.carried = [tuple(c) for c in got["carried"]]
+                    self.wire_cpu = float(got["cpu"])
             except subprocess.TimeoutExpired:
                 self._wire.kill()
                 self._wire.wait()
@@ -378,6 +438,8 @@ class Direction:
         self.carried = 0  # bytes of the frames taken (the ones dropped as lost included)
         self.dropped = 0  # frames dropped because the queue was full (``Link.queue_ms``)
         self.last_due = 0.0  # frames leave in order, whatever the jitter
+        self.start = 0.0  # the wire's start (``time.monotonic``): tick 0
+        self.ticks: list[int] = []  # bytes per ``TICK`` whose serialisation ended then
 
     def take(self, now: float) -> None:
         link = self.link
@@ -397,6 +459,10 @@ class Direction:
                     continue
                 self.busy_until = start + len(frame) * 8 / (link.rate_mbit * 1e6)
                 sent = self.busy_until
+            tick = int((sent - self.start) / TICK)
+            if tick >= len(self.ticks):
+                self.ticks.extend([0] * (tick + 1 - len(self.ticks)))
+            self.ticks[tick] += len(frame)
             jitter = self.rng.uniform(-link.jitter_ms, link.jitter_ms) if link.jitter_ms else 0
             due = max(self.last_due, sent + max(0.0, link.delay_ms + jitter) / 1000)
             self.last_due = due
@@ -417,25 +483,39 @@ def wire(flows: list[dict[str, object]]) -> None:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))  # on time under load
     sel = selectors.DefaultSelector()
     directions = []
+    start = time.monotonic()
     for flow in flows:
         a, w = _open_tap(str(flow["a"])), _open_tap(str(flow["w"]))
         link = Link(**flow["link"])  # type: ignore[arg-type]
         rng = random.Random(int(flow["seed"]))  # type: ignore[call-overload]
         for src, dst in ((a, w), (w, a)):
             d = Direction(src, dst, link, rng)
+            d.start = start
             sel.register(src, selectors.EVENT_READ, d)
             directions.append(d)
     print("ready", flush=True)
 
+    def cpu() -> float:
+        t = os.times()
+        return t.user + t.system
+
     def report(signum: int, frame: object) -> None:
-        """On SIGTERM: the bytes each link carried to the host and from it, and the frames
-        it dropped with a full queue."""
+        """On SIGTERM: the bytes each link carried to the host and from it, the frames
+        it dropped with a full queue, and the wire's CPU seconds."""
         pairs = zip(directions[::2], directions[1::2], strict=True)
         got = [[to.carried, out.carried, to.dropped + out.dropped] for out, to in pairs]
-        print(json.dumps(got), flush=True)
+        print(json.dumps({"carried": got, "cpu": cpu()}), flush=True)
         sys.exit(0)
 
+    def timeline(signum: int, frame: object) -> None:
+        """On SIGUSR1: each direction's bytes per tick so far (towards host 0, from it,
+        towards host 1, ...), and the wire's CPU seconds."""
+        pairs = zip(directions[::2], directions[1::2], strict=True)
+        ticks = [d.ticks for out, to in pairs for d in (to, out)]
+        print(json.dumps({"start": start, "ticks": ticks, "cpu": cpu()}), flush=True)
+
     signal.signal(signal.SIGTERM, report)
+    signal.signal(signal.SIGUSR1, timeline)
     while True:
         now = time.monotonic()
         dues = [due for d in directions if (due := d.give(now)) is not None]

@@ -25,6 +25,7 @@ from bftfs.fs.errors import Unavailable
 from bftfs.fs.files import encodeahead
 from bftfs.fs.files.fetch import Fetcher, Spawn
 from bftfs.fs.files.openfile import BIG_BLOCK_THRESHOLD, OpenFile, reservation, sequential_end
+from bftfs.fs.files.pace import Pace
 from bftfs.rw.messages import block_id
 
 #: A lease taken at create is used for a flush only with this much of it left.
@@ -85,6 +86,9 @@ class FlushEngine:
         #: up to a dozen threads coding at once, each allocating in its own malloc arena
         #: (the daemon writing 1 GiB peaked at 785 MiB; fs/files/encodeahead.py).
         self.ahead_limit = trio.Semaphore(1)
+        #: The background flushes' blocks rate and idle, which size write-behind
+        #: (``fs/files/pace.py``, issue 65).
+        self.pace = Pace()
         self.fetcher = Fetcher(
             meta,
             readahead=readahead,
@@ -149,6 +153,7 @@ class FlushEngine:
         return {"d": d, "v": v, "tok": self.lease_token, "now": self.meta.now()}
 
     async def _flush_once(self, f: OpenFile) -> None:
+        start = trio.current_time()  # (the pace of a background flush: pace.py)
         if f.size <= self.inline:
             await self._flush_inline(f)
             return
@@ -169,12 +174,17 @@ class FlushEngine:
         snapshot = {k: (cast(bytes, buf), f.gen[k]) for k, buf in f.dirty.items()}
         f.shared.update(snapshot)
         try:
-            await self._send_snapshot(f, snapshot, decided, logged)
+            await self._send_snapshot(f, snapshot, decided, logged, start)
         finally:
             f.shared.difference_update(snapshot)
 
     async def _send_snapshot(
-        self, f: OpenFile, snapshot: dict[int, tuple[bytes, int]], decided: int, logged: int
+        self,
+        f: OpenFile,
+        snapshot: dict[int, tuple[bytes, int]],
+        decided: int,
+        logged: int,
+        start: float,
     ) -> None:
         """The blocks of ``snapshot`` under the write lease, then the size update."""
         bs, d = f.bs, f.data_id
@@ -215,6 +225,7 @@ class FlushEngine:
             await self._update_data(f, "fs.lock", arg)
         try:
             newest = await self.meta.write_empty_blocks(d, empty, f.st.get("bt", 0))
+            sent_at = trio.current_time()
             if blocks:
                 written_at = await self.meta.blocks(
                     self.rw.write_blocks(
@@ -236,7 +247,12 @@ class FlushEngine:
             attrs = arg["attrs"] = dict(f.attrs)
             if keep:
                 self._keep_lease(f, arg, new_size, new_size - f.st["size"])
+            round_at = trio.current_time()
             await self._update_data(f, "fs.write", arg)
+            if keep:  # a sequential writer's: what sizes its write-behind (pace.py)
+                nbytes = sum(len(v) for v in blocks.values())
+                now = trio.current_time()
+                self.pace.flushed(nbytes, sent_at - start, round_at - sent_at, now - round_at)
         except Exception:
             await self.give_up(f)
             raise

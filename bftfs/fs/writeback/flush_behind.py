@@ -17,6 +17,7 @@ part visited once on the way down.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
@@ -43,8 +44,13 @@ def flush_behind(
     streaming["behind-flushes"] += 1
 
     async def flush_in_background() -> None:
+        start, blocks = time.monotonic(), len(f.dirty)
         try:
             await flush(f)
+            # (Monotonic times, which the WAN bed's link timeline shares: issue 65.)
+            log.debug(
+                "flush-behind %d: %.3f %.3f %d blocks", f.ino, start, time.monotonic(), blocks
+            )
         except Exception as e:
             streaming["behind-failures"] += 1
             log.info("background flush of file %d failed: %s", f.ino, e)
