@@ -182,6 +182,7 @@ class FileSystem:
             big_bs=int(getattr(config, "big_blocks", 0)),
             spawn=self.background.spawn,
         )
+        self.engine.pace.ceiling = _behind_max(behind_limit, behind_max)
         self.table = HandleTable()
         # What the mount holds back from the servers (fs/writeback/), built whole.
         box = self.outbox = Outbox(
@@ -215,7 +216,6 @@ class FileSystem:
             box.creates,
             dirty_limit=dirty_limit,
             behind_limit=behind_limit,
-            behind_max=_behind_max(behind_limit, behind_max),
             held=box.held,
             answers_eio=not hard,
         )

@@ -74,7 +74,6 @@ class Handles:
         *,
         dirty_limit: int,
         behind_limit: int,
-        behind_max: int = 0,
         held: HeldFiles | None = None,
         answers_eio: bool = True,
     ) -> None:
@@ -92,9 +91,6 @@ class Handles:
         #: Buffered bytes of a sequentially written file at which a write waits for the
         #: background flush; 0: no write-behind of big files (every flush in the write).
         self.behind_limit = behind_limit
-        #: The most the measured sizing may raise ``behind_limit`` to for a file
-        #: (``fs/files/pace.py``: from the background flushes' rate and round trip).
-        self.behind_max = behind_max
         #: Whether a flush that fails for want of the cluster is answered EIO (a ``soft``
         #: mount): the file's held-back work is then dropped (:meth:`_unsent`, docs/fs.md
         #: "What EIO means").  False on a ``hard`` mount, which tries the call again.
@@ -321,7 +317,7 @@ class Handles:
         if f.dirty_bytes > self.dirty_limit:
             if self.behind_limit and sequential:
                 flush_behind(f, self._flush_file, self.engine.streaming, self.engine.spawn)
-                limit = self.engine.pace.limit(self.behind_limit, self.behind_max)
+                limit = self.engine.pace.limit(self.behind_limit)  # (up to behind_max: pace.py)
                 while f.behind is not None and f.dirty_bytes > limit:
                     await f.behind.wait()  # backpressure
                     if f.behind_error is not None:

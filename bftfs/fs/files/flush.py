@@ -250,9 +250,7 @@ class FlushEngine:
             round_at = trio.current_time()
             await self._update_data(f, "fs.write", arg)
             if keep:  # a sequential writer's: what sizes its write-behind (pace.py)
-                nbytes = sum(len(v) for v in blocks.values())
-                now = trio.current_time()
-                self.pace.flushed(nbytes, sent_at - start, round_at - sent_at, now - round_at)
+                self.pace.flushed_at(blocks, start, sent_at, round_at)
         except Exception:
             await self.give_up(f)
             raise

@@ -22,7 +22,10 @@ file).  Only how much is buffered changes; every flush is the same protocol as b
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sized
 from dataclasses import dataclass
+
+import trio
 
 #: The largest write-behind bound the measured sizing may give a file, in buffered bytes
 #: as ``OpenFile.dirty_bytes`` counts them (a sequential writer's dirty block and its
@@ -74,6 +77,9 @@ class Pace:
     #: Seconds a flush leaves the links idle (0: not measured yet).
     idle_s: float = 0.0
     flushes: int = 0
+    #: The most the sizing may raise the bound to for a file (the mount's ``behind_max``;
+    #: 0: never above the floor).
+    ceiling: int = 0
 
     def flushed(self, nbytes: int, before_s: float, blocks_s: float, round_s: float) -> None:
         """A background flush spent ``before_s`` seconds before its first block (a lock
@@ -94,6 +100,18 @@ class Pace:
             self.idle_s += ALPHA * (idle - self.idle_s)
         self.flushes += 1
 
-    def limit(self, floor: int, ceiling: int) -> int:
-        """The write-behind bound now (:func:`behind_window`)."""
-        return behind_window(self.rate, self.idle_s, floor, ceiling)
+    def flushed_at(
+        self, blocks: Mapping[int, Sized], start: float, sent_at: float, round_at: float
+    ) -> None:
+        """:meth:`flushed`, from a flush's trio times: begun at ``start``, its ``blocks``
+        sent from ``sent_at``, its ``fs.write`` from ``round_at``, answered now."""
+        nbytes = sum(len(v) for v in blocks.values())
+        now = trio.current_time()
+        self.flushed(nbytes, sent_at - start, round_at - sent_at, now - round_at)
+
+    def limit(self, floor: int, ceiling: int | None = None) -> int:
+        """The write-behind bound now (:func:`behind_window`; ``ceiling`` None: the
+        mount's, :attr:`ceiling`)."""
+        return behind_window(
+            self.rate, self.idle_s, floor, self.ceiling if ceiling is None else ceiling
+        )
