@@ -53,6 +53,20 @@ def _admin(cfg: ClusterConfig) -> bytes:
     return cfg.admin_key
 
 
+def read_optional(path: Path) -> bytes | None:
+    """The bytes of ``path``, or None when there is no such file.
+
+    Raises:
+        LayoutError: the file is there but unreadable (named).
+    """
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise LayoutError(f"cannot read {path}: {e.strerror}") from None
+
+
 def read_layout(cfg: ClusterConfig) -> tuple[Layout, bytes] | None:
     """The layout the cluster of ``cfg`` holds and its signed bytes, checked as the
     administrator's but not against ``cluster.toml``'s nodes (:func:`load_layout` does);
@@ -64,12 +78,9 @@ def read_layout(cfg: ClusterConfig) -> tuple[Layout, bytes] | None:
             or malformed.
     """
     path = layout_path(cfg)
-    try:
-        blob = path.read_bytes()
-    except FileNotFoundError:
+    blob = read_optional(path)
+    if blob is None:
         return None
-    except OSError as e:
-        raise LayoutError(f"cannot read {path}: {e.strerror}") from None
     try:
         return codec.decode(blob, _admin(cfg)), blob
     except LayoutError as e:

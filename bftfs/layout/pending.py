@@ -30,7 +30,7 @@ from typing import Any
 from bftfs.config import ClusterConfig, ConfigError, save
 from bftfs.ids import NodeId
 from bftfs.layout import codec
-from bftfs.layout.groups import PENDING_FILE, check_nodes, layout_path, read_layout
+from bftfs.layout.groups import PENDING_FILE, check_nodes, layout_path, read_layout, read_optional
 from bftfs.layout.model import Layout, LayoutError
 from bftfs.membership.viewkeys import replace_durably
 
@@ -102,14 +102,11 @@ def read(cfg: ClusterConfig) -> Pending | None:
         LayoutError: the file is unreadable or malformed (named).
     """
     path = pending_path(cfg)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
+    raw = read_optional(path)
+    if raw is None:
         return None
-    except OSError as e:
-        raise LayoutError(f"cannot read {path}: {e.strerror}") from None
     try:
-        doc = json.loads(text)
+        doc = json.loads(raw)
         if doc["format"] != FORMAT:
             raise ValueError(f"format {doc['format']!r}, not {FORMAT}")
         return Pending(
