@@ -89,6 +89,7 @@ def test_another_client_sees_the_appends_held_on_the_directorys_lease(tmp_path: 
             await append(a, o, b"one\n")
             await append(a, o, b"two\n")
         assert await read_all(a, oids[0]) == b"first\none\ntwo\n"
+        assert (await a.getattr(oids[1])).size == 14  # (the mount's own, appends held)
         held = a.outbox.held
         assert held is not None and held.holds_back(), "nothing was held back"
         before = Counter(rounds(a))
