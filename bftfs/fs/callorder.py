@@ -100,7 +100,7 @@ class CallOrder:
         if self.links is not None and self.links.holds_back():
             await self.links.before(objects, names, method, arg)
         if held is not None and held.holds_back():
-            await held.before(objects)
+            await held.before(objects, method)
         if unlinks is not None and unlinks.holds_back():
             await unlinks.before(objects, names, method, arg)
         await self._creates_before(objects, names, method, arg)

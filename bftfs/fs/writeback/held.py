@@ -22,6 +22,13 @@ holding began (:meth:`HeldFiles.holds_current`):
   into the same buffered state.  Bounds as for deferred creates: files of at most
   :data:`bftfs.fs.writeback.schedule.MAX_FILE`, at most
   :data:`bftfs.fs.writeback.schedule.MAX_BYTES` buffered at once.
+- **Unseen files** (``leases/unseen.py``): a file this mount made under its directory's
+  exclusive lease, held without a break since, and never named elsewhere, is reached by
+  no other client but through the directory, whose recall's release sends first what is
+  held back for it (:meth:`HeldFiles.before` on ``fs.release``).  Its close may hold its
+  writes back under the directory's lease alone, the file's own lease let end
+  (``Taker.lapses``), due before the directory's lease ends less the margin (issue 64:
+  PostMark's appends, one per file every few seconds, each went as an ``fs.write``).
 - **A crash** of the mount loses the writes of the last ``commit`` seconds that no
   ``fsync`` covered, as a local file system's crash does; the servers keep the file as
   it was before them.
@@ -103,6 +110,9 @@ class HeldFiles:
         self._used: dict[int, float] = {}
         #: Files whose close held writes back: when last (trio).
         self._written: dict[int, float] = {}
+        #: Files of :attr:`_due` held back under their directory's exclusive lease alone
+        #: (unseen, ``leases/unseen.py``) -> that directory, whose release sends them first.
+        self._under: dict[int, int] = {}
         self._renewing = False
         self.stats = leases.stats
         #: Closed files kept at most (:data:`MAX_KEPT`; a test lowers it to reach it with
@@ -128,14 +138,27 @@ class HeldFiles:
         changed the file meanwhile, so an ``open`` may still answer from it (what is
         written then goes at the close: only an exclusive lease holds writes back); or,
         clean, a file no other client can have seen (``leases/unseen.py``), whose lease
-        may have ended (``Taker.lapses``)."""
+        may have ended (``Taker.lapses``), clean or with writes held back under its
+        directory's lease (:meth:`defer`)."""
         if self.holds_current(f):
             return True
+        if f.ino in self._under and f.ino not in self._sending and self.unseen_in(f) is not None:
+            return True  # nobody else can have seen or changed it (``leases/unseen.py``)
         if f.dirty or f.ino in self._due or f.ino in self._sending:
             return False
         if self.leases.unseen.directory_of(f.ino) is not None:
             return True  # nobody else can have changed it (``leases/unseen.py``)
         return self.leases.remaining(f.ino, f.adopted) > 0  # (nothing to send before it ends)
+
+    def unseen_in(self, f: OpenFile) -> int | None:
+        """The directory of ``f`` when no other client can have seen it
+        (``leases/unseen.py``) and it is a regular file with that one name, else None:
+        its writes may then wait on that directory's exclusive lease alone (another
+        client reaches it only by reading the directory, which recalls that lease)."""
+        parent = self.leases.unseen.directory_of(f.ino)
+        if parent is None or f.st.get("k", "f") != "f" or f.st.get("nl", 1) != 1:
+            return None
+        return parent
 
     def want(self, f: OpenFile) -> None:
         """A close of ``f`` sent its writes at once, as the mount does not hold it: ask
@@ -200,9 +223,19 @@ class HeldFiles:
         if f.ino in self._due:
             return True
         left = self.leases.exclusive_left(f.ino)
+        under = None
+        if not self.holds_current(f):
+            # Unseen: its writes wait on the directory's lease, as its removal would
+            # (``fs/writeback/unlinks.py``), with the same margins.
+            under = self.unseen_in(f)
+            if under is None:
+                return False
+            left = self.leases.exclusive_left(under)
+            self.leases.want_exclusive(under)  # (renewed ahead of its end, as for removals)
+            if left <= 2 * LEASE_MARGIN:
+                return False
         if (
-            not self.holds_current(f)
-            or f.size > MAX_FILE
+            f.size > MAX_FILE
             or f.behind is not None
             or sum(self.files[i].dirty_bytes for i in self._due if i in self.files) + f.dirty_bytes
             > MAX_BYTES
@@ -211,6 +244,9 @@ class HeldFiles:
         self._use(f.ino)
         self._written[f.ino] = trio.current_time()
         self._due[f.ino] = trio.current_time() + min(self.commit, left - LEASE_MARGIN)
+        if under is not None:
+            self._under[f.ino] = under
+            self.stats["held_closes_unseen"] += 1
         self.stats["held_closes"] += 1
         if not self._running:  # in the file system's background (fs/background.py)
             self._running = True
@@ -230,10 +266,11 @@ class HeldFiles:
             or f.opens
             or ino in self._sending
             or f.st.get("nl") != 1
-            or self.leases.exclusive_left(ino) <= 0
+            or (self.leases.exclusive_left(ino) <= 0 and self.unseen_in(f) is None)
         ):
             return False
         self._due.pop(ino, None)
+        self._under.pop(ino, None)
         self._used.pop(ino, None)
         self._written.pop(ino, None)
         self._unkeep(ino)
@@ -246,11 +283,35 @@ class HeldFiles:
     def holds_back(self) -> bool:
         return bool(self._due)
 
-    async def before(self, objects: list[int]) -> None:
+    async def before(self, objects: list[int], method: str = "") -> None:
         """Send the buffered writes of the held files among ``objects`` (a call of this
-        mount on them, or their lease's release, must follow them)."""
+        mount on them, or their lease's release, must follow them); for the release of a
+        directory (``fs.release``: recalled, or given up), also those of the unseen files
+        held back under its lease (:meth:`defer`): another client reads the directory
+        next, and may open them.  A release also waits for the sends in flight of the
+        files it must follow (it is what another client's recall waits for)."""
         for ino in objects:
             if ino in self._due and ino not in self._sending and not self._flushing_here(ino):
+                await self._send(ino)
+        if method != "fs.release":
+            return
+        dirs = set(objects)
+        under = [ino for ino, parent in self._under.items() if parent in dirs]
+        under += [  # (held on their own lease, ended early: as safe to send now)
+            ino
+            for ino in self._due
+            if ino not in self._under and self.leases.unseen.directory_of(ino) in dirs
+        ]
+        if not under:
+            return
+        self.stats["held_sent_for_release"] += len(under)
+        await self._send_together([ino for ino in under if ino in self._due])
+        for ino in under:
+            f = self.files.get(ino)
+            if ino in self._sending and f is not None and not self._flushing_here(ino):
+                async with f.lock:  # a send in flight holds the file's lock: its end
+                    pass
+            if ino in self._due and ino not in self._sending:
                 await self._send(ino)
 
     def _flushing_here(self, ino: int) -> bool:
@@ -273,6 +334,8 @@ class HeldFiles:
             await self._flush(f)
             self.stats["held_written_back"] += 1
             self._failures.pop(ino, None)
+            if ino not in self._due:
+                self._under.pop(ino, None)
         except BaseException:
             # Kept buffered and due again shortly, a few times (a file removed meanwhile
             # may refuse them for good: its writes are then dropped with the warning).
@@ -341,6 +404,8 @@ class HeldFiles:
             written = now - WRITE_TERMS * self.leases.term
             busy, idle = [], []
             for ino in self._used:
+                if self._lapses_under_directory(ino):
+                    continue  # (its writes wait on its directory's lease: let its own end)
                 if not self._writing(ino, written) and self.leases.exclusive_left(ino) > 0:
                     if self.leases.taker.lapses(ino):
                         continue  # (nothing of it needs its lease: let it end)
@@ -350,6 +415,19 @@ class HeldFiles:
             if idle and self.leases.to_session(idle) < len(idle):
                 busy += [ino for ino in idle if self.leases.exclusive_left(ino) > 0]
             self.leases.renew(busy)
+
+    def _lapses_under_directory(self, ino: int) -> bool:
+        """Whether held file ``ino``'s exclusive lease may end though it is written: no
+        other client can have seen it and its directory's removals let it lapse
+        (``Taker.lapses``), and nothing of it waits on that lease (its held-back writes,
+        if any, wait on the directory's: :meth:`defer`).  Renewed as busy, each of
+        PostMark's files cost a grant per sweep that its appends no longer need."""
+        if ino in self._sending or not self.leases.taker.lapses(ino):
+            return False
+        if ino in self._due:
+            return ino in self._under
+        f = self.files.get(ino)
+        return f is not None and f.opens == 0 and not f.dirty
 
     def _writing(self, ino: int, since: float) -> bool:
         """Whether held file ``ino`` has writes to send or had some held back since
@@ -378,6 +456,7 @@ class HeldFiles:
             self._sending.difference_update(inos)
         for ino in written:
             self._due.pop(ino, None)
+            self._under.pop(ino, None)
             self._failures.pop(ino, None)
             self.stats["held_written_back"] += 1
             self.stats["held_written_together"] += 1
