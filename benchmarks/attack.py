@@ -254,8 +254,14 @@ async def flood(cfg: Any, node: int, counts: Counts) -> None:
             await trio.sleep(0.2)
 
 
+#: Frames of one fuzz run of the forger (:func:`forge`).
+FUZZ_FRAMES = 20
+
+
 async def forge(cfg: Any, counts: Counts) -> None:
-    """``bftfs.testing.fuzz`` on every node in turn, 200 frames at a time, new seeds."""
+    """``bftfs.testing.fuzz`` on every node in turn, :data:`FUZZ_FRAMES` frames at a time,
+    new seeds (a run is counted once it ends: a short attacked run, over in seconds once the
+    correct client's appends wait in write-back, ended before a run of 200 did)."""
     import trio
 
     from bftfs.connect import client_identity
@@ -267,7 +273,7 @@ async def forge(cfg: Any, counts: Counts) -> None:
         node = seed % cfg.n
         spec = cfg.node(node)
         try:
-            rep = await fuzz(spec.host, spec.port, node, ring, frames=200, seed=seed)
+            rep = await fuzz(spec.host, spec.port, node, ring, frames=FUZZ_FRAMES, seed=seed)
             counts.fuzz_frames += rep.frames
         except Exception:  # noqa: BLE001 - a node refusing it is what it tried
             counts.errors += 1
