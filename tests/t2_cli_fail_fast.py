@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 from bftfs import local
@@ -18,6 +19,7 @@ from bftfs.testing.clis import bftfs_cli
 from bftfs.testing.processes import ProcessCluster
 
 
+@pytest.mark.slow
 def test_history_and_verify_say_the_cluster_does_not_answer_when_no_node_listens(
     tmp_path: Path,
 ) -> None:

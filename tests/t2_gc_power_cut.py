@@ -21,6 +21,7 @@ import os
 import random
 from pathlib import Path
 
+import pytest
 import trio
 
 from bftfs import fsobjects as obj
@@ -131,6 +132,7 @@ async def _read_back_and_scrub(pc: ProcessCluster, last: dict[bytes, bytes]) -> 
         return await scrub(qu, rw, pc.config.block_size)
 
 
+@pytest.mark.slow
 def test_power_cut_inside_garbage_collection_loses_nothing(tmp_path: Path) -> None:
     profile = ["--byzantine", "power-cut-in-gc"]
     with ProcessCluster(

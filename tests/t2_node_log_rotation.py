@@ -16,6 +16,7 @@ from bftfs.testing.processes import ProcessCluster
 SMALL = 100
 
 
+@pytest.mark.slow
 def test_a_local_nodes_log_rotates_at_its_size_and_keeps_three(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -88,6 +88,7 @@ def test_up_after_every_node_was_killed_serves_with_a_node_still_recovering(
         trio.run(_read_and_write, pc, synced)
 
 
+@pytest.mark.slow
 def test_up_starts_a_node_whose_pid_file_names_a_recycled_pid(tmp_path: Path) -> None:
     """After a power cut every node's pid file stays; pids are recycled within minutes
     where ``pid_max`` is 32768, and another cluster's node (the same program: its command

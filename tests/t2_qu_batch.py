@@ -92,6 +92,7 @@ async def test_concurrent_rounds_share_a_frame_per_node(tmp_path: Path) -> None:
         assert cl.client(1).batches == batches
 
 
+@pytest.mark.slow
 async def test_concurrent_updates_batched_stay_serializable(tmp_path: Path) -> None:
     async with open_cluster(tmp_path, clients=3, seed=4) as cl:
         rec = Recorder(clock=trio.current_time)

@@ -73,6 +73,7 @@ async def test_a_write_waits_for_t_plus_1_nodes_slower_than_its_patience(tmp_pat
         assert rw.statistics()["patient_rounds"] >= 1
 
 
+@pytest.mark.slow
 async def test_a_read_waits_for_nodes_slower_than_their_liveness_window(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -43,6 +43,7 @@ async def _connected(cluster: Cluster) -> Any:
     return ep
 
 
+@pytest.mark.slow
 def test_an_operation_waits_for_a_cluster_slower_than_its_patience(tmp_path: Path) -> None:
     """Every node up, every answer three patiences late: quorum calls and single calls
     complete (before: "ping: quorum not reached within 0.5s", then "within 0s")."""
@@ -80,6 +81,7 @@ def test_a_soft_patience_keeps_the_meaning_before(tmp_path: Path) -> None:
     _run(tmp_path, body)
 
 
+@pytest.mark.slow
 def test_more_than_t_silent_nodes_still_fail_an_operation(tmp_path: Path) -> None:
     """Two of six silent (more than ``t``): once they have been silent for their liveness
     window, fewer than a quorum are live and the operation fails within its patience."""

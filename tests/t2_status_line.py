@@ -60,6 +60,7 @@ def fill_to(directory: Path, fraction: float) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs")
+@pytest.mark.slow
 def test_found_without_dir_one_line_when_healthy_problems_and_capacity(tmp_path: Path) -> None:
     outside = tmp_path / "elsewhere"
     (outside / "home").mkdir(parents=True)

@@ -443,6 +443,7 @@ def test_calls_survive_lossy_duplicating_links(tmp_path: Path) -> None:
     _run(tmp_path, body, seed=3)
 
 
+@pytest.mark.slow
 def test_corrupted_frames_are_counted_and_resent(tmp_path: Path) -> None:
     async def body(cluster: Cluster) -> None:
         cluster.faults[2].corrupt(0.5)

@@ -34,6 +34,7 @@ from bftfs.fsobjects import ROOT
 
 
 @pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.slow
 def test_two_clients_create_truncate_unlink_one_name(tmp_path: Path, seed: int) -> None:
     iterations = 40
 
@@ -79,6 +80,7 @@ def test_two_clients_create_truncate_unlink_one_name(tmp_path: Path, seed: int) 
 @pytest.mark.parametrize(
     "seed", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)]
 )
+@pytest.mark.slow
 def test_two_clients_creating_and_removing_their_own_names_lose_nothing(
     tmp_path: Path, seed: int
 ) -> None:
@@ -118,6 +120,7 @@ def test_two_clients_creating_and_removing_their_own_names_lose_nothing(
     run(tmp_path, body, seed=seed)
 
 
+@pytest.mark.slow
 def test_journal_loop_with_contention_costing_more_than_the_patience_never_fails(
     tmp_path: Path,
 ) -> None:

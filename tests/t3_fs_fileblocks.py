@@ -90,6 +90,7 @@ def test_a_big_sequential_file_gets_big_blocks_and_reads_back_exactly(tmp_path: 
     run(tmp_path, body, **OPTS)
 
 
+@pytest.mark.slow
 def test_small_and_non_sequential_files_keep_small_blocks(tmp_path: Path) -> None:
     async def body(env: Env) -> None:
         a, b = env.fss
@@ -143,6 +144,7 @@ def test_a_small_block_file_records_its_size_without_a_lock_round(tmp_path: Path
     run(tmp_path, body, **OPTS)
 
 
+@pytest.mark.slow
 def test_a_file_from_before_the_feature_reads_and_grows_as_before(tmp_path: Path) -> None:
     async def body(env: Env) -> None:
         a, b = env.fss

@@ -156,6 +156,7 @@ async def test_a_restored_tree_reads_back_as_it_was_its_small_files_batched(
 
 
 @pytest.mark.parametrize("engine", ["qu", "fab"])
+@pytest.mark.slow
 async def test_restored_in_place_only_what_changed_gets_a_new_version(
     tmp_path: Path, engine: str
 ) -> None:

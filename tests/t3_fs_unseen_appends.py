@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from fs_helpers import Env, run
 from t3_fs_heldfiles import append, read_all, rounds
 from t3_fs_leases import until
@@ -105,6 +106,7 @@ def test_another_client_sees_the_appends_held_on_the_directorys_lease(tmp_path: 
     run(tmp_path, body, fs_options=OPTIONS)
 
 
+@pytest.mark.slow
 def test_appends_held_on_the_directorys_lease_go_before_it_ends(tmp_path: Path) -> None:
     """The directory's lease may end without a recall (the mount stops using it): the
     appends held back under it were due before, and went; another client then reads

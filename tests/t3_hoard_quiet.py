@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from bftfs.connect import open_client
@@ -74,6 +75,7 @@ async def _run(cfg: Any) -> dict[str, int]:
     return counts
 
 
+@pytest.mark.slow
 def test_a_hoarder_that_never_releases_costs_a_writer_one_recall(tmp_path: Path) -> None:
     assert CHANGES * 2 * 10**9 < QUIET and TERM > 2 * SLOW_RELEASE  # quiet, and slow
     with ProcessCluster(tmp_path / "c", durable=False) as pc:

@@ -115,6 +115,7 @@ async def _bound_raw_lease(env: Env) -> tuple[int, int, int]:
 
 
 @pytest.mark.parametrize("renews", [False, True], ids=["dead", "ignoring-recalls"])
+@pytest.mark.slow
 def test_a_holder_that_never_releases_holds_others_off_until_its_session_ends(
     tmp_path: Path, renews: bool
 ) -> None:

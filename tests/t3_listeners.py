@@ -22,6 +22,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import trio
 from listeners_helpers import LIAR, register_cluster
 
@@ -162,6 +163,7 @@ async def _read_through_an_outage(pc: ProcessCluster) -> tuple[bytes, int]:
         return (await c.read(b"k")).data, restarts
 
 
+@pytest.mark.slow
 def test_a_read_restarts_until_a_quorum_answers(tmp_path: Path) -> None:
     with register_cluster(tmp_path / "c", CLIENTS + 1) as pc:
         data, restarts = trio.run(_read_through_an_outage, pc)

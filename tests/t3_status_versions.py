@@ -37,6 +37,7 @@ trio.run(main)
 """
 
 
+@pytest.mark.slow
 def test_status_shows_each_clients_version_and_warns_on_a_mix(tmp_path: Path) -> None:
     commit, why = releases.commit_of("0.1.0")
     if commit is None:

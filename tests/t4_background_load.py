@@ -19,6 +19,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from bftfs.connect import open_client
@@ -41,6 +42,7 @@ async def node_stats(ep: Any, n: int) -> list[dict[str, Any]]:
     return [await ep.call(NodeId(i), "stats", None) for i in range(n)]
 
 
+@pytest.mark.slow
 def test_a_node_under_continuous_client_load_still_verifies_and_collects(
     tmp_path: Path,
 ) -> None:

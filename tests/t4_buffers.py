@@ -249,6 +249,7 @@ def client_allowance() -> int:
     return int(5.25 * DEFAULT_MAX_FRAME) + 256 * 1024
 
 
+@pytest.mark.slow
 def test_a_node_flooding_its_clients_cannot_grow_them(tmp_path: Path) -> None:
     with ProcessCluster(tmp_path / "c", block_size=BLOCK) as pc:
         tracemalloc.start(1)

@@ -24,6 +24,7 @@ def bftfs(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_up_mounts_down_unmounts_and_data_persists(tmp_path: Path) -> None:
     home, mnt = tmp_path / "nodes", tmp_path / "mount"
     up = ["up", "--dir", str(home), "--mount", str(mnt), "--map-size", "256M"]
@@ -51,6 +52,7 @@ def test_up_mounts_down_unmounts_and_data_persists(tmp_path: Path) -> None:
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
 
 
+@pytest.mark.slow
 def test_umount_without_the_cluster_directory_waits_for_the_daemon(tmp_path: Path) -> None:
     """``bftfs umount DIR`` run without ``--dir``/``--config`` cannot read the cluster's
     pid files; it found no daemon and returned while the daemon still sent the creates

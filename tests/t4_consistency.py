@@ -32,12 +32,14 @@ def _checked(
     assert len(report.schedule) == 2 * faults
 
 
+@pytest.mark.slow
 def test_two_mounts_close_to_open_with_a_node_killed_restarted_and_another_killed(
     tmp_path: Path,
 ) -> None:
     _checked(tmp_path, 2, seed=1, ops=150, faults=2)
 
 
+@pytest.mark.slow
 def test_two_mounts_with_leases_and_node_kills(tmp_path: Path) -> None:
     """Seed 5 failed one run in three with EIO before two fixes: a stray beside the killed
     node cost a flush its whole patience (``qu/client.py`` settle), and two holders of one

@@ -41,6 +41,7 @@ def findings_of(doc: dict[str, Any], node: int) -> dict[str, Any] | None:
     return doc["nodes"][node]["findings"]
 
 
+@pytest.mark.slow
 def test_findings_against_a_lying_node_stand_until_cleared(tmp_path: Path) -> None:
     home = tmp_path / "c"
     liar = {LIAR: ["--byzantine", "corrupt-fragments"]}

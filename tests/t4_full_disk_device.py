@@ -61,6 +61,7 @@ def small_disk(where: Path, size_mib: int) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(where)], check=False)
 
 
+@pytest.mark.slow
 def test_a_full_disk_gives_enospc_and_rm_and_ls_still_work(tmp_path: Path) -> None:
     rng = random.Random(60)
     with (

@@ -300,6 +300,7 @@ def metric(text: str, name: str, **labels: str) -> float:
     raise AssertionError(f"no {name}{want} in:\n{text[:3000]}")
 
 
+@pytest.mark.slow
 def test_metrics_over_http(tmp_path: Path) -> None:
     with ProcessCluster(
         tmp_path / "c",

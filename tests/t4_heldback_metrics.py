@@ -34,6 +34,7 @@ def until(what: str, probe: Callable[[], Any], timeout: float = 30) -> Any:
     return got
 
 
+@pytest.mark.slow
 def test_held_back_creates_show_in_the_mounts_metrics_and_status(tmp_path: Path) -> None:
     with (
         ProcessCluster(tmp_path / "c", map_size=1 << 28, durable=False) as pc,

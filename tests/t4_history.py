@@ -82,6 +82,7 @@ def setup(
 
 
 @pytest.mark.parametrize("size", [300, 200_000])
+@pytest.mark.slow
 def test_each_version_is_listed_and_read_back_byte_for_byte(
     setup: tuple[ProcessCluster, Path, Path, str], size: int
 ) -> None:
@@ -360,6 +361,7 @@ def test_diff_lists_exactly_what_changed(setup: tuple[ProcessCluster, Path, Path
     assert "-a one" in patch and "+a two" in patch and "+ after" in patch
 
 
+@pytest.mark.slow
 def test_revert_undoes_one_clients_vandalism_and_keeps_everyone_elses_later_work(
     setup: tuple[ProcessCluster, Path, Path, str],
 ) -> None:
@@ -408,6 +410,7 @@ def test_revert_undoes_one_clients_vandalism_and_keeps_everyone_elses_later_work
     assert (tree / "x").read_bytes() == b"notes, rewritten\n"
 
 
+@pytest.mark.slow
 def test_a_dry_run_names_its_start_exactly_and_the_real_run_given_it_does_those_steps(
     setup: tuple[ProcessCluster, Path, Path, str],
 ) -> None:
@@ -458,6 +461,7 @@ def test_a_dry_run_names_its_start_exactly_and_the_real_run_given_it_does_those_
     assert (tree / "kept").read_bytes() == b"mine\n"
 
 
+@pytest.mark.slow
 def test_snapshots_are_named_moments_usable_wherever_a_time_is(
     setup: tuple[ProcessCluster, Path, Path, str], tmp_path: Path
 ) -> None:
@@ -488,6 +492,7 @@ def test_snapshots_are_named_moments_usable_wherever_a_time_is(
 # snapshot commands took 160-297 s in the slow suite (25 s alone): past pytest's 300 s
 # default in the worst run seen. Bounded generously until that is found.
 @pytest.mark.timeout(900)
+@pytest.mark.slow
 def test_scheduled_snapshots_are_taken_and_thinned_and_hand_named_ones_stay(
     setup: tuple[ProcessCluster, Path, Path, str],
 ) -> None:
@@ -526,6 +531,7 @@ def test_scheduled_snapshots_are_taken_and_thinned_and_hand_named_ones_stay(
         bftfs(cluster, "snapshot", "delete", n)
 
 
+@pytest.mark.slow
 def test_a_node_misdating_old_versions_cannot_date_them_where_others_pruned(
     tmp_path: Path,
 ) -> None:

@@ -32,6 +32,7 @@ def _bftfs(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_a_path_under_a_mount_picks_that_mounts_cluster(tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"  # no nodes/ here, nothing found without the path
     elsewhere.mkdir()

@@ -122,6 +122,7 @@ def _calls_after(pc: ProcessCluster, m: Mount, moment: float) -> dict[str, int]:
     return _wait("a fresh status file", 10, fresh)
 
 
+@pytest.mark.slow
 def test_the_kernel_keeps_a_leased_directorys_listing_until_a_recall(tmp_path: Path) -> None:
     """A directory the mount made (leased with its mkdir) is listed once; the kernel keeps
     the listing, and lists it again with no ``readdir`` request; another mount's create
@@ -185,6 +186,7 @@ def test_a_create_on_another_mount_recalls_the_lease_and_is_seen_at_once(
             assert got["recalled"] == CREATES, got
 
 
+@pytest.mark.slow
 def test_a_holder_killed_holds_the_other_mount_off_at_most_its_term(tmp_path: Path) -> None:
     with ProcessCluster(tmp_path / "c", map_size=64 * MIB, durable=False) as pc:
         opts = f"allow_other,lease={TERM}"
@@ -336,6 +338,7 @@ def test_a_holder_paused_past_its_term_comes_back_without_its_leases(tmp_path: P
                 ).read_bytes()
 
 
+@pytest.mark.slow
 def test_cp_r_into_a_leased_directory_waits_for_write_back_and_is_listed_locally(
     tmp_path: Path,
 ) -> None:

@@ -60,6 +60,7 @@ def _caught_up(pc: ProcessCluster, node: int, timeout: float = 60.0) -> dict:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_reads_survive_a_node_killed_restarted_and_another_killed(tmp_path: Path) -> None:
     quorum = preferred_order(ROOT, 6)[:5]  # the tree's preferred quorum; one node is outside
     with (

@@ -77,6 +77,7 @@ def status(home: Path) -> tuple[int, dict[str, Any]]:
 
 
 @pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3")
+@pytest.mark.slow
 def test_nodes_and_mounts_serve_metrics_from_the_configuration(tmp_path: Path) -> None:
     home = tmp_path / "c"
     started = time.time()
@@ -174,6 +175,7 @@ def test_nodes_and_mounts_serve_metrics_from_the_configuration(tmp_path: Path) -
         assert "# TYPE bftfs_node_findings_total counter" in exposition(node0)
 
 
+@pytest.mark.slow
 def test_node_restart_and_up_take_a_metrics_port(tmp_path: Path) -> None:
     """``bftfs node restart I --metrics-port 0`` serves them (it was silently ignored); a
     restart without it serves none (nothing in the configuration); ``stop`` refuses it;

@@ -45,6 +45,7 @@ def in_stores(cluster: ProcessCluster, needles: list[bytes]) -> set[bytes]:
     return found
 
 
+@pytest.mark.slow
 def test_echo_secret_words_to_a_mount_and_no_node_holds_them(tmp_path: Path) -> None:
     with ProcessCluster(tmp_path / "c", durable=False) as pc:
         assert pc.config.sealed  # bftfs init seals by default

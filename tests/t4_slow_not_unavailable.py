@@ -198,6 +198,7 @@ def copy_and_read_back(src: Path, a: Mount, b: Mount) -> list[str]:
     return []
 
 
+@pytest.mark.slow
 def test_a_tree_copied_with_one_node_stopped_costs_no_wait_for_it(tmp_path: Path) -> None:
     """One node stopped: no EIO, and a lease (a Q/U update the five others answer) costs
     no per-operation wait for the stopped node (the issue's 12.2 s mean at load 15-30)."""

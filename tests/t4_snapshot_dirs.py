@@ -75,6 +75,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProcessClu
         yield pc, m.mountpoint
 
 
+@pytest.mark.slow
 def test_a_snapshot_directory_shows_the_tree_as_it_was(
     setup: tuple[ProcessCluster, Path],
 ) -> None:

@@ -181,6 +181,7 @@ def test_another_mounts_new_attribute_recalls_and_is_seen(
         assert _no_attr(files[1], "user.old")
 
 
+@pytest.mark.slow
 def test_held_back_files_answer_stat_and_getxattr_without_sending(
     cluster: ProcessCluster, tmp_path: Path
 ) -> None:

@@ -105,6 +105,7 @@ def test_sequential_appends_to_a_large_file_from_two_mounts(dirs: tuple[Path, Pa
 
 
 @pytest.mark.parametrize("lines", [150])
+@pytest.mark.slow
 def test_concurrent_o_append_writers_on_two_mounts_lose_nothing(
     dirs: tuple[Path, Path], lines: int
 ) -> None:
@@ -253,6 +254,7 @@ def _loop_on_both(dirs: tuple[Path, Path], body: Any, rounds: int) -> list[str]:
     return errors
 
 
+@pytest.mark.slow
 def test_two_clients_creating_and_removing_one_name_keep_the_directory_alive(
     dirs: tuple[Path, Path],
 ) -> None:
@@ -280,6 +282,7 @@ def test_two_clients_creating_and_removing_one_name_keep_the_directory_alive(
         os.stat(path)
 
 
+@pytest.mark.slow
 def test_two_clients_creating_and_removing_distinct_names_in_one_directory(
     dirs: tuple[Path, Path],
 ) -> None:
@@ -320,6 +323,7 @@ def test_a_truncation_by_a_name_renamed_over_elsewhere_changes_the_new_file(
     assert (mine / "e").stat().st_mode & 0o777 == 0o600
 
 
+@pytest.mark.slow
 def test_sqlite_used_in_turn_from_two_mounts(dirs: tuple[Path, Path]) -> None:
     """A SQLite database written by one mount, then the other, in turns (each closes the
     database before the other opens it; at once: ``t4_locks.py``): every row of

@@ -41,8 +41,9 @@ pytestmark = [
 
 ROUNDS = 300
 #: What an fsync may wait here: a recall of the directory (its holder's write-back sent and
-#: its lease released, a few seconds on a loaded machine), never a lease's term (30 s).
-FSYNC_BOUND = 10.0
+#: its lease released, a few seconds on a quiet machine; 13.8 s once in CI, two suites
+#: beside it), never a lease's term (30 s), which is what the old code waited.
+FSYNC_BOUND = 25.0
 
 
 @pytest.fixture(scope="module")

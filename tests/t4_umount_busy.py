@@ -73,6 +73,7 @@ def _wait_gone(pid: int, seconds: float) -> None:
         time.sleep(proc.POLL)
 
 
+@pytest.mark.slow
 def test_a_busy_mount_is_refused_and_unmounts_once_the_file_is_closed(tmp_path: Path) -> None:
     with cluster_and_mount(tmp_path) as (pc, mnt):
         with open(mnt / "log.txt", "w") as writer:

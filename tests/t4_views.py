@@ -88,6 +88,7 @@ def authors(home: Path, path: str) -> list[str]:
 
 
 @pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3")
+@pytest.mark.slow
 def test_a_client_added_online_mounts_and_a_revoked_one_is_refused_by_every_node(
     tmp_path: Path,
 ) -> None:
@@ -149,6 +150,7 @@ def test_a_client_added_online_mounts_and_a_revoked_one_is_refused_by_every_node
         assert [pc.pid(i) for i in pc.config.node_ids][1:] == pids[1:]
 
 
+@pytest.mark.slow
 def test_a_rotated_key_replaces_the_old_one_online(tmp_path: Path) -> None:
     home = tmp_path / "c"
     with ProcessCluster(home, **OPTIONS) as pc:
@@ -321,6 +323,7 @@ def test_nodes_that_missed_a_view_learn_it_from_a_client_that_holds_it(tmp_path:
 
 
 @pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3")
+@pytest.mark.slow
 def test_a_revoked_clients_mount_answers_eacces_and_no_node_is_blamed(tmp_path: Path) -> None:
     """Issue 60 item 17: with a revoked client's mount still up, ``bftfs status`` said
     DEGRADED, ``node N caught misbehaving by the mounts (refused 13)`` for all six nodes.

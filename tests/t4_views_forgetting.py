@@ -221,6 +221,7 @@ async def impostor_of_node_0(old: ClusterConfig, laptop: ClusterConfig) -> dict[
     return out
 
 
+@pytest.mark.slow
 def test_a_replaced_machine_forgets_the_view_it_was_replaced_in_and_cannot_replay_it(
     tmp_path: Path,
 ) -> None:

@@ -37,6 +37,7 @@ def methods(m: Mount, pc: ProcessCluster) -> dict[str, float]:
     return out
 
 
+@pytest.mark.slow
 def test_create_write_close_is_one_update_and_the_other_mount_sees_it(tmp_path: Path) -> None:
     with (
         ProcessCluster(tmp_path / "c", map_size=1 << 28, durable=False) as pc,

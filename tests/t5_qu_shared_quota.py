@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from fs_helpers import Env, fs_env
 from t5_limits import meta_usage
 
@@ -71,6 +72,7 @@ async def test_another_clients_xattrs_on_the_root_do_not_spend_a_creators_quota(
         assert shared < own + SLACK, (shared, own)
 
 
+@pytest.mark.slow
 async def test_another_clients_read_locks_do_not_spend_a_lockers_quota(
     tmp_path: Path,
 ) -> None:

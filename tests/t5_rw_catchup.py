@@ -250,6 +250,7 @@ async def test_only_complete_versions_are_caught_up(tmp_path: Path) -> None:
     "WARNING",
     match=r"^node \d+: rw catch-up: only \d+ peers listed their blocks",
 )
+@pytest.mark.slow
 def test_pass_gives_up_when_another_node_is_down_too(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
