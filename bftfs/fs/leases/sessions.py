@@ -47,6 +47,14 @@ from bftfs.qu.timestamp import MAX_OBJECTS
 
 log = logging.getLogger(__name__)
 
+#: The pause after a round in which a renewal failed, doubling to :data:`RETRY_MAX` while
+#: they keep failing (seconds).  With more than ``t`` nodes down a renewal fails at once,
+#: and a loop without a pause spent a core on it; the longest pause stays a small part of
+#: the half term a due renewal has left, so a passing failure still renews in time.
+RETRY_FIRST, RETRY_MAX = 0.25, 2.0
+#: Seconds between two warnings of failed renewals (the others are logged at DEBUG).
+WARN_EVERY = 60.0
+
 
 @dataclass
 class Slot:
@@ -100,6 +108,8 @@ class Sessions:
         #: Called before a slot is renewed: its leases unused for a term are let go.
         self.sweep: Callable[[int], None] = lambda slot: None
         self._renewing = False
+        #: When a failed renewal was last logged as a warning (one a minute at most).
+        self._warned = float("-inf")
 
     def restart(self, n: int) -> None:
         """The mount switched to a new generation of ``n`` nodes (module docstring): every
@@ -159,8 +169,10 @@ class Sessions:
             self._spawn(self._keep_renewing)
 
     async def _keep_renewing(self) -> None:
-        """Renew each slot that holds a bound lease once a third of its term is used;
-        stop when none does (a later grant starts this again)."""
+        """Renew each slot that holds a bound lease once half its use is gone, pausing
+        after a failed renewal (:data:`RETRY_FIRST`); stop when none holds one (a later
+        grant starts this again)."""
+        retry = RETRY_FIRST
         try:
             while True:
                 now = trio.current_time()
@@ -172,9 +184,15 @@ class Sessions:
                     return
                 due = [k for k in active if self._due(self.slots[k], now)]
                 if due:
+                    failed = self._stats["session_renewal_failed"]
                     async with trio.open_nursery() as nursery:
                         for k in due:
                             nursery.start_soon(self.renew, k)
+                    if self._stats["session_renewal_failed"] > failed:
+                        await trio.sleep(retry)
+                        retry = min(RETRY_MAX, retry * 2)
+                    else:
+                        retry = RETRY_FIRST
                     continue
                 first = min(self.slots[k].until for k in active) - self._usable() / 2
                 await trio.sleep_until(max(first, now + 0.05))
@@ -209,7 +227,11 @@ class Sessions:
                 log.info("nodes do not know lease sessions: leases are renewed per object")
             else:
                 self._stats["session_renewal_failed"] += 1
-                log.warning("lease session %d not renewed: %s", slot, e)
+                now = trio.current_time()
+                quiet = now - self._warned < WARN_EVERY
+                if not quiet:
+                    self._warned = now
+                (log.debug if quiet else log.warning)("lease session %d not renewed: %s", slot, e)
             return
         self._stats["session_renewals"] += 1
         if not isinstance(state, dict) or not isinstance(state.get("e"), int):
