@@ -39,14 +39,10 @@ interleaving of concurrent requests over real sockets is not, so a replay is the
 adversary, not always the same run).  ``--workers W`` runs the schedules on ``W`` spawned
 processes (``campaign_workers.py``); the report is the same, added up in seed order.
 
-**It can fail.**  Checked by hand (not committed), seed 1, schedules of 40 operations:
-with ``b + 1`` Byzantine nodes (``Schedule.byzantine`` given one more node while the
-cluster is configured for ``b = 1``) the first schedule reports a finding - no answer
-within :data:`DEADLINE` seconds (the clients could not even open the file system: its root
-directory's Q/U object was never established).  Disabling the readers' per-fragment check
-(``bftfs.rw.verify.validate_fragment`` returning True) is *not* enough to make it fail
-reliably: the regeneration check against the cross checksum still rejects a candidate
-decoded from a corrupt fragment.
+**It can fail.**  Checked by hand, seed 1, 40 operations: with ``b + 1`` Byzantine nodes
+the first schedule reports no answer within :data:`DEADLINE` seconds (the root's Q/U
+object was never established).  Disabling the readers' per-fragment check is *not* enough:
+the regeneration check against the cross checksum still rejects a corrupt candidate.
 
 Modules: this one runs schedules (clusters, clients, faults, rounds, the linearizability
 check, the report); the model and the planner of each round's operations are
@@ -64,7 +60,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -81,8 +77,9 @@ from bftfs.qu.pastread import PastReader
 from bftfs.rw.client import open_rw_client
 from bftfs.testing.byzantine.switching import Switching
 from bftfs.testing.campaign_model import Finding, Planner, Step
+from bftfs.testing.campaign_stacks import watched
 from bftfs.testing.campaign_steps import check_name, check_past, run_step
-from bftfs.testing.campaign_workers import Carried, default_workers, in_workers
+from bftfs.testing.campaign_workers import Carried, default_workers, in_workers, recent_info
 from bftfs.testing.cluster import Cluster, open_cluster, qu_client
 from bftfs.testing.consistency import NAMES, TRACE, Inconsistent
 from bftfs.testing.recording import (
@@ -355,6 +352,13 @@ async def _rounds(
         done += len(steps)
 
 
+def _named_hang(s: Step, where: str) -> AbstractAsyncContextManager[None]:
+    """:data:`DEADLINE` for a step outside the rounds; past it, a finding naming the step
+    and what its tasks were waiting on (``campaign_stacks.py``)."""
+    what = f"{where} {s.text()}: no answer within {DEADLINE} s (a hang); it waited in:"
+    return watched(DEADLINE, lambda stacks: _fail("\n  ".join([what, *stacks])))
+
+
 async def _final_reads(
     cluster: Cluster,
     faulty: dict[int, Switching],
@@ -375,14 +379,14 @@ async def _final_reads(
     for k in range(len(fss)):
         for name in NAMES:
             s = Step(k, "read", name, {}, expect=planner.model.get(name))
-            with trio.fail_after(DEADLINE):
+            async with _named_hang(s, "final"):
                 await check_name(fss[k], s, _fail)
             out.ops["final read"] += 1
     # Every name before the first round (nothing existed) and after the last.
     for j in (0, len(moments) - 1):
         for name in NAMES:
             s = Step(0, "history", name, {}, expect=planner.past[j].get(name), offset=j)
-            with trio.fail_after(DEADLINE):
+            async with _named_hang(s, "final"):
                 got = await check_past(pasts[0], s, moments[j], _fail)
             out.ops[f"final history {got}"] += 1
     out.note("stopping the cluster")
@@ -490,11 +494,13 @@ class Counts:
 
 
 def count_schedule(home: Path, sched: Schedule) -> Counts | str:
-    """Run one schedule: its counts, or its finding's text (with the replay line)."""
-    try:
-        out = run_schedule(home, sched)
-    except Finding as e:
-        return str(e)
+    """Run one schedule: its counts, or its finding's text (with the replay line and the
+    protocol's last INFO records, ``campaign_workers.recent_info``)."""
+    with recent_info() as recent:
+        try:
+            out = run_schedule(home, sched)
+        except Finding as e:
+            return "\n  ".join([str(e), "last protocol records:", *recent()])
     qu, rw = out.checked["Q/U"], out.checked["PASIS"]
     return Counts(
         out.ops, out.rounds, out.behaviours, out.crashes, out.leases,
