@@ -353,8 +353,7 @@ async def _rounds(
 
 
 def _named_hang(s: Step, where: str) -> AbstractAsyncContextManager[None]:
-    """:data:`DEADLINE` for a step outside the rounds; past it, a finding naming the step
-    and what its tasks were waiting on (``campaign_stacks.py``)."""
+    """:data:`DEADLINE` for a final step; past it, a finding naming it and its stacks."""
     what = f"{where} {s.text()}: no answer within {DEADLINE} s (a hang); it waited in:"
     return watched(DEADLINE, lambda stacks: _fail("\n  ".join([what, *stacks])))
 
