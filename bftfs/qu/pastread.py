@@ -13,9 +13,15 @@ that a read of their moment says "reclaimed".  The walk stops where fewer than
 from __future__ import annotations
 
 import enum
+import functools
+import logging
+import math
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import trio
 
 from bftfs.ids import NodeId
 from bftfs.net.endpoint import Endpoint
@@ -50,11 +56,28 @@ from bftfs.qu.pastmany import (
 )
 from bftfs.qu.timestamp import ZERO, Timestamp
 
+log = logging.getLogger(__name__)
+
 #: Seconds a history round waits for servers beyond a quorum.
 ROUND_TIMEOUT = 5.0
 #: Tries of a ``qu.versions`` round for servers that are slow to answer, each twice as
 #: patient as the one before (5, 10, 20 s).
 TRIES = 3
+
+
+def _at_least(pages: Mapping[int, Any], need: int, _replies: Any) -> bool:
+    """A history round's ``enough``: ``need`` pages in."""
+    return len(pages) >= need
+
+
+@dataclass(frozen=True)
+class _Heard:
+    """What one ``qu.states`` request of :meth:`PastReader._hedged` brought: its states
+    (None: nothing yet, :data:`ROUND_TIMEOUT` passed), ``late`` when after that."""
+
+    chunk: list[Agreed]
+    got: Mapping[Timestamp, bytes | None] | None
+    late: bool
 
 
 class End(enum.Enum):
@@ -115,6 +138,8 @@ class PastReader:
         #: ``qu.states`` requests sent, and states taken from what ``qu.chains`` offered.
         self.fetches = 0
         self.offered_taken = 0
+        #: States asked of a next host because the one asked was silent (:meth:`_hedged`).
+        self.hedged = 0
         #: Versions whose time became known only by asking every node from the version
         #: itself after some node's page in an everyone-round had reached it (:meth:`_gather`).
         self.timed_on_second_ask = 0
@@ -128,7 +153,9 @@ class PastReader:
         Servers that did not answer in :data:`ROUND_TIMEOUT` (neither replied nor failed:
         slow, on a loaded machine) are asked again, each try twice as patient, up to
         :data:`TRIES` tries (``on_wait`` is told): with too few reports a version's time
-        is unknown and the command ends "cannot be told" (issue 36).  A server that never
+        is unknown and the command ends "cannot be told" (issue 36).  The tries after the
+        first wait for all but ``b`` servers, not for every one: ``b`` that withhold cost
+        one :data:`ROUND_TIMEOUT`, not a doubling series.  A server that never
         answered a whole round's tries is not waited for again by this reader."""
         self.rounds += 1
         pages: dict[int, list[ChainEntry]] = {}
@@ -148,7 +175,7 @@ class PastReader:
                     ask,
                     KIND_VERSIONS,
                     versions_request(oid, start),
-                    enough=lambda r: len(pages) >= need,
+                    enough=functools.partial(_at_least, pages, need),
                     accept=accept,
                     timeout=timeout,
                 )
@@ -158,16 +185,21 @@ class PastReader:
                 if attempt == TRIES - 1:
                     self.silent.update(slow)
                 slow = [s for s in slow if s not in self.silent]
-                if not slow:
+                # Only the first try waits for the last b: they may be Byzantine, and one
+                # that withholds cost 5 + 10 + 20 s of a 60 s budget (the campaign's hang).
+                need = min(need, self.th.n - self.th.b)
+                if not slow or len(pages) >= need:
                     break
                 self.waits += 1
                 timeout *= 2
+                wait = (
+                    f"object {oid:#x}: {len(pages)} of {self.th.n} nodes answered a "
+                    f"history round; waiting up to {timeout:.0f} s more for nodes "
+                    + ", ".join(map(str, slow))
+                )
+                log.info("%s", wait)
                 if self.on_wait is not None:
-                    self.on_wait(
-                        f"object {oid:#x}: {len(pages)} of {self.th.n} nodes answered a "
-                        f"history round; waiting up to {timeout:.0f} s more for nodes "
-                        + ", ".join(map(str, slow))
-                    )
+                    self.on_wait(wait)
                 ask = slow
         if len(pages) < self.th.b + 1:
             raise HistoryUnavailable(
@@ -410,27 +442,90 @@ class PastReader:
                     self.offered_taken += 1
                 else:
                     todo.append(v)
-        tried: dict[Timestamp, set[int]] = {}
-        while todo:
-            by_host: dict[int, list[Agreed]] = {}
-            for v in todo:
-                host = self._next_host(v.hosts, tried.get(v.lt, set()))
-                if host is None:
-                    raise HistoryUnavailable(f"object {oid}: no server gave version {v.lt} intact")
-                by_host.setdefault(host, []).append(v)
-            todo = []
-            for host, wanted in by_host.items():
-                for i in range(0, len(wanted), MAX_STATES):
-                    chunk = wanted[i : i + MAX_STATES]
-                    got = await self._fetch(host, oid, chunk)
-                    for v in chunk:
-                        tried.setdefault(v.lt, set()).add(host)
-                        state = got.get(v.lt)
-                        if state is not None and state_digest(state) == v.digest:
-                            out[v.lt] = state
-                        else:
-                            todo.append(v)
+        if todo:
+            await self._hedged(oid, todo, out)
         return out
+
+    async def _hedged(
+        self, oid: int, todo: Sequence[Agreed], out: dict[Timestamp, bytes | None]
+    ) -> None:
+        """Fetch the states of ``todo`` into ``out``: each from the first of its hosts
+        (:meth:`_next_host`); one that gives it back altered or not at all, or has not
+        answered within :data:`ROUND_TIMEOUT`, is followed by the next host.  A host
+        silent that long is not given up on (slow is not unavailable: its answer is still
+        taken when it comes) but not waited for alone either: before, a host that withheld
+        held the fetch for its call's whole timeout, which the transport stretches to
+        four of the node's response times (``net/rtt.py``: 20-40 s on a loaded machine),
+        and the campaign's final history reads hung on one Byzantine node.
+
+        Raises:
+            HistoryUnavailable: no host left to ask, none outstanding, for a version.
+        """
+        tried: dict[Timestamp, set[int]] = {}
+        asking: Counter[Timestamp] = Counter()  # requests outstanding per version
+        fresh: Counter[Timestamp] = Counter()  # ... of them, not silent that long yet
+        send, recv = trio.open_memory_channel[_Heard](math.inf)
+        lost: list[Timestamp] = []  # versions no host gave back intact
+        async with trio.open_nursery() as nursery:
+
+            def ask(versions: Sequence[Agreed]) -> None:
+                by_host: dict[int, list[Agreed]] = {}
+                for v in versions:
+                    host = self._next_host(v.hosts, tried.setdefault(v.lt, set()))
+                    if host is None:
+                        if not asking.get(v.lt):
+                            lost.append(v.lt)
+                        continue  # every host asked: wait for those outstanding
+                    tried[v.lt].add(host)
+                    asking[v.lt] += 1
+                    fresh[v.lt] += 1
+                    by_host.setdefault(host, []).append(v)
+                for host, wanted in by_host.items():
+                    for i in range(0, len(wanted), MAX_STATES):
+                        nursery.start_soon(self._ask, send, host, oid, wanted[i : i + MAX_STATES])
+
+            ask(todo)
+            while not lost and any(v.lt not in out for v in todo):
+                heard = await recv.receive()
+                left = [v for v in heard.chunk if v.lt not in out]
+                if heard.got is None:  # silent for ROUND_TIMEOUT: the next host too
+                    fresh.subtract(v.lt for v in left)
+                    ask(left)
+                    continue
+                for v in left:
+                    asking[v.lt] -= 1
+                    fresh[v.lt] -= 0 if heard.late else 1
+                    state = heard.got.get(v.lt)
+                    if state is not None and state_digest(state) == v.digest:
+                        out[v.lt] = state
+                # Not given back: the next host, unless one asked is not overdue yet.
+                ask([v for v in left if v.lt not in out and fresh[v.lt] <= 0])
+            nursery.cancel_scope.cancel()  # hosts still silent: their answers are not needed
+        if lost:
+            raise HistoryUnavailable(f"object {oid}: no server gave version {lost[0]} intact")
+
+    async def _ask(
+        self, send: trio.MemorySendChannel[_Heard], host: int, oid: int, chunk: list[Agreed]
+    ) -> None:
+        """:meth:`_fetch` of ``chunk`` from ``host``, its states sent when they come; a
+        :class:`_Heard` without states first if that takes :data:`ROUND_TIMEOUT` (the
+        host is then asked last by later fetches)."""
+        late = False
+        async with trio.open_nursery() as nursery:
+
+            async def slow() -> None:
+                nonlocal late
+                await trio.sleep(ROUND_TIMEOUT)
+                late = True
+                self._unanswered.add(host)
+                self.hedged += 1
+                log.info("object %#x: node %s silent on states, asking the next host", oid, host)
+                await send.send(_Heard(chunk, None, late=False))
+
+            nursery.start_soon(slow)
+            got = await self._fetch(host, oid, chunk)
+            nursery.cancel_scope.cancel()
+        await send.send(_Heard(chunk, got, late=late))
 
     def _next_host(self, hosts: Sequence[int], tried: set[int]) -> int | None:
         """The first of ``hosts`` not yet ``tried``, those that once let a request go

@@ -60,7 +60,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future
-from contextlib import AsyncExitStack, contextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -77,8 +77,9 @@ from bftfs.qu.pastread import PastReader
 from bftfs.rw.client import open_rw_client
 from bftfs.testing.byzantine.switching import Switching
 from bftfs.testing.campaign_model import Finding, Planner, Step
+from bftfs.testing.campaign_stacks import watched
 from bftfs.testing.campaign_steps import check_name, check_past, run_step
-from bftfs.testing.campaign_workers import Carried, default_workers, in_workers
+from bftfs.testing.campaign_workers import Carried, default_workers, in_workers, recent_info
 from bftfs.testing.cluster import Cluster, open_cluster, qu_client
 from bftfs.testing.consistency import NAMES, TRACE, Inconsistent
 from bftfs.testing.recording import (
@@ -351,14 +352,10 @@ async def _rounds(
         done += len(steps)
 
 
-@contextmanager
-def _named_hang(s: Step, where: str) -> Iterator[None]:
-    """:data:`DEADLINE` for a step outside the rounds; past it, a finding naming the step."""
-    try:
-        with trio.fail_after(DEADLINE):
-            yield
-    except trio.TooSlowError:
-        raise _fail(f"{where} {s.text()}: no answer within {DEADLINE} s (a hang)") from None
+def _named_hang(s: Step, where: str) -> AbstractAsyncContextManager[None]:
+    """:data:`DEADLINE` for a final step; past it, a finding naming it and its stacks."""
+    what = f"{where} {s.text()}: no answer within {DEADLINE} s (a hang); it waited in:"
+    return watched(DEADLINE, lambda stacks: _fail("\n  ".join([what, *stacks])))
 
 
 async def _final_reads(
@@ -381,14 +378,14 @@ async def _final_reads(
     for k in range(len(fss)):
         for name in NAMES:
             s = Step(k, "read", name, {}, expect=planner.model.get(name))
-            with _named_hang(s, "final"):
+            async with _named_hang(s, "final"):
                 await check_name(fss[k], s, _fail)
             out.ops["final read"] += 1
     # Every name before the first round (nothing existed) and after the last.
     for j in (0, len(moments) - 1):
         for name in NAMES:
             s = Step(0, "history", name, {}, expect=planner.past[j].get(name), offset=j)
-            with _named_hang(s, "final"):
+            async with _named_hang(s, "final"):
                 got = await check_past(pasts[0], s, moments[j], _fail)
             out.ops[f"final history {got}"] += 1
     out.note("stopping the cluster")
@@ -496,11 +493,13 @@ class Counts:
 
 
 def count_schedule(home: Path, sched: Schedule) -> Counts | str:
-    """Run one schedule: its counts, or its finding's text (with the replay line)."""
-    try:
-        out = run_schedule(home, sched)
-    except Finding as e:
-        return str(e)
+    """Run one schedule: its counts, or its finding's text (with the replay line and the
+    protocol's last INFO records, ``campaign_workers.recent_info``)."""
+    with recent_info() as recent:
+        try:
+            out = run_schedule(home, sched)
+        except Finding as e:
+            return "\n  ".join([str(e), "last protocol records:", *recent()])
     qu, rw = out.checked["Q/U"], out.checked["PASIS"]
     return Counts(
         out.ops, out.rounds, out.behaviours, out.crashes, out.leases,

@@ -14,6 +14,10 @@ the way back.  What the test process would have seen is carried back with each r
 - unraisable exceptions and exceptions escaping threads, which pytest turns into failures
   in its own process: re-emitted as ERROR records of this module's logger.
 
+A job's INFO records are not carried (too many); :func:`recent_info` keeps the last of the
+protocol's own (why a read widened, asked silent nodes again, backed off) for a job to put
+in its failure's text: a hang that a replay does not reproduce is then still explained.
+
 Workers are started with ``spawn`` (never ``fork``: trio and threads), and are killed, not
 waited for, when the caller stops early (a finding, an exception, a test's timeout).  A job
 that raises re-raises here with the job's remote traceback; a worker that dies (killed,
@@ -28,6 +32,7 @@ import os
 import sys
 import threading
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
@@ -41,6 +46,10 @@ T = TypeVar("T")
 WORKERS_ENV = "BFTFS_TEST_WORKERS"
 
 log = logging.getLogger(__name__)
+#: Loggers whose INFO records :func:`recent_info` keeps: the protocol's decisions.
+PROTOCOL_LOGGERS = ("bftfs.rw", "bftfs.qu", "bftfs.fs")
+#: How many of the last such records it keeps.
+RECENT = 400
 
 
 def default_workers(fallback: int) -> int:
@@ -78,6 +87,43 @@ class _Keep(logging.Handler):
             d["msg"] += "\n" + logging.Formatter().formatException(record.exc_info)
         d["exc_info"] = d["exc_text"] = None
         self.records.append(d)
+
+
+class _Recent(logging.Handler):
+    """The last ``keep`` records (formatted only when asked for)."""
+
+    def __init__(self, keep: int) -> None:
+        super().__init__(level=logging.INFO)
+        self.records: deque[logging.LogRecord] = deque(maxlen=keep)
+        self.setFormatter(logging.Formatter("%(relativeCreated)9.0f ms %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def lines(self) -> list[str]:
+        return [self.format(r) for r in self.records]
+
+
+@contextmanager
+def recent_info(
+    loggers: Sequence[str] = PROTOCOL_LOGGERS, keep: int = RECENT
+) -> Iterator[Callable[[], list[str]]]:
+    """Within the block, keep the last ``keep`` INFO (or higher) records of ``loggers``
+    (lowered to INFO for it, restored after); yields a function returning them as text."""
+    handler = _Recent(keep)
+    saved: dict[str, int] = {}
+    for name in loggers:
+        logger = logging.getLogger(name)
+        saved[name] = logger.level
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
+    try:
+        yield handler.lines
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).removeHandler(handler)
+            logging.getLogger(name).setLevel(level)
 
 
 _keep = _Keep()
