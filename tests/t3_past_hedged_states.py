@@ -14,6 +14,7 @@ import dataclasses
 import os
 import random
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,17 @@ MEASURED = 120.0
 HANG = 60.0
 
 
+def _withholding(asked: list[Any]) -> Callable[[Any, Any, Any], Awaitable[Any]]:
+    """A node's handler that notes each request in ``asked`` and never answers (live: the
+    node still answers its heartbeats)."""
+
+    async def withhold(ctx: Any, payload: Any, handler: Any) -> Any:
+        asked.append(payload)
+        await trio.sleep_forever()
+
+    return withhold
+
+
 async def test_a_host_silent_on_states_is_followed_by_the_next_not_waited_for(
     tmp_path: Path,
 ) -> None:
@@ -61,12 +73,7 @@ async def test_a_host_silent_on_states_is_followed_by_the_next_not_waited_for(
         await fs.release(fh)
 
         asked: list[Any] = []
-
-        async def withhold(ctx: Any, payload: Any, handler: Any) -> Any:
-            asked.append(payload)
-            await trio.sleep_forever()
-
-        cluster.faults[0].byzantine(history.KIND_STATES, withhold)
+        cluster.faults[0].byzantine(history.KIND_STATES, _withholding(asked))
         reader = PastReader(cluster.client(1), QUThresholds.from_config(cfg))
         _, at = await qu_client(cluster, 1).query_at(attr.ino, "fs.peek")
         walk = await reader.walk(attr.ino, at, until_ns=moment)
@@ -99,12 +106,7 @@ async def test_a_history_round_from_everyone_waits_once_for_a_node_that_withhold
         qu = qu_client(cluster, 0)
         _, at = await qu.query_at(ROOT, "fs.peek")
         asked: list[Any] = []
-
-        async def withhold(ctx: Any, payload: Any, handler: Any) -> Any:
-            asked.append(payload)
-            await trio.sleep_forever()
-
-        cluster.faults[0].byzantine(history.KIND_VERSIONS, withhold)
+        cluster.faults[0].byzantine(history.KIND_VERSIONS, _withholding(asked))
         reader = PastReader(cluster.client(1), QUThresholds.from_config(cfg))
         with trio.fail_after(HANG):
             pages = await reader._pages(ROOT, at, everyone=True)

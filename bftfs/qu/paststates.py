@@ -42,7 +42,7 @@ class HistoryUnavailable(QUUnavailable):
 
 @dataclass(frozen=True)
 class _Heard:
-    """What one ``qu.states`` request of :meth:`PastReader._hedged` brought: its states
+    """What one ``qu.states`` request of :meth:`StateFetcher._hedged` brought: its states
     (None: nothing yet, :data:`ROUND_TIMEOUT` passed), ``late`` when after that."""
 
     chunk: list[Agreed]
@@ -71,7 +71,8 @@ class StateFetcher:
     ) -> dict[Timestamp, bytes | None]:
         """The states of ``versions`` (agreed entries), each checked against its digest;
         thinned ones are left out (they have none).  ``offered``: states a ``qu.chains``
-        round brought (:class:`Seed`), taken where they match; the others are asked for."""
+        round brought (:class:`~bftfs.qu.pastread.Seed`), taken where they match; the
+        others are asked for."""
         out: dict[Timestamp, bytes | None] = {}
         todo = []
         for v in versions:
