@@ -13,6 +13,7 @@ import os
 import random
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -580,6 +581,52 @@ def test_what_comes_due_one_at_a_time_goes_in_full_batches(tmp_path: Path) -> No
         await until("the removals sent", lambda: removals(a) - before >= 2 and not wb._unlinks)
         assert (a.meta.methods["fs.unlink"], removals(a) - before) == (0, 2)
         assert {n for n, _ in await env.fss[1].readdir(d)} == {b"warm0", b"warm1", b"warm2"}
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
+def test_creates_due_together_go_an_update_at_a_time_the_rest_still_waiting(
+    tmp_path: Path,
+) -> None:
+    """Creates that fall due together (PostMark's 1 000 files, five seconds after it made
+    them) go one update at a time, the others still waiting in write-back meanwhile: a
+    removal of one of them then cancels it in the mount.  Before, the whole pass was taken
+    out at once (165 updates at b = 2, 10-12 s), and every call on one of its files waited
+    for the pass."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        await exclusive(a, d)
+        await a.write_back()
+        await a.readdir(d)  # the listing, known whole under the lease (a removal cancels)
+        wb, leases = a.outbox.writeback, a.meta.leases
+        assert wb is not None and leases is not None
+        inos = [await new_file(a, d, b"f%02d" % k, b"x%d" % k) for k in range(18)]
+        waiting: list[int] = []
+        first, go_on = trio.Event(), trio.Event()
+        real = wb._senders.send_creates
+
+        async def send_creates(ps: list[Any]) -> None:
+            if not first.is_set():
+                waiting.extend(i for i in inos if wb.deferred(i))
+                first.set()
+                await go_on.wait()
+            await real(ps)
+
+        wb._senders.send_creates = send_creates  # type: ignore[method-assign]
+        for oid, (p, _) in list(wb._due.items()):  # all due at once (as after 5 s)
+            wb._due[oid] = (p, 0.0)
+        wb._wake.set()
+        await first.wait()
+        assert len(waiting) == 12, waiting  # the first six out, the others still waiting
+        cancelled = leases.stats["creates_cancelled"]
+        await a.unlink(d, b"f17")
+        assert leases.stats["creates_cancelled"] == cancelled + 1
+        go_on.set()
+        await until("the creates sent", lambda: not any(a.outbox.creates.not_made(i) for i in inos))
+        names = {n for n, _ in await b.readdir(d)}
+        assert names == {b"warm0", b"warm1", b"warm2"} | {b"f%02d" % k for k in range(17)}
 
     run(tmp_path, body, fs_options=OPTIONS)
 

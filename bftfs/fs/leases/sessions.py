@@ -163,6 +163,13 @@ class Sessions:
         half for a renewal slowed by load."""
         return s.until - now < self._usable() / 2
 
+    def bound(self, slot: int) -> None:
+        """A lease bound to ``slot`` was just recorded: the renewing loop runs while it is
+        held.  (``ready`` starts the loop too, but it runs while the grant's update is
+        under way, finds no bound lease yet and ends: the first lease of a burst of
+        grants was then never renewed, and its session ended under it.)"""
+        self._start()
+
     def _start(self) -> None:
         if not self._renewing:
             self._renewing = True

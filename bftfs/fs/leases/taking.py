@@ -415,6 +415,8 @@ class Taker:
                 self.ensure_listing(oid)
             if self._recalls.believed(oid):
                 self._recalls.revoke([oid])
+        if BOUND in arg and gen is not None and self.sessions is not None:
+            self.sessions.bound(slot or 0)  # renewed while held (``Sessions.bound``)
         if gone:
             self._recalls.give_back(gone)
 

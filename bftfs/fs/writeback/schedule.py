@@ -422,7 +422,11 @@ class WriteBack:
             due = _with_their_batches(self._due.values(), now)
             touched = [parent for parent, at in self._touches.items() if at <= now]
             if gone or due or touched:  # creates first: a removal may be of a file they make
-                await self._send_batches(due)
+                # One update's worth at a time: the others stay deferred meanwhile, so a
+                # call on one of their files goes on (a reopen, a removal that cancels it)
+                # rather than waiting for the whole pass (PostMark at b = 2: ~990 creates
+                # due together, 165 updates, the transactions stalled 10-12 s).
+                await self._send_batches(due[:BATCH])
                 await self._send_unlinks(gone)
                 await self._send_touches(touched)  # last: a removal sent may carry them
                 continue
