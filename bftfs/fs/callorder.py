@@ -168,10 +168,12 @@ class CallOrder:
         self, p: PendingCreate, objects: list[int], method: str, arg: Any
     ) -> bool:
         """Whether a call is about one entry of ``p``'s directory other than ``p``'s (a
-        lookup, create, unlink or mkdir of another name) while ``p`` waits for write-back:
-        such calls commute with ``p``'s create, so ``p`` stays deferred."""
+        lookup, create, unlink or mkdir of another name) while ``p`` waits for write-back
+        or write-back is sending it (``WriteBack.writing_back``): such calls commute with
+        ``p``'s create, so ``p`` stays deferred, or the call does not wait for its update
+        (an update of the directory still follows it: one update per object at a time)."""
         writeback = self.creates.writeback
-        if writeback is None or not writeback.deferred(p.oid):
+        if writeback is None or not (writeback.deferred(p.oid) or writeback.writing_back(p.oid)):
             return False
         return about_another_entry(p.parent, p.name, objects, method, arg)
 

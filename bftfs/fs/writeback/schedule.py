@@ -209,6 +209,9 @@ class WriteBack:
         self._hurry = False
         #: Set when held-back removals were taken out to be sent: room was made.
         self._unlinks_went = trio.Event()
+        #: Deferred creates taken out to be sent and not answered yet
+        #: (:meth:`writing_back`).
+        self._writing: set[int] = set()
 
     def defer(self, p: PendingCreate, size: int) -> bool:
         """Whether the close of ``p``'s file, of ``size`` bytes, may return without sending
@@ -369,6 +372,14 @@ class WriteBack:
     def deferred(self, oid: int) -> bool:
         """Whether the create of ``oid`` waits past its close."""
         return oid in self._due
+
+    def writing_back(self, oid: int) -> bool:
+        """Whether the deferred create of ``oid`` is being sent by write-back now: a call
+        about another entry of its directory commutes with it as with one still deferred
+        (``CallOrder``), rather than waiting for its update.  PostMark at b = 2: every
+        lookup in the directory waited for the write-back update in flight, about 65 ms,
+        and the transactions made one step per update while 165 of them went."""
+        return oid in self._writing
 
     def deferred_in(self, parent: int, most: int) -> list[PendingCreate]:
         """Up to ``most`` of the creates of directory ``parent`` that wait past their close,
@@ -543,7 +554,8 @@ class WriteBack:
         :data:`BATCH` in one update), ``parallel`` directories at a time."""
         by_dir: dict[int, list[PendingCreate]] = {}
         for p in ps:
-            self._undue(p.oid)
+            if self._undue(p.oid) is not None:
+                self._writing.add(p.oid)
             by_dir.setdefault(p.parent, []).append(p)
 
         async def one(group: list[PendingCreate], limiter: trio.CapacityLimiter) -> None:
@@ -553,6 +565,8 @@ class WriteBack:
                     self.stats["written_back"] += len(group)
                 except Exception as e:  # noqa: BLE001 - a background task must go on
                     log.warning("write-back of %s: %s", [p.name for p in group], e)
+                finally:
+                    self._writing.difference_update(p.oid for p in group)
 
         if parallel <= 1 or len(by_dir) <= 1:
             for group in by_dir.values():
