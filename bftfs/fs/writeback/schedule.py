@@ -150,6 +150,41 @@ def _with_their_batches(waiting: Iterable[tuple[Deferred, float]], now: float) -
     return out
 
 
+async def _send_entries(
+    entries: dict[tuple[str, int], tuple[Any, float]],
+    senders: Senders,
+    due_by: float,
+    parent: int | None = None,
+) -> bool:
+    """Send the entry updates of ``entries`` (``WriteBack._entries``) due by ``due_by``
+    (of directory ``parent`` only, if given), kind by kind, each by its kind's sender
+    (which calls ``WriteBack.entry_sent`` once it was taken or failed for good); one that
+    is still there after its send failed (no answer) is due again in
+    :data:`ENTRY_RESEND` seconds.  Whether any was due."""
+    sent = False
+    for kind in ENTRY_KINDS:
+        due = [
+            (key, u)
+            for (k, key), (u, at) in entries.items()
+            if k == kind and at <= due_by and (parent is None or u.parent == parent)
+        ]
+        for key, u in due:
+            sent = True
+            try:
+                await senders.send_entry(kind, u)
+            except Exception as e:  # noqa: BLE001 - a background task must go on
+                log.warning(
+                    "%s of %r not sent yet (again in %g s): %s",
+                    kind,
+                    getattr(u, "name", u),
+                    ENTRY_RESEND,
+                    e,
+                )
+                if entries.get((kind, key), (None,))[0] is u:
+                    entries[kind, key] = (u, trio.current_time() + ENTRY_RESEND)
+    return sent
+
+
 class WriteBack:
     """The deferred creates and removals (``fs/writeback/unlinks.py``) of one mount and the task
     that sends them when due."""
@@ -304,35 +339,6 @@ class WriteBack:
         """The entry update ``(kind, key)`` was taken or failed for good."""
         self._entries.pop((kind, key), None)
 
-    async def _send_entries(self, due_by: float, parent: int | None = None) -> bool:
-        """Send the entry updates due by ``due_by`` (of directory ``parent`` only, if
-        given), kind by kind, each by its kind's sender (which calls :meth:`entry_sent`
-        once it was taken or failed for good); one that is still here after its send
-        failed (no answer) is due again in :data:`ENTRY_RESEND` seconds.  Whether any
-        was due."""
-        sent = False
-        for kind in ENTRY_KINDS:
-            due = [
-                (key, u)
-                for (k, key), (u, at) in self._entries.items()
-                if k == kind and at <= due_by and (parent is None or u.parent == parent)
-            ]
-            for key, u in due:
-                sent = True
-                try:
-                    await self._senders.send_entry(kind, u)
-                except Exception as e:  # noqa: BLE001 - a background task must go on
-                    log.warning(
-                        "%s of %r not sent yet (again in %g s): %s",
-                        kind,
-                        getattr(u, "name", u),
-                        ENTRY_RESEND,
-                        e,
-                    )
-                    if self._entries.get((kind, key), (None,))[0] is u:
-                        self._entries[kind, key] = (u, trio.current_time() + ENTRY_RESEND)
-        return sent
-
     def defer_touch(self, parent: int) -> bool:
         """Whether directory ``parent``'s times may wait for write-back (a create and its
         removal cancelled there): as for a removal, the directory is leased here
@@ -426,7 +432,9 @@ class WriteBack:
         life; a send's failure is the pending create's, logged and retried there)."""
         while True:
             now = trio.current_time()
-            if await self._send_entries(now):  # first: what is made in them follows
+            if await _send_entries(
+                self._entries, self._senders, now
+            ):  # first: what is made in them follows
                 continue
             hurry, self._hurry = self._hurry, False  # (a removal waits for room)
             gone = _with_their_batches(self._unlinks.values(), float("inf") if hurry else now)
@@ -465,7 +473,7 @@ class WriteBack:
         """Send every deferred removal and create now (unmount, ``fsync`` of a directory);
         ``parallel``: directories whose creates are sent at once (each directory's
         updates follow one another, as they change it; a tree's restore uses many)."""
-        await self._send_entries(float("inf"))
+        await _send_entries(self._entries, self._senders, float("inf"))
         await self._send_batches([p for p, _ in self._due.values()], parallel)
         await self._send_unlinks([u for u, _ in self._unlinks.values()])
         await self._send_touches(list(self._touches))
@@ -481,7 +489,7 @@ class WriteBack:
                 are dropped: never sent again by this mount (docs/fs.md, "What EIO
                 means"); else (a ``hard`` mount's retry) they stay held back.
         """
-        await self._send_entries(float("inf"), parent)
+        await _send_entries(self._entries, self._senders, float("inf"), parent)
         creates = await self._senders.send_creates_in(parent)
         await self._send_unlinks([u for u, _ in list(self._unlinks.values()) if u.parent == parent])
         if parent in self._touches:
