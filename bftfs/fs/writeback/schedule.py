@@ -432,9 +432,8 @@ class WriteBack:
         life; a send's failure is the pending create's, logged and retried there)."""
         while True:
             now = trio.current_time()
-            if await _send_entries(
-                self._entries, self._senders, now
-            ):  # first: what is made in them follows
+            # First the entry updates: what is made in them follows.
+            if await _send_entries(self._entries, self._senders, now):
                 continue
             hurry, self._hurry = self._hurry, False  # (a removal waits for room)
             gone = _with_their_batches(self._unlinks.values(), float("inf") if hurry else now)
