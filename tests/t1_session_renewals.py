@@ -54,6 +54,7 @@ def test_refused_renewals_pause_doubling_and_a_later_one_renews() -> None:
             )  # fmt: skip
             sessions.holds = lambda slot: True
             assert await sessions.ready(0) == 1
+            sessions.bound(0)  # (as the grant that asked for the session would)
             await trio.sleep(60.0)
             refused = len(calls) - 1
             refuse[0] = False

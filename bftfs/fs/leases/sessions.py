@@ -150,7 +150,6 @@ class Sessions:
             s = self.slots.get(slot)
         if s is None or s.until - trio.current_time() < self._usable() / 4:
             return None
-        self._start()
         return s.gen
 
     def _usable(self) -> float:
@@ -165,12 +164,9 @@ class Sessions:
 
     def bound(self, slot: int) -> None:
         """A lease bound to ``slot`` was just recorded: the renewing loop runs while it is
-        held.  (``ready`` starts the loop too, but it runs while the grant's update is
-        under way, finds no bound lease yet and ends: the first lease of a burst of
-        grants was then never renewed, and its session ended under it.)"""
-        self._start()
-
-    def _start(self) -> None:
+        held.  (Started by ``ready`` instead, the loop ran while the grant's update was
+        under way, found no bound lease yet and ended: the first leases of a burst of
+        grants were never renewed, and their session ended under them.)"""
         if not self._renewing:
             self._renewing = True
             self._spawn(self._keep_renewing)

@@ -457,16 +457,18 @@ class WriteBack:
         deferred meanwhile: a call on one of their files goes on (a reopen is answered
         here, a removal cancels it) rather than waiting for the whole pass (PostMark at
         b = 2: ~990 creates due together, 165 updates, its transactions stalled 10-12 s).
-        One reopened, cancelled or sent meanwhile is passed by (a reopened one is due
-        again at its close)."""
+        One reopened (due again at its close), cancelled or sent meanwhile is passed by."""
         chunk: list[PendingCreate] = []
-        for k, p in enumerate(due):
+        for p in due:
             entry = self._due.get(p.oid)
-            if entry is not None and entry[0] is p:
-                chunk.append(p)
-            if len(chunk) == BATCH or (chunk and k == len(due) - 1):
+            if entry is None or entry[0] is not p:
+                continue
+            chunk.append(p)
+            if len(chunk) == BATCH:
                 await self._send_batches(chunk)
                 chunk = []
+        if chunk:
+            await self._send_batches(chunk)
 
     async def send_all(self, parallel: int = 1) -> None:
         """Send every deferred removal and create now (unmount, ``fsync`` of a directory);
