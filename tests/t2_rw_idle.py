@@ -181,8 +181,10 @@ async def test_a_read_of_a_big_unverified_object_cancels_the_idle_waves_reading_
                     await node.verifier.changed.wait()
         assert await reader.read_block(big[0]) == data[0]
         yielded = sum(node.progress["rw.verify"]["yielded"] for node in cl.nodes)
-        assert yielded >= 1  # before: the waves waited for their READs
-        assert all(node.progress["rw.verify"]["verified"] == 0 for node in cl.nodes)
+        # Before: the waves waited for their READs.  (How many blocks were verified by then
+        # is no measure: a wave's READs answered after the links' 30 s are recorded, and a
+        # loaded run takes minutes to get here.)
+        assert yielded >= 1
         for f in cl.faults:
             f.clear()
         await verified_everywhere(cl, {blk: stamps[blk] for blk in big}, 60)
