@@ -213,9 +213,10 @@ def test_a_node_away_past_the_retention_window_catches_up_and_a_second_failure_r
             # The history the catch-up would replay is gone: the others pruned the versions
             # (and the stored requests) older than keep_seconds.  (They cannot verify and
             # collect blocks meanwhile: a verifier reads the other nodes, one is down.)
+            # (A guard against a hang: 136 s once with three slow-suite workers on 2 cores.)
             _wait(
                 "the others pruned",
-                120,
+                300,
                 lambda: all(_count(_stats(pc)[i], "qu.pruned") >= 40 for i in up),
             )
             pc.start(away)
