@@ -678,6 +678,41 @@ def test_opening_a_file_whose_create_waits_needs_no_round(tmp_path: Path) -> Non
     run(tmp_path, body, fs_options=OPTIONS)
 
 
+def test_a_second_open_of_a_file_whose_create_waits_needs_no_round(tmp_path: Path) -> None:
+    """A linker opens each object file it links twice, the first handle still open: the
+    second open of a file whose create waits for the first handle's close is answered
+    here too, for a small file and one whose blocks wait with its create (before, it sent
+    the create and wrote the blocks: 15-38 ms each at the end of Andrew's compile).  The
+    create goes later, with every byte, and the other client reads them."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        await exclusive(a, d)
+        wb = a.outbox.writeback
+        assert wb is not None
+        rng = random.Random(41)
+        files = {b"small.o": rng.randbytes(3000), b"big.o": rng.randbytes(90_000)}
+        inos = {name: await new_file(a, d, name, data) for name, data in files.items()}
+        before, writes = Counter(a.meta.methods), a.rw.statistics()["writes"]
+        for name, data in files.items():
+            first = await a.open(inos[name], os.O_RDONLY)
+            second = await a.open(inos[name], os.O_RDONLY)
+            assert await a.read(second, 1000, 500) == data[1000:1500]
+            await a.release(second)
+            assert await a.read(first, 0, len(data) + 1) == data
+            await a.release(first)
+        assert Counter(a.meta.methods) - before == Counter()
+        assert a.rw.statistics()["writes"] == writes
+        assert all(a.outbox.creates.not_made(ino) for ino in inos.values())
+        for name, data in files.items():
+            fh = await b.open((await b.lookup(d, name)).ino, os.O_RDONLY)
+            assert await b.read(fh, 0, len(data) + 1) == data
+            await b.release(fh)
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
 def test_files_made_and_removed_within_commit_never_reach_the_servers(tmp_path: Path) -> None:
     """Files made and removed within ``commit`` (PostMark's deletes, a compiler's
     temporaries) in a directory whose listing the mount knows whole: each create and its
