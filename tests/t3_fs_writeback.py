@@ -689,8 +689,6 @@ def test_a_second_open_of_a_file_whose_create_waits_needs_no_round(tmp_path: Pat
         a, b = env.fss
         d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
         await exclusive(a, d)
-        wb = a.outbox.writeback
-        assert wb is not None
         rng = random.Random(41)
         files = {b"small.o": rng.randbytes(3000), b"big.o": rng.randbytes(90_000)}
         inos = {name: await new_file(a, d, name, data) for name, data in files.items()}
