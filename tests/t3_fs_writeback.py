@@ -683,23 +683,30 @@ def test_a_second_open_of_a_file_whose_create_waits_needs_no_round(tmp_path: Pat
     second open of a file whose create waits for the first handle's close is answered
     here too, for a small file and one whose blocks wait with its create (before, it sent
     the create and wrote the blocks: 15-38 ms each at the end of Andrew's compile).  The
-    create goes later, with every byte, and the other client reads them."""
+    create waits for the last close (a write through the first handle after the second's
+    close goes with it) and goes later, with every byte; the other client reads them."""
 
     async def body(env: Env) -> None:
         a, b = env.fss
         d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
         await exclusive(a, d)
+        wb = a.outbox.writeback
+        assert wb is not None
         rng = random.Random(41)
         files = {b"small.o": rng.randbytes(3000), b"big.o": rng.randbytes(90_000)}
         inos = {name: await new_file(a, d, name, data) for name, data in files.items()}
         before, writes = Counter(a.meta.methods), a.rw.statistics()["writes"]
         for name, data in files.items():
-            first = await a.open(inos[name], os.O_RDONLY)
+            first = await a.open(inos[name], os.O_RDWR)
             second = await a.open(inos[name], os.O_RDONLY)
             assert await a.read(second, 1000, 500) == data[1000:1500]
             await a.release(second)
+            assert not wb.deferred(inos[name])  # it waits for the last close
+            files[name] = data = data + b"tail"
+            await a.write(first, len(data) - 4, b"tail")
             assert await a.read(first, 0, len(data) + 1) == data
             await a.release(first)
+            assert wb.deferred(inos[name])
         assert Counter(a.meta.methods) - before == Counter()
         assert a.rw.statistics()["writes"] == writes
         assert all(a.outbox.creates.not_made(ino) for ino in inos.values())

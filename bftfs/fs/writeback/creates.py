@@ -174,17 +174,22 @@ class PendingCreates:
         """Whether the close of ``f`` may leave its create pending (directory write-back,
         ``fs/writeback/schedule.py``): a new file's create, never sent yet, in a directory this
         mount holds an exclusive lease on; a file past the inline limit keeps its blocks
-        buffered with it (``writeback.MAX_FILE``), written when the create is sent."""
+        buffered with it (``writeback.MAX_FILE``), written when the create is sent.  While
+        another handle of the file is open, the create waits for the last close, which
+        defers it with the file's size then."""
         p = self.creates.pending_of(f.ino)
-        return (
-            p is not None
-            and self.writeback is not None
-            and p.sender is None
-            and p.failures == 0
-            and not self.creates.moved(f.ino)
-            and f.behind is None
-            and self.writeback.defer(p, f.size)
-        )
+        if (
+            p is None
+            or self.writeback is None
+            or p.sender is not None
+            or p.failures != 0
+            or self.creates.moved(f.ino)
+            or f.behind is not None
+        ):
+            return False
+        if f.opens > 1 and not self.writeback.deferred(p.oid):
+            return True  # another handle is open (:meth:`_open_again`): the last close decides
+        return self.writeback.defer(p, f.size)
 
     def deferred_stat(self, ino: int) -> dict[str, Any] | None:
         """The attributes of ``ino`` when its create is left to write-back and not being
