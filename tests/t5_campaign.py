@@ -200,9 +200,9 @@ def test_workers_left_early_are_killed_not_waited_for() -> None:
 #: which broke the tests after them too.
 LONG_CAMPAIGN = pytest.mark.timeout(900)
 #: Processes running the long campaigns' schedules: one schedule keeps about 0.6 of a core
-#: busy (it also waits: delays, withheld replies), so
-#: three on two cores pay (measured 233 s serially, 142 s on two, 98 s on three);
-#: ``BFTFS_TEST_WORKERS=1`` runs them in the test process.
+#: busy (it also waits: delays, withheld replies), so three on two cores pay (measured 233 s
+#: serially, 142 s on two, 98 s on three); ``BFTFS_TEST_WORKERS=1`` runs them in the test
+#: process.
 LONG_WORKERS = default_workers(3)
 
 
