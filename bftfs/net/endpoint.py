@@ -328,6 +328,12 @@ class Endpoint:
         suspect or stuck connecting (``net/suspects.py``)."""
         return self.pool.ask_last(targets)
 
+    def refusing(self, targets: Sequence[NodeId]) -> set[NodeId]:
+        """``targets`` that recently refused connections (``Pool.down``): a round that waits
+        past a quorum for every node need not wait for these, whose calls only retry
+        connecting until the round's timeout."""
+        return self.pool.down(targets)
+
     def suspected(self, targets: Sequence[NodeId]) -> set[NodeId]:
         """``targets`` quorum calls hold in reserve (``Pool.suspected``)."""
         return self.pool.suspected(targets)

@@ -53,11 +53,6 @@ log = logging.getLogger(__name__)
 TRIES = 3
 
 
-def _at_least(pages: Mapping[int, Any], need: int, _replies: Any) -> bool:
-    """A history round's ``enough``: ``need`` pages in."""
-    return len(pages) >= need
-
-
 class End(enum.Enum):
     """Why a walk stopped."""
 
@@ -113,6 +108,25 @@ class PastReader:
         #: Versions whose time became known only by asking every node from the version
         #: itself after some node's page in an everyone-round had reached it (:meth:`_gather`).
         self.timed_on_second_ask = 0
+        #: Rounds that ended without what they waited for (a timeout, or too few nodes
+        #: answering): a stopped node must not make one (it refuses connections).
+        self.rounds_cut = 0
+
+    def _waiting_for(self, got: Mapping[int, Any]) -> set[int]:
+        """The nodes a round that waits past a quorum still waits for: not those that
+        answered, once let a round time out, or refuse connections now (a stopped node:
+        its request only retries connecting until the round's timeout, which every
+        history command paid, 5 s, while one node was down)."""
+        refusing = {int(n) for n in self.endpoint.refusing(self.nodes)}
+        return {int(n) for n in self.nodes} - got.keys() - self._unanswered - refusing
+
+    def _enough_pages(self, pages: Mapping[int, Any], need: int, _replies: Any) -> bool:
+        """A ``qu.versions`` round's ``enough``: ``need`` pages in, or every node that can
+        answer (at least a quorum) when ``need`` is more (an everyone-round)."""
+        if len(pages) >= need:
+            return True
+        refusing = self.endpoint.refusing(self.nodes)
+        return len(pages) >= self.th.q and not set(self.nodes) - pages.keys() - refusing
 
     async def _pages(
         self, oid: int, start: Timestamp, *, everyone: bool
@@ -145,12 +159,13 @@ class PastReader:
                     ask,
                     KIND_VERSIONS,
                     versions_request(oid, start),
-                    enough=functools.partial(_at_least, pages, need),
+                    enough=functools.partial(self._enough_pages, pages, need),
                     accept=accept,
                     timeout=timeout,
                 )
                 break
             except QuorumUnavailable as e:
+                self.rounds_cut += 1
                 slow = [s for s in ask if s not in pages and s not in e.result.errors]
                 if attempt == TRIES - 1:
                     self.silent.update(slow)
@@ -207,8 +222,7 @@ class PastReader:
                     lt = established_start(oid, {s: rhs[i] for s, rhs in got.items()}, self.th)
                     if lt is not None:
                         settled[oid] = lt
-            waiting = set(self.nodes) - got.keys() - self._unanswered
-            return len(settled) == len(oids) or not waiting
+            return len(settled) == len(oids) or not self._waiting_for(got)
 
         try:
             await self.endpoint.quorum_call(
@@ -220,6 +234,7 @@ class PastReader:
                 timeout=ROUND_TIMEOUT,
             )
         except QuorumUnavailable as e:  # (fewer than a quorum: nothing settles)
+            self.rounds_cut += 1
             self._unanswered |= set(self.nodes) - got.keys() - e.result.errors.keys()
             decide()
         self.started += len(settled)
@@ -263,7 +278,7 @@ class PastReader:
             return True
 
         def enough() -> bool:
-            return len(got) >= self.th.q and not set(self.nodes) - got.keys() - self._unanswered
+            return len(got) >= self.th.q and not self._waiting_for(got)
 
         try:
             await self.endpoint.quorum_call(
@@ -275,6 +290,7 @@ class PastReader:
                 timeout=ROUND_TIMEOUT,
             )
         except QuorumUnavailable as e:
+            self.rounds_cut += 1
             self._unanswered |= set(self.nodes) - got.keys() - e.result.errors.keys()
             if len(got) < self.th.b + 1:
                 raise HistoryUnavailable(

@@ -138,6 +138,7 @@ class Past:
             f"{r.started} objects, {self.qu.statistics().rounds} Q/U rounds, "
             f"{r.fetches} state requests, {r.offered_taken} states offered and taken, "
             f"{r.timed_on_second_ask} times known on a second ask, {r.waits} longer waits, "
+            f"{r.rounds_cut} rounds cut short, "
             f"{getattr(r.endpoint, 'sent', 0)} requests sent, {len(self._histories)} objects; "
             + ", ".join(f"{k} {v}" for k, v in sorted(self._counts.items()))
         )
