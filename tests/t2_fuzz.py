@@ -4,7 +4,7 @@ Seeded hostile frames over real TCP (``bftfs.testing.fuzz``): requests under a v
 session with hostile payloads for every kind, valid-MAC garbage, replays, bad MACs,
 truncated and oversized frames, garbage before the handshake.  Afterwards the node process
 is alive, has not grown without bound, answers, and the cluster still runs Q/U updates and
-PASIS writes and reads through it.  A short run here; 10^5 frames in the slow suite.
+PASIS writes and reads through it.  A short run here; two seeds of 20 000 frames in the slow suite.
 """
 
 from __future__ import annotations
@@ -74,5 +74,5 @@ def test_a_node_survives_hostile_frames(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [2, 3])
-def test_a_node_survives_a_hundred_thousand_hostile_frames(tmp_path: Path, seed: int) -> None:
-    _run(tmp_path, frames=50_000, seed=seed)
+def test_a_node_survives_tens_of_thousands_of_hostile_frames(tmp_path: Path, seed: int) -> None:
+    _run(tmp_path, frames=20_000, seed=seed)

@@ -192,20 +192,20 @@ def test_a_node_away_past_the_retention_window_catches_up_and_a_second_failure_r
             d = a.mountpoint / "d"
             d.mkdir()
             files: dict[str, bytes] = {}
-            for i in range(20):
+            for i in range(10):
                 # The even ones, removed while the node is away, are in blocks.
                 size = 200_000 if i % 2 == 0 else rng.choice((40, 3000, 200_000))
                 files[f"old{i}"] = rng.randbytes(size)
                 (d / f"old{i}").write_bytes(files[f"old{i}"])
             pc.stop(away)
-            for i in range(60):
+            for i in range(30):
                 data = rng.randbytes(rng.choice((40, 3000, 200_000)))
                 (d / f"new{i}").write_bytes(data)
                 files[f"new{i}"] = data
-            for name in [f"new{i}" for i in range(0, 60, 3)] + [f"old{i}" for i in range(0, 20, 2)]:
+            for name in [f"new{i}" for i in range(0, 30, 3)] + [f"old{i}" for i in range(0, 10, 2)]:
                 os.unlink(d / name)
                 del files[name]
-            for i in range(1, 60, 6):
+            for i in range(1, 30, 6):
                 files[f"new{i}"] = rng.randbytes(5000)
                 (d / f"new{i}").write_bytes(files[f"new{i}"])
             up = [i for i in pc.config.node_ids if i != away]

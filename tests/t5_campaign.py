@@ -8,7 +8,7 @@ earlier rounds) against the model then, every operation must complete, and the Q
 PASIS histories recorded under the file system must be linearizable.  ``make test`` runs a
 short seeded campaign (3 schedules of 25 operations, 10 to 20 s) and a shorter one with
 shared leases (their recalls withheld and forged by the Byzantine nodes too); the slow suite
-runs 40 schedules of 80 operations, with ``t = 2, b = 1`` on nine nodes among them, and 20
+runs 16 schedules of 80 operations, with ``t = 2, b = 1`` on nine nodes among them, and 8
 with leases, each on three worker processes (``campaign_workers.py``; the report is a
 serial run's).
 
@@ -213,10 +213,10 @@ LONG_WORKERS = default_workers(3)
 @RW_CATCHUP_INCOMPLETE
 def test_a_long_seeded_campaign_with_leases_finds_nothing(tmp_path: Path) -> None:
     report = campaign(
-        tmp_path, seed=2000, schedules=20, ops=80, thresholds=SLOW_THRESHOLDS, lease_term=10.0,
+        tmp_path, seed=2000, schedules=8, ops=80, thresholds=SLOW_THRESHOLDS, lease_term=10.0,
         workers=LONG_WORKERS,
     )  # fmt: skip
-    _check(report, 20)
+    _check(report, 8)
     assert report.leases["taken"] > 0 and report.leases["recalled"] > 0
     drawn = {k.split(":")[1] for k, v in report.behaviours.items() if v}
     assert {"withhold-recall", "forge-recall"} <= drawn, drawn
@@ -229,9 +229,9 @@ def test_a_long_seeded_campaign_with_leases_finds_nothing(tmp_path: Path) -> Non
 @RW_CATCHUP_INCOMPLETE
 def test_a_long_seeded_campaign_finds_nothing(tmp_path: Path) -> None:
     report = campaign(
-        tmp_path, seed=1000, schedules=40, ops=80, thresholds=SLOW_THRESHOLDS, workers=LONG_WORKERS
+        tmp_path, seed=1000, schedules=16, ops=80, thresholds=SLOW_THRESHOLDS, workers=LONG_WORKERS
     )
-    _check(report, 40)
+    _check(report, 16)
     assert report.crashes > 0
     # The history lies (issue 31) were told, and history reads met them.
     lies = {k.split(":")[0] for k, v in report.behaviours.items() if not k.endswith(":honest")}
