@@ -234,8 +234,11 @@ def test_a_step_that_wrote_nothing_is_on_the_page_with_its_exit_status(tmp_path:
 def test_a_short_attacked_postmark_runs_beside_its_twin_and_the_client_attacked(
     tmp_path: Path,
 ) -> None:
+    # A tiny PostMark: three fresh clusters' starts and stops are most of the time, and
+    # the client attack runs through the whole attacked run (4 s: thousands of floods,
+    # frames and walks).
     cmd = [sys.executable, str(BENCH / "postmark.py"), "--targets", "bftfs", "--bs", "1"]
-    cmd += ["--no-fsync-bs", "", "--files", "50", "--transactions", "100", "--attack"]
+    cmd += ["--no-fsync-bs", "", "--files", "10", "--transactions", "20", "--attack"]
     cmd += ["client,corrupt-fragments", "--out", str(tmp_path), "--name", "pm", "--no-plot"]
     cmd += ["--quiet"]  # scratch under /var/tmp: PostMark crashes on a long location
     done = subprocess.run(cmd, timeout=600, capture_output=True, text=True)

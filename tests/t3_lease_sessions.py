@@ -54,12 +54,12 @@ async def hold_for(fs: FileSystem, inos: list[int], seconds: float) -> dict[str,
     return {m: after[m] - before[m] for m in after}
 
 
-async def leased_files(fs: FileSystem, count: int, prefix: bytes) -> list[int]:
-    """Make ``count`` files in the root and query each until the mount holds a lease on
-    it bound to its session; their inode numbers."""
+async def leased_files(fs: FileSystem, count: int, parent: int) -> list[int]:
+    """Make ``count`` files in directory ``parent`` and query each until the mount holds a
+    lease on it bound to its session; their inode numbers."""
     inos = []
     for i in range(count):
-        fh, attr = await fs.create(ROOT, prefix + b"%d" % i, 0o644, 0, 0, os.O_WRONLY)
+        fh, attr = await fs.create(parent, b"f%d" % i, 0o644, 0, 0, os.O_WRONLY)
         await fs.release(fh)
         inos.append(attr.ino)
     leases = fs.meta.leases
@@ -79,18 +79,27 @@ async def leased_files(fs: FileSystem, count: int, prefix: bytes) -> list[int]:
 
 @pytest.mark.slow
 def test_renewals_do_not_grow_with_the_objects_leased(tmp_path: Path) -> None:
-    """Three terms holding 20 leased files, then three holding 200: the same session
-    renewals (one slot: files are made congruent to their directory), no lease renewed
-    on its own, and no lease taken again."""
+    """Two clients side by side, each with a directory of its own: three terms holding 20
+    leased files on one, three holding 200 on the other: the same session renewals (one
+    slot each: files are made congruent to their directory), no lease renewed on its
+    own, and no lease taken again."""
 
     async def body(env: Env) -> None:
-        a = env.fss[0]
-        leases = a.meta.leases
-        assert leases is not None and leases.sessions is not None
-        few = await hold_for(a, await leased_files(a, 20, b"few"), 3 * TERM)
-        many = await hold_for(a, await leased_files(a, 200, b"many"), 3 * TERM)
+        held: dict[int, dict[str, int]] = {}
+
+        async def hold(fs: FileSystem, count: int) -> None:
+            d = await fs.mkdir(ROOT, b"d%d" % count, 0o755, 0, 0)
+            held[count] = await hold_for(fs, await leased_files(fs, count, d.ino), 3 * TERM)
+
+        for fs in env.fss:
+            assert fs.meta.leases is not None and fs.meta.leases.sessions is not None
+        async with trio.open_nursery() as nursery:
+            for fs, count in zip(env.fss, (20, 200), strict=True):
+                nursery.start_soon(hold, fs, count)
+        few, many = held[20], held[200]
         assert few["fs.lease"] == many["fs.lease"] == 0, (few, many)
-        assert leases.stats["renewed"] == 0
+        renewed = [fs.meta.leases.stats["renewed"] for fs in env.fss if fs.meta.leases]
+        assert renewed == [0, 0], renewed
         # Half of the 5 s a renewal gives apart: about twelve in three terms, for 20
         # files as for 200.
         assert 8 <= few["session.renew"] <= 16, few

@@ -1,6 +1,6 @@
 """A cluster of three groups of six (issue 66, docs/layout.md, "Placement"), through the
 real CLI, 18 real node processes and a real FUSE mount: ``bftfs up --groups 3`` makes,
-starts and mounts it; a tree of 50 files is copied and read back; blocks land on every
+starts and mounts it; a tree of 20 files is copied and read back; blocks land on every
 group and the tree's directories on more than one (a new directory's group is a hash of
 its parent and name, its mkdir a cross-group transaction when that is not its parent's);
 a file and a directory move between directories of two groups (``os.rename``, no
@@ -55,12 +55,12 @@ def bftfs(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def _tree(root: Path) -> dict[str, bytes]:
-    """50 files over 5 directories and their subdirectories, seeded sizes from 0 to 200 KB
+    """20 files over 5 directories and their subdirectories, seeded sizes from 0 to 200 KB
     (inline files and files of several blocks)."""
     rng = random.Random(66)
     files = {}
     for d in range(5):
-        for f in range(10):
+        for f in range(4):
             rel = f"d{d}/" + ("sub/" if f % 2 else "") + f"f{f}"
             files[rel] = rng.randbytes(rng.choice([0, 700, 30_000, 70_000, 200_000]))
     for rel, data in files.items():

@@ -1,9 +1,15 @@
 """The two-mount consistency checker (``bftfs.testing.consistency``, issue 22) on a cluster
 of three groups of six (issue 66, docs/layout.md): 18 real node processes, two real
-mounts (with and without leases; and three), seeded operations on names in three
-directories, one on each group (a file lives on its directory's group, so a rename or
-unlink between them is a cross-group transaction), a node killed and restarted per
-cycle, every read checked against close-to-open semantics on the model."""
+mounts at the shortest lease term (``lease=10``) and three at the default one, seeded
+operations on names in three directories, one on each group (a file lives on its
+directory's group, so a rename or unlink between them is a cross-group transaction), a
+node killed and restarted per cycle, every read checked against close-to-open semantics
+on the model.
+
+Each case starts 18 node processes of its own, about half of its time.  Two mounts at
+the default term, seeds 66 and 67 over 150 operations, were cases here too: seed 66 goes
+on at ``lease=10`` (the same seed's operations, 200 of them), and three mounts at the
+default term do what two do, with a third beside them."""
 
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ pytestmark = [
 
 @pytest.mark.parametrize(
     ("mounts", "seed", "ops", "options"),
-    [(2, 66, 150, None), (2, 67, 150, None), (2, 66, 200, "lease=10"), (3, 5, 200, None)],
+    [(2, 66, 200, "lease=10"), (3, 5, 200, None)],
 )
 def test_mounts_on_three_groups_with_a_node_killed_per_cycle(
     tmp_path: Path, mounts: int, seed: int, ops: int, options: str | None

@@ -1,7 +1,7 @@
 """Tier 4: removing a directory's files, one by one for longer than a third of a lease's
 term, after the files' leases went to the mount's session, costs the same per file at
 two directory sizes: few lease updates, few files bound to the session again (issue
-62), through a real mount of node processes.
+62), through real mounts of node processes (one per size, side by side).
 
 A removal may wait in write-back only under an exclusive lease on the file itself.  The
 held files' sweep (``HeldFiles.renew_used``, every third of a term) turns the exclusive
@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -68,39 +69,60 @@ def _paced(paths: list[Path], action: Callable[[Path], object]) -> None:
         time.sleep(max(0.0, gap - (time.monotonic() - started)))
 
 
+def _make_and_remove(
+    cluster: ProcessCluster, m: Mount, d: Path, n: int
+) -> tuple[float, float, int]:
+    """Directory ``d`` (empty, made by mount ``m``) filled with ``n`` files one by one over
+    :data:`PACE_TERMS` terms, sent, then emptied file by file over as long: ``fs.lease``
+    updates and files bound to the session again during the removal, per file, and the
+    mount's conversions to the session in all."""
+    files = [d / f"f{j}" for j in range(n)]
+    made = _fresh_leases(cluster, m).get("to_session", 0)
+    _paced(files, lambda f: f.write_bytes(b"x\n"))
+    fsync_paths(d)  # on the nodes: each removal is one there, not a cancelled create
+    before, counted = _metrics(cluster, m), _fresh_leases(cluster, m)
+    assert counted.get("to_session", 0) - made >= n / 4, counted
+    _paced(files, os.unlink)
+    fsync_paths(d)
+    assert os.listdir(d) == []
+    work = _rounds(before, _metrics(cluster, m))
+    after = _fresh_leases(cluster, m)
+    rebound = after.get("to_session", 0) - counted.get("to_session", 0)
+    return work["fs.lease"] / n, rebound / n, after.get("to_session", 0)
+
+
 @pytest.mark.slow
 def test_a_slow_rm_rf_asks_its_files_leases_back_once(
     cluster: ProcessCluster, tmp_path: Path
 ) -> None:
-    """Directories of 30 and 90 files, each made file by file over 1.5 terms (its first
-    files' leases go to the session meanwhile, as in a big ``rm -rf``'s directory), sent,
-    then removed file by file over 1.5 terms.  Per removed file at most half a file is
-    bound to the session again and at most one ``fs.lease`` update is sent, at both
+    """Directories of 30 and 90 files, each on a mount of its own (side by side: each
+    mount's counters are its directory's), each made file by file over 1.5 terms (its
+    first files' leases go to the session meanwhile, as in a big ``rm -rf``'s directory),
+    sent, then removed file by file over 1.5 terms.  Per removed file at most half a file
+    is bound to the session again and at most one ``fs.lease`` update is sent, at both
     sizes alike (the old code: 3.8 and 1.6 bound again, 1.4 and 0.7 updates: every
     sweep bound them again and the next removal asked them back).  (At the shortest
     term a removal rarely waits: it needs twice ``LEASE_MARGIN``, 6 s, left on the
     file's lease, so the synchronous removals are not counted here; ``benchmarks/rmrf.py``
     counts them at the default term.)"""
-    with Mount(cluster.config, tmp_path / "a", client="client0", options=OPTIONS) as a:
-        lease_rounds, rebound = {}, {}
-        for n in SIZES:
-            d = a.mountpoint / f"rm{n}"
+    with (
+        Mount(cluster.config, tmp_path / "a", client="client0", options=OPTIONS) as a,
+        Mount(cluster.config, tmp_path / "b", client="client1", options=OPTIONS) as b,
+    ):
+        mounts = dict(zip(SIZES, (a, b), strict=True))
+        dirs = {n: m.mountpoint / f"rm{n}" for n, m in mounts.items()}
+        for d in dirs.values():  # before the work: neither mount changes the root during it
             d.mkdir()
-            files = [d / f"f{j}" for j in range(n)]
-            made = _fresh_leases(cluster, a).get("to_session", 0)
-            _paced(files, lambda f: f.write_bytes(b"x\n"))
-            fsync_paths(d)  # on the nodes: each removal is one there, not a cancelled create
-            before, counted = _metrics(cluster, a), _fresh_leases(cluster, a)
-            assert counted.get("to_session", 0) - made >= n / 4, counted
-            _paced(files, os.unlink)
-            fsync_paths(d)
-            assert os.listdir(d) == []
-            work = _rounds(before, _metrics(cluster, a))
-            after = _fresh_leases(cluster, a)
+        with ThreadPoolExecutor(len(SIZES)) as pool:
+            running = {
+                n: pool.submit(_make_and_remove, cluster, mounts[n], dirs[n], n) for n in SIZES
+            }
+            results = {n: r.result() for n, r in running.items()}
+        for d in dirs.values():
             os.rmdir(d)
-            lease_rounds[n] = work["fs.lease"] / n
-            rebound[n] = (after.get("to_session", 0) - counted.get("to_session", 0)) / n
-        figures = (lease_rounds, rebound, _leases(cluster, a).get("to_session"))
+        lease_rounds = {n: r[0] for n, r in results.items()}
+        rebound = {n: r[1] for n, r in results.items()}
+        figures = (lease_rounds, rebound, {n: r[2] for n, r in results.items()})
         for n in SIZES:
             assert rebound[n] <= 0.5, figures
             assert lease_rounds[n] <= 1.0, figures
