@@ -138,7 +138,8 @@ def test_a_move_killed_between_pages_resumes_and_finishes(tmp_path: Path) -> Non
     the tree reads back through the new generation alone after ``finish``."""
     home = tmp_path / "c"
     with ProcessCluster(home, **OPTIONS) as pc:
-        files = {f"f{i:03}".encode(): f"file {i}\n".encode() for i in range(600)}
+        # 402 objects: two pages of the walk (``mover.DEFAULT_PAGE``, 256), killed between.
+        files = {f"f{i:03}".encode(): f"file {i}\n".encode() for i in range(400)}
         trio.run(write_tree, pc.config, files)
         bftfs(home, "generation", "new", "--nodes", "7", "--t", "1", "--b", "1")
         new = cfgmod.load(home / "cluster.toml")
@@ -167,7 +168,7 @@ def test_a_move_killed_between_pages_resumes_and_finishes(tmp_path: Path) -> Non
             assert "complete" in moved.stdout, moved.stdout
             done = MoveState.load(cursor)
             assert done is not None and done.complete
-            # Every object once: the tree's 600 files, its directory and the root.
+            # Every object once: the tree's 400 files, its directory and the root.
             o = done.objects
             assert o["moved"] + o.get("here", 0) >= len(files) + 2, o
             bftfs(home, "generation", "finish")

@@ -194,23 +194,23 @@ def test_the_checker_runs_through_growth_to_eleven_and_back_with_a_liar_in_each(
             assert "moving" not in shown and shown.count("active (generation 3") == 6, shown
 
         changes: dict[int, consistency.Change] = {
-            20: ("grown to 11 nodes, t = b = 2", new_generation(11, 2, 7)),
-            60: ("moved with node 9 of the eleven down, 6 retired", move_and_finish(9)),
-            100: ("shrunk to 6 nodes, t = b = 1", new_generation(6, 1, 2)),
-            140: ("moved with node 5 of the eleven down, 11 retired", move_and_finish(5)),
-            180: ("generation 3 alone", alone),
+            10: ("grown to 11 nodes, t = b = 2", new_generation(11, 2, 7)),
+            30: ("moved with node 9 of the eleven down, 6 retired", move_and_finish(9)),
+            50: ("shrunk to 6 nodes, t = b = 1", new_generation(6, 1, 2)),
+            70: ("moved with node 5 of the eleven down, 11 retired", move_and_finish(5)),
+            90: ("generation 3 alone", alone),
         }
         try:
             with registers.running(dirs, seed=12) as concurrent:
-                report = consistency.run(pc, dirs, seed=12, ops=240, faults=0, changes=changes)
+                report = consistency.run(pc, dirs, seed=12, ops=120, faults=0, changes=changes)
             print(report.text())
             print(concurrent.history.text())
             # Each mount read the other's writes, through every generation.
             assert concurrent.own_and_others()["other"] > 20, concurrent.own_and_others()
             done = [e for e in report.schedule if e.endswith("done")]
             # (a change starts once the one before it ended: the last ops ran on generation 3)
-            assert len(done) == 5 and done[-2].startswith("op 180"), report.schedule
-            assert report.steps == 240 and sum(report.ops.values()) > 160
+            assert len(done) == 5 and done[-2].startswith("op 90"), report.schedule
+            assert report.steps == 120 and sum(report.ops.values()) > 80
             shown = bftfs(home, "generation", "show").stdout
             assert "generation 3" in shown and shown.count("active (generation 3") == 6, shown
             # A laptop's bundle from view 1 names the first six nodes (retired): it learns

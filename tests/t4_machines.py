@@ -117,11 +117,13 @@ def rejoin_of(hosts: netns.Hosts, config: Path) -> dict[str, Any]:
 
 
 def write_tree(root: Path, rng: random.Random, files: int) -> dict[Path, bytes]:
+    """``files`` files of seeded bytes in three directories, of 100 B, 5 kB and 150 kB in
+    turn."""
     out = {}
     for k in range(files):
         d = root / f"d{k % 3}"
         d.mkdir(parents=True, exist_ok=True)
-        data = rng.randbytes(rng.choice([100, 5_000, 150_000]))
+        data = rng.randbytes((100, 5_000, 150_000)[k % 3])
         (d / f"f{k}").write_bytes(data)
         out[d / f"f{k}"] = data
     return out
@@ -182,9 +184,9 @@ def test_nodes_on_six_hosts_serve_a_mount_through_a_host_outage(tmp_path: Path) 
         # Mounted with the mount unit's options (plus a short patience for the outage).
         options = unit(MOUNT_UNIT)["Mount"]["Options"] + ",timeo=30"
         with mounted(config, tmp_path / "m", options) as mnt:
-            before = write_tree(mnt / "before", rng, 9)
+            before = write_tree(mnt / "before", rng, 6)
             hosts.cut(3)
-            during = write_tree(mnt / "during", rng, 9)
+            during = write_tree(mnt / "during", rng, 6)
             status = bftfs("status", "--config", str(config), check=False)
             assert status.returncode == 1, status.stdout  # degraded: node 3 does not answer
             # On host 3 itself, node 3 answers and knows it is cut off from its peers.
@@ -206,7 +208,7 @@ def test_nodes_on_six_hosts_serve_a_mount_through_a_host_outage(tmp_path: Path) 
         with mounted(config, tmp_path / "m2", options) as mnt2:
             for tree in (before, during):
                 check_tree({mnt2 / p.relative_to(tmp_path / "m"): d for p, d in tree.items()})
-            after = write_tree(mnt2 / "after", rng, 6)
+            after = write_tree(mnt2 / "after", rng, 3)
             check_tree(after)
         hosts.restore(0)
 
@@ -230,7 +232,7 @@ def test_node_3_replaced_by_a_new_host_with_a_new_key_while_a_mount_runs(tmp_pat
         admin, homes, config, old = cluster.admin, cluster.homes, cluster.config, cluster.procs
         options = unit(MOUNT_UNIT)["Mount"]["Options"] + ",timeo=30"
         with mounted(config, tmp_path / "m", options) as mnt:
-            before = write_tree(mnt / "before", rng, 9)
+            before = write_tree(mnt / "before", rng, 6)
             new_address = f"{hosts.address(HOSTS)}:{PORT}"
             out = bftfs("node", "replace", "3", "--address", new_address, "--dir", str(admin))
             assert "view 2 acknowledged" in out.stdout, out.stdout
@@ -248,7 +250,7 @@ def test_node_3_replaced_by_a_new_host_with_a_new_key_while_a_mount_runs(tmp_pat
             old[3].wait(timeout=20)
             done = wait_caught_up(cfgmod.load(admin / "cluster.toml"), 3, seconds=180.0)
             assert not done["qu.catchup"].get("failed"), done
-            after = write_tree(mnt / "after", rng, 6)
+            after = write_tree(mnt / "after", rng, 3)
             check_tree(before)
             check_tree(after)
             # No fsync: the unmount sends what the mount held back (its leases' write-back)

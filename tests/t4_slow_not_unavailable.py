@@ -202,7 +202,7 @@ def copy_and_read_back(src: Path, a: Mount, b: Mount) -> list[str]:
 def test_a_tree_copied_with_one_node_stopped_costs_no_wait_for_it(tmp_path: Path) -> None:
     """One node stopped: no EIO, and a lease (a Q/U update the five others answer) costs
     no per-operation wait for the stopped node (the issue's 12.2 s mean at load 15-30)."""
-    src = make_tree(tmp_path / "src", seed=61, files=120)
+    src = make_tree(tmp_path / "src", seed=61, files=60)
     with ProcessCluster(tmp_path / "cluster", map_size=1 << 30, durable=False, clients=2) as pc:
         pc.stop(4)
         a = Mount(pc.config, tmp_path / "a", client="client0")
@@ -225,7 +225,7 @@ def test_a_tree_copied_and_read_back_with_one_node_stopped_and_another_slow_gets
     """One node stopped, and another of the five left stopped in bursts (one more slow
     answer: before the fix, an outage).  Every operation then waits for the slow one (a
     quorum needs all five), so only the EIO count is the bar here."""
-    src = make_tree(tmp_path / "src", seed=60, files=120)
+    src = make_tree(tmp_path / "src", seed=60, files=60)
     with ProcessCluster(tmp_path / "cluster", map_size=1 << 30, durable=False, clients=2) as pc:
         pc.stop(3)  # one node down: every quorum needs all five others
         options = f"timeo={TIMEO:g}"
