@@ -219,6 +219,10 @@ class MemEndpoint:
         self.pid = pid
         self.sent = 0
 
+    def refusing(self, targets: Sequence[int]) -> set[int]:
+        """None of ``targets`` refuses connections: there are none (``Endpoint.refusing``)."""
+        return set()
+
     async def call(
         self, node: int, kind: str, payload: Any, *, timeout: float | None = None
     ) -> Any:
