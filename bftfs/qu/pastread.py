@@ -112,21 +112,24 @@ class PastReader:
         #: answering): a stopped node must not make one (it refuses connections).
         self.rounds_cut = 0
 
-    def _waiting_for(self, got: Mapping[int, Any]) -> set[int]:
-        """The nodes a round that waits past a quorum still waits for: not those that
-        answered, once let a round time out, or refuse connections now (a stopped node:
-        its request only retries connecting until the round's timeout, which every
-        history command paid, 5 s, while one node was down)."""
+    def _unheard(self, got: Mapping[int, Any]) -> set[int]:
+        """The nodes that did not answer a round and may still: not those that refuse
+        connections now (a stopped node: its request only retries connecting until the
+        round's timeout, which every history command paid, 5 s, while one node was down)."""
         refusing = {int(n) for n in self.endpoint.refusing(self.nodes)}
-        return {int(n) for n in self.nodes} - got.keys() - self._unanswered - refusing
+        return {int(n) for n in self.nodes} - got.keys() - refusing
+
+    def _waiting_for(self, got: Mapping[int, Any]) -> set[int]:
+        """The nodes a round that waits past a quorum still waits for: :meth:`_unheard`,
+        but not those that once let a round time out."""
+        return self._unheard(got) - self._unanswered
 
     def _enough_pages(self, pages: Mapping[int, Any], need: int, _replies: Any) -> bool:
         """A ``qu.versions`` round's ``enough``: ``need`` pages in, or every node that can
         answer (at least a quorum) when ``need`` is more (an everyone-round)."""
         if len(pages) >= need:
             return True
-        refusing = self.endpoint.refusing(self.nodes)
-        return len(pages) >= self.th.q and not set(self.nodes) - pages.keys() - refusing
+        return len(pages) >= self.th.q and not self._unheard(pages)
 
     async def _pages(
         self, oid: int, start: Timestamp, *, everyone: bool
