@@ -34,7 +34,7 @@ from bftfs.ids import client_id
 from bftfs.outcome import patience
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
-from bftfs.rw.client import open_rw_client
+from bftfs.rw.client import RWClient, open_rw_client
 from bftfs.testing.byzantine.fab import Behaviour as FabBehaviour
 from bftfs.testing.cluster import Cluster, open_cluster, qu_client
 
@@ -145,6 +145,25 @@ class Env:
     @property
     def fs(self) -> FileSystem:
         return self.fss[0]
+
+
+@asynccontextmanager
+async def writing_client(
+    tmp_path: Path, *, block_size: int, seed: int
+) -> AsyncIterator[tuple[Cluster, RWClient, FileSystem]]:
+    """A cluster of two clients and client 0's PASIS client and file system (seeded object
+    ids), on this machine's clock: history tests compare the moments they take with the
+    times the nodes give versions, which :func:`fs_env`'s fake clock would not match."""
+    async with (
+        open_cluster(tmp_path, clients=2, block_size=block_size) as cluster,
+        AsyncExitStack() as stack,
+    ):
+        cfg = cluster.config
+        rw = await stack.enter_async_context(open_rw_client(cluster.client(0), cfg, **RW_OPTIONS))
+        fs = await stack.enter_async_context(
+            open_file_system(qu_client(cluster, 0), rw, cfg, rng=random.Random(seed))
+        )
+        yield cluster, rw, fs
 
 
 @asynccontextmanager

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import trio
-from fs_helpers import RW_OPTIONS, qu_client
+from fs_helpers import RW_OPTIONS, qu_client, writing_client
 
 from bftfs.fs.filesystem import open_file_system
 from bftfs.fs.history import Past, PastView, Undecided
@@ -109,15 +109,8 @@ async def test_a_time_travel_view_never_shows_a_file_a_liar_dates_too_early(
     them).  Before the file existed the view must not show it (the versions' times are
     unknown: no answer), while the newest versions, which every node reports, still read
     back.  Before the fix the view listed the file with its first contents."""
-    async with (
-        open_cluster(tmp_path, clients=2, block_size=BS) as cluster,
-        AsyncExitStack() as stack,
-    ):
+    async with writing_client(tmp_path, block_size=BS, seed=1) as (cluster, rw, fs):
         cfg = cluster.config
-        rw = await stack.enter_async_context(open_rw_client(cluster.client(0), cfg, **RW_OPTIONS))
-        fs = await stack.enter_async_context(
-            open_file_system(qu_client(cluster, 0), rw, cfg, rng=random.Random(1))
-        )
         th = QUThresholds.from_config(cfg)
         past = Past(qu_client(cluster, 1), PastReader(cluster.client(1), th), rw, BS)
         before = time.time_ns()
@@ -180,15 +173,8 @@ async def test_trees_at_several_moments_read_concurrently_match_one_walk_per_mom
     name and rewritten files; and with ``whole`` it leaves each object's history at hand."""
     from bftfs.fs.history import past as pastmod
 
-    async with (
-        open_cluster(tmp_path, clients=2, block_size=BS) as cluster,
-        AsyncExitStack() as stack,
-    ):
+    async with writing_client(tmp_path, block_size=BS, seed=3) as (cluster, rw, fs):
         cfg = cluster.config
-        rw = await stack.enter_async_context(open_rw_client(cluster.client(0), cfg, **RW_OPTIONS))
-        fs = await stack.enter_async_context(
-            open_file_system(qu_client(cluster, 0), rw, cfg, rng=random.Random(3))
-        )
         th = QUThresholds.from_config(cfg)
 
         def past() -> Past:
@@ -256,15 +242,8 @@ async def test_a_tree_read_in_batches_is_the_one_read_object_by_object_whatever_
     ones read object by object over ``qu.versions`` from honest nodes; and honestly, a
     tree of 23 objects costs a few rounds and state requests, not one of each per object
     (24 and 23 before)."""
-    async with (
-        open_cluster(tmp_path, clients=2, block_size=BS) as cluster,
-        AsyncExitStack() as stack,
-    ):
+    async with writing_client(tmp_path, block_size=BS, seed=4) as (cluster, rw, fs):
         cfg = cluster.config
-        rw = await stack.enter_async_context(open_rw_client(cluster.client(0), cfg, **RW_OPTIONS))
-        fs = await stack.enter_async_context(
-            open_file_system(qu_client(cluster, 0), rw, cfg, rng=random.Random(4))
-        )
         th = QUThresholds.from_config(cfg)
 
         def past() -> Past:
@@ -306,15 +285,8 @@ async def test_a_node_silent_on_states_costs_a_reader_one_timeout_not_one_per_ve
     overloaded) is asked last afterwards.  Before, every version it held cost the reader a
     whole ``ROUND_TIMEOUT`` (5 s): the campaign's final history reads waited 10-50 s on one
     Byzantine node."""
-    async with (
-        open_cluster(tmp_path, clients=2, block_size=BS) as cluster,
-        AsyncExitStack() as stack,
-    ):
+    async with writing_client(tmp_path, block_size=BS, seed=5) as (cluster, rw, fs):
         cfg = cluster.config
-        rw = await stack.enter_async_context(open_rw_client(cluster.client(0), cfg, **RW_OPTIONS))
-        fs = await stack.enter_async_context(
-            open_file_system(qu_client(cluster, 0), rw, cfg, rng=random.Random(5))
-        )
         th = QUThresholds.from_config(cfg)
 
         async def put(parent: int, name: bytes, data: bytes) -> int:

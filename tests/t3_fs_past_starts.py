@@ -12,18 +12,15 @@ query of their own, never start a walk from a version that is not the establishe
 from __future__ import annotations
 
 import os
-import random
 import time
 from collections.abc import Callable
-from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fs_helpers import RW_OPTIONS, qu_client
+from fs_helpers import qu_client, writing_client
 from t3_fs_past import _reference_tree, _shape
 
-from bftfs.fs.filesystem import open_file_system
 from bftfs.fs.history import Past
 from bftfs.fsobjects import ROOT
 from bftfs.qu.classify import QUThresholds
@@ -31,8 +28,6 @@ from bftfs.qu.history import INITIAL_RH, rh_wire
 from bftfs.qu.pastmany import KIND_STARTS
 from bftfs.qu.pastread import PastReader
 from bftfs.qu.timestamp import Candidate, Timestamp
-from bftfs.rw.client import open_rw_client
-from bftfs.testing.cluster import open_cluster
 
 BS = 4096
 
@@ -72,15 +67,8 @@ def _lying(name: str) -> Any:
 async def test_a_liar_about_its_histories_never_moves_where_a_walk_starts(
     tmp_path: Path, lie: str | None
 ) -> None:
-    async with (
-        open_cluster(tmp_path, clients=2, block_size=BS) as cluster,
-        AsyncExitStack() as stack,
-    ):
+    async with writing_client(tmp_path, block_size=BS, seed=5) as (cluster, rw, fs):
         cfg = cluster.config
-        rw = await stack.enter_async_context(open_rw_client(cluster.client(0), cfg, **RW_OPTIONS))
-        fs = await stack.enter_async_context(
-            open_file_system(qu_client(cluster, 0), rw, cfg, rng=random.Random(5))
-        )
         th = QUThresholds.from_config(cfg)
 
         def past() -> Past:
@@ -135,15 +123,8 @@ async def test_a_history_round_waits_longer_for_slow_nodes_instead_of_giving_up(
     from bftfs.qu.pastread import HistoryUnavailable
 
     monkeypatch.setattr(pastread, "ROUND_TIMEOUT", 1.0)
-    async with (
-        open_cluster(tmp_path, clients=2, block_size=BS) as cluster,
-        AsyncExitStack() as stack,
-    ):
+    async with writing_client(tmp_path, block_size=BS, seed=6) as (cluster, rw, fs):
         cfg = cluster.config
-        rw = await stack.enter_async_context(open_rw_client(cluster.client(0), cfg, **RW_OPTIONS))
-        fs = await stack.enter_async_context(
-            open_file_system(qu_client(cluster, 0), rw, cfg, rng=random.Random(6))
-        )
         th = QUThresholds.from_config(cfg)
         fh, attrs = await fs.create(ROOT, b"f", 0o644, 0, 0, os.O_RDWR)
         await fs.write(fh, 0, b"first")
@@ -175,15 +156,8 @@ async def test_a_stopped_node_costs_a_history_round_no_timeout(tmp_path: Path) -
     5 s while one node was down (``bftfs snapshot list`` 5.5 s, 0.4 s healthy).  With
     node 3 stopped a fresh reader's tree and a file's past version come back with no
     round cut short, the same as with every node up."""
-    async with (
-        open_cluster(tmp_path, clients=2, block_size=BS) as cluster,
-        AsyncExitStack() as stack,
-    ):
+    async with writing_client(tmp_path, block_size=BS, seed=7) as (cluster, rw, fs):
         cfg = cluster.config
-        rw = await stack.enter_async_context(open_rw_client(cluster.client(0), cfg, **RW_OPTIONS))
-        fs = await stack.enter_async_context(
-            open_file_system(qu_client(cluster, 0), rw, cfg, rng=random.Random(7))
-        )
         th = QUThresholds.from_config(cfg)
         top = (await fs.mkdir(ROOT, b"t", 0o755, 0, 0)).ino
         inos = []

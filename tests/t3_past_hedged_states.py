@@ -12,23 +12,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import random
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import trio
-from fs_helpers import RW_OPTIONS, qu_client
+from fs_helpers import qu_client, writing_client
 
-from bftfs.fs.filesystem import open_file_system
 from bftfs.fs.history import Past, Version
 from bftfs.fsobjects import ROOT
 from bftfs.qu.canon import unpack
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.pastread import PastReader
-from bftfs.rw.client import open_rw_client
 from bftfs.testing.byzantine import history
 from bftfs.testing.cluster import open_cluster
 
@@ -55,15 +51,8 @@ def _withholding(asked: list[Any]) -> Callable[[Any, Any, Any], Awaitable[Any]]:
 async def test_a_host_silent_on_states_is_followed_by_the_next_not_waited_for(
     tmp_path: Path,
 ) -> None:
-    async with (
-        open_cluster(tmp_path, clients=2, block_size=BS) as cluster,
-        AsyncExitStack() as stack,
-    ):
+    async with writing_client(tmp_path, block_size=BS, seed=7) as (cluster, rw, fs):
         cfg = cluster.config
-        rw = await stack.enter_async_context(open_rw_client(cluster.client(0), cfg, **RW_OPTIONS))
-        fs = await stack.enter_async_context(
-            open_file_system(qu_client(cluster, 0), rw, cfg, rng=random.Random(7))
-        )
         fh, attr = await fs.create(ROOT, b"a", 0o644, 0, 0, os.O_RDWR | os.O_TRUNC)
         await fs.write(fh, 0, b"old")
         await fs.release(fh)
