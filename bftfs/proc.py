@@ -151,6 +151,34 @@ def wait_gone(pid: int, timeout: float) -> bool:
     return killed
 
 
+def wait_gone_unless_idle(pid: int, idle: float) -> bool:
+    """Wait until ``pid`` exits for as long as it works: SIGKILL it only once it used no
+    CPU for ``idle`` seconds (hung).  Whether it had to be killed.  For a mount daemon
+    sending what it held back to a slow cluster, which ends by itself (``fs/session.py``
+    gives up after a stall): a fixed deadline killed it while it still delivered."""
+    ticks = cpu_ticks(pid)
+    deadline = time.monotonic() + idle
+    while process_alive(pid):
+        now = cpu_ticks(pid)
+        if now != ticks:
+            ticks, deadline = now, time.monotonic() + idle
+        elif time.monotonic() > deadline:
+            return wait_gone(pid, 0)
+        time.sleep(POLL)
+    return False
+
+
+def cpu_ticks(pid: int) -> int | None:
+    """CPU time process ``pid`` used so far (user + system clock ticks, ``/proc/PID/stat``
+    fields 14 and 15), or None if it does not run."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def start_ticks(pid: int) -> int | None:
     """When process ``pid`` started (clock ticks since boot, ``/proc/PID/stat`` field 22),
     or None if it does not run: with the pid, it names one process for good."""

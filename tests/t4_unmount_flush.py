@@ -28,8 +28,10 @@ from fs_helpers import Env, run
 from t3_fs_writeback import OPTIONS, exclusive, new_file
 
 from bftfs.fs.errors import Unavailable
+from bftfs.fs.session import write_back_at_end
 from bftfs.fsobjects import ROOT
 from bftfs.outcome import patience
+from bftfs.qu.messages import KIND_REQUEST
 from bftfs.rw.batch import KIND_BATCH
 from bftfs.rw.messages import KIND_WRITE
 
@@ -69,5 +71,82 @@ def test_blocks_whose_write_failed_after_their_create_go_at_the_unmount(tmp_path
         fh = await b.open(ino, 0)
         assert await b.read(fh, 0, len(data) + 10) == data
         await b.release(fh)
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
+#: What the end of a session gives up on is logged as an error, naming the count.
+LOST = pytest.mark.expected_logs("bftfs.fs.session", "ERROR", match=r".*are lost")
+
+
+async def _held_back_tree(fs: Any, directories: int) -> list[int]:
+    """``directories`` new directories of two small files each, all held back by directory
+    write-back (the mkdirs and the creates: nothing sent yet); their inodes."""
+    made = []
+    for k in range(directories):
+        d = (await fs.mkdir(ROOT, b"d%d" % k, 0o755, 0, 0)).ino
+        for j in range(2):
+            await new_file(fs, d, b"f%d" % j, b"x" * (k + j + 1))
+        made.append(d)
+    assert fs.outbox.unsent() >= 3 * directories  # a mkdir and two creates each, at least
+    return made
+
+
+def test_the_end_of_a_session_sends_past_its_stall_limit_while_it_delivers(
+    tmp_path: Path,
+) -> None:
+    """Every request to every node is held 0.25 s (a slow cluster, quorums up): the
+    session's end takes longer than its stall limit, since each update delivers something,
+    and loses nothing (it stopped after a fixed 60 s, delivering or not, and a copy to a
+    slow cluster lost what was still held)."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        await exclusive(a, ROOT)
+        dirs = await _held_back_tree(a, 12)
+        for f in env.cluster.faults:
+            f.delay(0.25)
+        began = trio.current_time()
+        assert await write_back_at_end(a, stalled_after=2.0) == 0
+        assert trio.current_time() - began > 2.0  # past the limit: it went on delivering
+        assert a.outbox.unsent() == 0
+        for f in env.cluster.faults:
+            f.clear()
+        for k, d in enumerate(dirs):
+            assert (await b.lookup(ROOT, b"d%d" % k)).ino == d
+            for j in range(2):
+                ino = (await b.lookup(d, b"f%d" % j)).ino
+                fh = await b.open(ino, 0)
+                assert await b.read(fh, 0, 100) == b"x" * (k + j + 1)
+                await b.release(fh)
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
+@LOST
+@NOT_SENT
+def test_the_end_of_a_session_gives_up_after_its_stall_limit_and_says_what_is_lost(
+    tmp_path: Path,
+) -> None:
+    """No node answers a Q/U request (no quorum for any update): the session's end gives
+    up after its stall limit, not before, and returns and logs how many changes are lost;
+    once the nodes answer again, a later send delivers them all (kept, not dropped, until
+    the session is really over)."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        await exclusive(a, ROOT)
+        dirs = await _held_back_tree(a, 2)
+        held = a.outbox.unsent()
+        for f in env.cluster.faults:
+            f.byzantine(KIND_REQUEST, _withheld)
+        began = trio.current_time()
+        assert await write_back_at_end(a, stalled_after=1.0) == held
+        assert 1.0 <= trio.current_time() - began < 10.0
+        for f in env.cluster.faults:
+            f.honest()
+        await a.write_back()
+        assert a.outbox.unsent() == 0
+        assert [(await b.lookup(ROOT, b"d%d" % k)).ino for k in range(2)] == dirs
 
     run(tmp_path, body, fs_options=OPTIONS)

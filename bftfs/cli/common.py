@@ -141,9 +141,10 @@ def cluster_of(args: argparse.Namespace) -> tuple[ClusterConfig, Path]:
 
 def waiting_for_daemon(pid: int) -> None:
     """What an unmount prints while the mount daemon still sends what it held back (a
-    silent wait of up to a minute looks like a hang)."""
+    silent wait of a minute or more looks like a hang)."""
     print(
-        f"waiting for the mount daemon (pid {pid}) to send what it holds back...",
+        f"waiting for the mount daemon (pid {pid}) to send what it holds back (as long as"
+        " that goes on; it gives up after a minute without progress and logs what is lost)...",
         file=sys.stderr,
         flush=True,
     )

@@ -173,9 +173,9 @@ def cmd_umount(args: argparse.Namespace) -> int:
         raise QuietError(str(e), EXIT_MOUNT) from None
     if killed:
         raise QuietError(
-            f"unmounted {target}, but its mount daemon (pid {pid}) had to be killed after"
-            f" {mountmod.DAEMON_EXIT_WAIT:g} s: what it had not sent to the nodes yet is lost"
-            " (its log names it)",
+            f"unmounted {target}, but its mount daemon (pid {pid}) had to be killed: it did"
+            f" nothing for {mountmod.DAEMON_IDLE_WAIT:g} s; what it had not sent to the nodes"
+            " yet is lost (its log names it)",
             EXIT_MOUNT,
         )
     if how == "lazy" and pid is not None and not dead and proc.process_alive(pid):

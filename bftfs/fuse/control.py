@@ -242,11 +242,12 @@ def write_back_mounts(config: ClusterConfig, wait: float = WRITE_BACK_WAIT) -> l
 is_mounted = proc.is_mounted
 
 
-#: Seconds an unmount waits for the daemon to exit before killing it.  After the kernel
-#: lets go, the daemon still sends what it held back (``fs/session.py``: up to
-#: ``WRITE_BACK_AT_END`` = 60 s for write-back, then 5 s each to give back leases and
-#: locks), and killing it sooner loses those creates and writes.
-DAEMON_EXIT_WAIT = 90.0
+#: Seconds an unmount lets the daemon go without using any CPU before killing it (hung).
+#: After the kernel lets go, the daemon still sends what it held back for as long as
+#: that delivers (``fs/session.py``: it gives up after ``WRITE_BACK_STALLED`` = 60 s
+#: without progress, then takes 5 s each to give back leases and locks), and killing it
+#: sooner loses those creates and writes; while it works it is waited for.
+DAEMON_IDLE_WAIT = 90.0
 #: Seconds after which an unmount still waiting says so (``notice``).
 NOTICE_AFTER = 2.0
 
@@ -255,14 +256,14 @@ def unmount(
     mountpoint: Path,
     *,
     pid: int | None = None,
-    wait: float = DAEMON_EXIT_WAIT,
+    wait: float = DAEMON_IDLE_WAIT,
     notice: Callable[[int], None] | None = None,
     how: Literal["clean", "lazy", "force"] = "clean",
 ) -> bool:
     """Unmount ``mountpoint`` and wait for its daemon (``pid``, if known) to exit: only
     then is what it held back on the nodes.  ``notice(pid)`` is called once if that takes
-    longer than :data:`NOTICE_AFTER` seconds.  Whether the daemon had to be killed after
-    ``wait`` seconds (what it still held back is lost; its log names it).
+    longer than :data:`NOTICE_AFTER` seconds.  Whether the daemon had to be killed, once it
+    used no CPU for ``wait`` seconds (what it still held back is lost; its log names it).
 
     ``how``: ``clean`` (umount(8)'s way) refuses a busy mount - a file, directory or
     working directory open in it, or an operation waiting in the daemon - with
@@ -298,7 +299,7 @@ def unmount(
             return False
         notice(pid)
         wait -= NOTICE_AFTER
-    return proc.wait_gone(pid, wait)
+    return proc.wait_gone_unless_idle(pid, wait)
 
 
 def daemon_serving(mountpoint: Path) -> int | None:

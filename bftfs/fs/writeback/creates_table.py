@@ -130,6 +130,14 @@ class CreateTable:
         """Whether a create of ``name`` in ``parent`` is pending."""
         return name in self._pending.get(parent, {})
 
+    def pending_parents(self) -> list[int]:
+        """The directories with pending creates (the unmount sends each one's)."""
+        return list(self._pending)
+
+    def pending_count(self) -> int:
+        """How many creates are pending (the unmount's measure of what is left)."""
+        return sum(len(names) for names in self._pending.values())
+
     def pending_in(self, parent: int) -> list[PendingCreate]:
         """The pending creates of directory ``parent``."""
         return list(self._pending.get(parent, {}).values())

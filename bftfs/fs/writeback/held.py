@@ -283,6 +283,10 @@ class HeldFiles:
     def holds_back(self) -> bool:
         return bool(self._due)
 
+    def due_files(self) -> set[int]:
+        """The files whose writes are held back and due (``Outbox.unsent``)."""
+        return set(self._due)
+
     async def before(self, objects: list[int], method: str = "") -> None:
         """Send the buffered writes of the held files among ``objects`` (a call of this
         mount on them, or their lease's release, must follow them); for the release of a

@@ -351,12 +351,37 @@ class Outbox:
 
     async def send_all(self, parallel: int = 1) -> None:
         """Send everything directory write-back holds (creates, removals, mkdirs, renames),
-        then the writes held files' closes left, then those of any other closed file
-        (:meth:`send_closed`); ``parallel``: directories sent at once."""
+        then the creates still pending after a failed send, then the writes held files'
+        closes left, then those of any other closed file (:meth:`send_closed`);
+        ``parallel``: directories sent at once."""
         if self.back is not None:
             await self.back.schedule.send_all(parallel)
+        await self.send_pending_creates()
+        if self.back is not None:
             await self.back.held.send_all()
         await self.send_closed()
+
+    async def send_pending_creates(self) -> None:
+        """Send the creates still pending after the above: answered, sent once, and not
+        made because the cluster did not answer (kept for a resend, whose next try may
+        be up to ``RESEND_MAX`` away).  Their files' blocks go after them.  Failures are
+        logged and the creates kept, as a resend's are."""
+        table = self.creates.creates
+        for parent in table.pending_parents():
+            await self.creates.sends.send_directory(parent)
+
+    def unsent(self) -> int:
+        """How many changes this mount still holds back from the servers: pending
+        creates, held-back removals, renames, mkdirs and directory times, and files with
+        writes not sent (held, or closed after a failed send).  The unmount sends until
+        it is 0 (``fs/session.py``); a decrease is its measure of progress."""
+        n = self.creates.creates.pending_count()
+        files = {f.ino for f in self._cache.files.values() if f.opens == 0 and f.buffered}
+        if self.back is not None:
+            schedule = self.back.schedule  # its creates are counted as pending above
+            n += schedule.held() - len(schedule.deferred_creates())
+            files |= self.back.held.due_files()
+        return n + len(files)
 
     async def send_closed(self) -> None:
         """Send the buffered writes of every closed file that still has some: a background

@@ -244,8 +244,7 @@ class WriteBack:
         self._hurry = False
         #: Set when held-back removals were taken out to be sent: room was made.
         self._unlinks_went = trio.Event()
-        #: Deferred creates taken out to be sent and not answered yet
-        #: (:meth:`writing_back`).
+        #: Deferred creates taken out to be sent, not answered yet (:meth:`writing_back`).
         self._writing: set[int] = set()
 
     def defer(self, p: PendingCreate, size: int) -> bool:
@@ -258,7 +257,7 @@ class WriteBack:
         self.leases.want_exclusive(p.parent)
         if (
             left <= 2 * LEASE_MARGIN
-            or self._count() >= self.max_deferred
+            or self.held() >= self.max_deferred
             or size > MAX_FILE
             or self._bytes + size > MAX_BYTES
         ):
@@ -293,14 +292,15 @@ class WriteBack:
             if own <= 0 and self.leases.kept_left(u.oid) > 0:
                 self.leases.reclaim_exclusive(u.parent)  # (went to the session: back)
             left = min(left, own)
-        if left <= 2 * LEASE_MARGIN or self._count() >= self.max_deferred:
+        if left <= 2 * LEASE_MARGIN or self.held() >= self.max_deferred:
             return False
         self._unlinks[u.oid] = (u, self._due_time(left))
         self.stats["unlinks_deferred"] += 1
         self._started()
         return True
 
-    def _count(self) -> int:
+    def held(self) -> int:
+        """Creates, removals, times and entry updates held back (``Outbox.unsent``)."""
         return len(self._due) + len(self._unlinks) + len(self._touches) + len(self._entries)
 
     async def room_for_unlink(self) -> None:
@@ -311,7 +311,7 @@ class WriteBack:
         per ``fs.unlinkmany`` (issue 62).  Waits until the task takes them out to send
         them (they no longer count against the bound while they go): the removal is then
         held back if there is room, else sent as before."""
-        if self._count() < self.max_deferred or not self._unlinks:
+        if self.held() < self.max_deferred or not self._unlinks:
             return
         self.stats["unlink_room_waits"] += 1
         if self._unlinks_went.is_set():
@@ -329,7 +329,7 @@ class WriteBack:
         self.leases.want_exclusive(parent)
         if kind not in ENTRY_KINDS or left <= 2 * LEASE_MARGIN:
             return False
-        if self._count() >= self.max_deferred:
+        if self.held() >= self.max_deferred:
             return False
         self._entries[kind, key] = (update, self._due_time(left))
         self._started()
