@@ -1,8 +1,11 @@
 """The README's walkthrough, run as written (issue 67): its expected outputs had gone stale
 (``verify`` "152 blocks", ``log`` "created, written, written").  The test takes the shell
 block under "A five-minute walkthrough" from README.md, runs it line by line in one shell
-in a fresh directory (``.venv`` linked to this checkout's, ``make up`` and ``make down``
-as the Makefile runs them), and checks what each comment promises."""
+in a fresh directory laid out as a fresh clone (what git tracks under ``nodes/`` and
+``mount/``; ``.venv`` linked to this checkout's, ``make up`` and ``make down`` as the
+Makefile runs them), and checks what each comment promises.  A README tracked in
+``mount/`` made ``make up`` refuse its own mount point on every fresh clone, unseen here
+while the directory started empty."""
 
 from __future__ import annotations
 
@@ -52,12 +55,23 @@ def run(tmp: Path, lines: list[tuple[str, str]]) -> list[tuple[int, str]]:
     for i, (command, _) in enumerate(lines):
         script.append(f"{{ {command} ; }} > out.{i} 2>&1; echo $? > rc.{i}")
     (tmp / ".venv").symlink_to(REPO / ".venv")
+    as_cloned(tmp)
     env = {k: v for k, v in os.environ.items() if not k.startswith("BFTFS")}
     subprocess.run(["bash", "-c", "\n".join(script)], cwd=tmp, env=env, timeout=900, check=False)
     return [
         (int((tmp / f"rc.{i}").read_text()), (tmp / f"out.{i}").read_text())
         for i in range(len(lines))
     ]
+
+
+def as_cloned(tmp: Path) -> None:
+    """Put in ``tmp`` what a fresh clone has in the directories ``make up`` uses."""
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z", "nodes", "mount"], cwd=REPO, capture_output=True, check=False
+    ).stdout
+    for rel in filter(None, tracked.decode().split("\0")):
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / rel).write_bytes((REPO / rel).read_bytes())
 
 
 def test_the_readme_walkthrough_does_what_it_says(tmp_path: Path) -> None:
