@@ -45,13 +45,19 @@ pytestmark = [
 
 
 def bftfs(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    """Run a ``bftfs`` command; with ``check``, a failure says its exit code and output
+    (a bare ``CalledProcessError`` left a failure in CI without its reason)."""
+    run = subprocess.run(
         [sys.executable, "-m", "bftfs", *args],
         capture_output=True,
         text=True,
-        check=check,
+        check=False,
         timeout=300,
     )
+    assert not check or run.returncode == 0, (
+        f"bftfs {' '.join(args)}: exit {run.returncode}\n{run.stdout[-3000:]}{run.stderr[-3000:]}"
+    )
+    return run
 
 
 def _tree(root: Path) -> dict[str, bytes]:

@@ -68,6 +68,15 @@ def _diff(src: Path, dst: Path) -> None:
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
 
 
+def _show_mount_logs(home: Path) -> None:
+    """Print the end of each mount daemon's log (pytest shows it with a failure): this test
+    failed now and then on a loaded machine, and the daemon's log says what it could not
+    send and to which nodes."""
+    for log in sorted((home / "mounts").glob("*.log")):
+        print(f"--- {log.name} (last 80 lines)")
+        print("\n".join(log.read_text(errors="replace").splitlines()[-80:]))
+
+
 def test_a_node_replaced_in_one_group_during_a_copy(tmp_path: Path) -> None:
     home, mnt, src = tmp_path / "c", tmp_path / "mnt", tmp_path / "src"
     src.mkdir()
@@ -117,6 +126,9 @@ def test_a_node_replaced_in_one_group_during_a_copy(tmp_path: Path) -> None:
         assert status["layout"]["version"] == 2
         states = [(g["state"], g["down"]) for g in status["groups"]]
         assert states == [("healthy", []), ("degraded", [other]), ("healthy", [])], states
+    except BaseException:
+        _show_mount_logs(home)
+        raise
     finally:
         bftfs("down", "--dir", str(home), "--force", check=False)
         if os.path.ismount(mnt):
