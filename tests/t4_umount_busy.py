@@ -37,12 +37,14 @@ def bftfs(cluster: ProcessCluster, *args: str) -> subprocess.CompletedProcess[st
 
 
 @contextlib.contextmanager
-def cluster_and_mount(tmp_path: Path) -> Iterator[tuple[ProcessCluster, Path]]:
-    """A one-node cluster and ``bftfs mount`` of it; on exit the mount is gone whatever
-    happened (detached, its daemon stopped) and the node stopped."""
+def cluster_and_mount(
+    tmp_path: Path, *, options: str | None = None
+) -> Iterator[tuple[ProcessCluster, Path]]:
+    """A one-node cluster and ``bftfs mount`` of it (with ``-o options``); on exit the
+    mount is gone whatever happened (detached, its daemon stopped) and the node stopped."""
     mnt = tmp_path / "m"
     with ProcessCluster(tmp_path / "c", t=0, b=0, n=1, map_size=1 << 28, durable=False) as pc:
-        got = bftfs(pc, "mount", str(mnt))
+        got = bftfs(pc, "mount", str(mnt), *(["-o", options] if options else []))
         assert got.returncode == 0, got.stderr
         try:
             yield pc, mnt

@@ -15,6 +15,7 @@ from bftfs import local as localmod
 from bftfs.cli import capacity, discover, groups
 from bftfs.cli.common import (
     EXIT_BUSY,
+    EXIT_MOUNT,
     QuietError,
     add_actions,
     cluster_of,
@@ -25,7 +26,7 @@ from bftfs.cli.common import (
     with_dir,
     with_identity,
 )
-from bftfs.cli.mounts import busy_message, mount_daemon, mount_module, with_client
+from bftfs.cli.mounts import busy_message, lost_message, mount_daemon, mount_module, with_client
 from bftfs.cli.nodes import port_number
 from bftfs.cli.statustables import print_nodes as _print_status
 from bftfs.config import (
@@ -320,7 +321,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     from bftfs.fuse import control as mountmod
 
     cfg, _ = cluster_of(args)
-    busy = []
+    busy, lost_any = [], False
     for pid, mnt in mountmod.known_mounts(cfg):  # unmount first: flush while nodes are up
         try:
             killed = mountmod.unmount(
@@ -331,6 +332,12 @@ def cmd_down(args: argparse.Namespace) -> int:
             continue
         except mountmod.MountError as e:
             print(f"bftfs down: {e}", file=sys.stderr)
+            continue
+        lost = mountmod.take_lost(cfg, mnt)
+        if lost:
+            why = lost_message(mnt, lost, mountmod.log_file(cfg, mnt))
+            print(f"bftfs down: {why}", file=sys.stderr)
+            lost_any = True
             continue
         print(
             f"unmounted {mnt}"
@@ -346,7 +353,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         )
     stopped = localmod.stop_nodes(cfg)
     print(f"stopped {len(stopped)} node(s)" + (f": {stopped}" if stopped else ""))
-    return 0
+    return EXIT_MOUNT if lost_any else 0
 
 
 def cmd_client(args: argparse.Namespace) -> int:

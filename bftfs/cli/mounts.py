@@ -188,8 +188,20 @@ def cmd_umount(args: argparse.Namespace) -> int:
         for stale in (mountmod.pid_file(cfg, target), mountmod.status_file(cfg, target)):
             with contextlib.suppress(OSError):
                 stale.unlink()
+        lost = mountmod.take_lost(cfg, target)
+        if lost:
+            raise QuietError(lost_message(target, lost, mountmod.log_file(cfg, target)), EXIT_MOUNT)
     print(f"unmounted {target}" + (" (its mount daemon had died)" if dead else ""))
     return 0
+
+
+def lost_message(target: Path, lost: int, log: Path) -> str:
+    """What an unmount says when its daemon gave up sending what it held back."""
+    return (
+        f"unmounted {target}, but {lost} change(s) its mount daemon held back (answered"
+        " creates, removals, renames, writes of closed files) could not be sent: no quorum"
+        f" of nodes took any of them for a minute, and they are lost; {log} names them"
+    )
 
 
 def busy_message(target: Path) -> str:

@@ -60,6 +60,9 @@ class Session:
     endpoint: Endpoint | None = None
     #: The clients of each generation the session spans (``fs/generations/clients.py``).
     generations: Generations | None = None
+    #: Changes the session's end could not send and lost (:func:`write_back_at_end`):
+    #: the mount daemon tells ``bftfs umount`` (``fuse/control.py`` ``lost_file``).
+    lost_at_end: int = 0
 
     def faults(self) -> dict[int, dict[str, int]]:
         """The faults this client detected, per node and kind: the PASIS client's
@@ -117,16 +120,19 @@ def past_of(config: ClusterConfig, meta: Any, ep: Any, rw: Any) -> Past:
 
 @asynccontextmanager
 async def open_session(
-    config: ClusterConfig, client: str, **options: Any
+    config: ClusterConfig, client: str, *, end_wait: float = WRITE_BACK_STALLED, **options: Any
 ) -> AsyncIterator[Session]:
     """The file system of ``config``'s cluster as client ``client`` (its key from the
-    cluster directory); ``options`` go to :func:`open_file_system`.  Creates the root
+    cluster directory); ``options`` go to :func:`open_file_system`.  ``end_wait``: how
+    long the session's end goes on without progress sending what it holds back
+    (:func:`write_back_at_end`).  Creates the root
     directory if the cluster has none.  The session follows the view: a change of
     generation while it runs opens the new generation's clients, and the file system
     goes on over both while objects move (``fs/generations/clients.py``)."""
     layout = load_layout(config)
     if layout is not None:  # a cluster of groups (docs/layout.md, "Placement")
-        async with open_grouped_session(config, layout, client, **options) as session:
+        grouped = open_grouped_session(config, layout, client, end_wait=end_wait, **options)
+        async with grouped as session:
             yield session
         return
     ident = client_identity(config, client)
@@ -149,10 +155,11 @@ async def open_session(
             gens.on_current = leases.listen
             gens.let_go = leases.let_go
             gens.on_new_generation = leases.new_generation
+        session = Session(fs, gens.qu, gens.rw, ep, gens)
         try:
-            yield Session(fs, gens.qu, gens.rw, ep, gens)
-        finally:
-            await write_back_at_end(fs)  # what closes and failed sends left goes now
+            yield session
+        finally:  # what closes and failed sends left goes now
+            session.lost_at_end = await write_back_at_end(fs, stalled_after=end_wait)
             if leases is not None:
                 with trio.move_on_after(5):
                     await leases.release_all()
@@ -161,7 +168,12 @@ async def open_session(
 
 @asynccontextmanager
 async def open_grouped_session(
-    config: ClusterConfig, layout: Layout, client: str, **options: Any
+    config: ClusterConfig,
+    layout: Layout,
+    client: str,
+    *,
+    end_wait: float = WRITE_BACK_STALLED,
+    **options: Any,
 ) -> AsyncIterator[Session]:
     """:func:`open_session` of a cluster of groups: one endpoint and plain Q/U and PASIS
     clients per group (``layout/groups.group_config``), routed by ``layout``
@@ -193,10 +205,11 @@ async def open_grouped_session(
             for (ep, ids), g in zip(eps, layout.groups, strict=True):
                 leases.listen(ep, ids)
                 ep.on_push = group_pushes(ep.on_push, layout, g.id)
+        session = Session(fs, qu, rw)
         try:
-            yield Session(fs, qu, rw)
+            yield session
         finally:
-            await write_back_at_end(fs)
+            session.lost_at_end = await write_back_at_end(fs, stalled_after=end_wait)
             if leases is not None:
                 with trio.move_on_after(5):
                     await leases.release_all()

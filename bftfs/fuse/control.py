@@ -64,6 +64,24 @@ def status_file(config: ClusterConfig, mountpoint: Path) -> Path:
     return config.home / "mounts" / f"{_key(mountpoint)}.json"
 
 
+def lost_file(config: ClusterConfig, mountpoint: Path) -> Path:
+    """Where a mount daemon whose end gave up sending what it held back says how many
+    changes were lost (``fs/session.py`` ``write_back_at_end``), for ``bftfs umount``."""
+    return config.home / "mounts" / f"{_key(mountpoint)}.lost"
+
+
+def take_lost(config: ClusterConfig, mountpoint: Path) -> int:
+    """How many changes the last daemon of ``mountpoint`` lost at its end (0: none, or
+    not said), the note removed: an unmount reports it once."""
+    path = lost_file(config, mountpoint)
+    try:
+        lost = int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+    path.unlink(missing_ok=True)
+    return lost
+
+
 def mounted_fuse(mountpoint: Path) -> str | None:
     """The file-system type ``mountpoint`` is mounted with (:func:`bftfs.proc.mount_type`)."""
     return proc.mount_type(mountpoint)
@@ -375,10 +393,12 @@ __all__ = [
     "known_mounts",
     "log_file",
     "log_tail",
+    "lost_file",
     "mount_statuses",
     "mounted_fuse",
     "pid_file",
     "serves",
     "status_file",
+    "take_lost",
     "unmount",
 ]

@@ -38,6 +38,7 @@ from bftfs.fuse.control import (
     is_mounted,
     log_file,
     log_tail,
+    lost_file,
     pid_file,
     status_file,
 )
@@ -55,6 +56,9 @@ log = logging.getLogger(__name__)
 #: libfuse 3 negotiates) at once, an eighth of the requests (issue 34).  The daemon's own
 #: read-ahead (8 MiB of blocks, fs/files/fetch.py) stays ahead of it.
 READ_AHEAD_KB = 2048
+#: The end of a mount goes on sending what it holds back until this many ``timeo`` pass
+#: without progress (60 s at the default ``timeo=10``; ``fs/session.py``).
+END_WAIT_TIMEOS = 6
 
 
 def _device_of(target: str) -> str | None:
@@ -121,6 +125,7 @@ async def serve(
         lease_term=options.lease,
         commit=options.commit,
         hard=options.hard,  # (a hard mount keeps what a call could not send: docs/fs.md)
+        end_wait=END_WAIT_TIMEOS * options.timeo,
     ) as session:
         ops, locks = _live_operations(config, options, session)
         if options.passthrough:  # verified copies beside the status file (fuse/passthrough.py)
@@ -159,6 +164,9 @@ async def serve(
             faults = session.faults()
             if faults:
                 log.info("faults detected per node: %s", json.dumps(faults, sort_keys=True))
+    if session.lost_at_end:  # the session's end gave up: said to `bftfs umount`
+        with contextlib.suppress(OSError):
+            lost_file(config, mountpoint).write_text(f"{session.lost_at_end}\n")
 
 
 def _live_operations(
@@ -481,6 +489,7 @@ def run_foreground(
         refuse_nonempty(mountpoint, options)
     pf = pid_file(config, mountpoint)
     pf.parent.mkdir(parents=True, exist_ok=True)
+    lost_file(config, mountpoint).unlink(missing_ok=True)  # an earlier daemon's, told or not
     pf.write_text(f"{os.getpid()}\n{mountpoint.resolve()}\n")
     proc.keep_big_buffers()
     try:

@@ -17,7 +17,8 @@ Pure (no pyfuse3), so the command line and the helper parse options without load
                      refusing connections, or silent with requests outstanding for several
                      of their own response times (``net/liveness.py``).  While a quorum is
                      live a request waits, however slow the nodes (docs/fs.md,
-                     "Slow is not unavailable")
+                     "Slow is not unavailable").  An unmount sends what the mount held
+                     back until 6 x timeo pass with none of it taken
 ``soft``             unavailable means no call completed for ``timeo``, however many nodes
                      are live (the meaning before issue 60: a busy cluster's slow answers
                      fail with EIO)
