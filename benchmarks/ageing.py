@@ -40,6 +40,7 @@ import chart  # noqa: E402
 import common  # noqa: E402
 import costs  # noqa: E402
 import postmark  # noqa: E402
+import profiling  # noqa: E402
 import seqio  # noqa: E402
 from common import Progress, Site  # noqa: E402
 
@@ -157,7 +158,10 @@ def run(args: argparse.Namespace, progress: Progress, work: Path) -> list[dict[s
             age_s = time.monotonic() - t0
             s = sample(site, work, args, rounds)
             s.update(
-                age_s=round(age_s, 1), ageing_rounds=rounds, disk_mib=disk_mib(site.config.home)
+                age_s=round(age_s, 1),
+                ageing_rounds=rounds,
+                disk_mib=disk_mib(site.config.home),
+                when="settled" if args.settled and rounds else "",
             )
             samples.append(s)
             progress(
@@ -170,6 +174,19 @@ def run(args: argparse.Namespace, progress: Progress, work: Path) -> list[dict[s
             took = age(site.path / f"ageing{rounds}", cfg)
             rounds += 1
             progress(f"ageing round {rounds}: {took}")
+            if args.settled:  # right after the round, then (at the top) once the nodes idle
+                s = sample(site, work, args, rounds * 1000)
+                s.update(
+                    age_s=round(time.monotonic() - t0, 1),
+                    ageing_rounds=rounds,
+                    disk_mib=disk_mib(site.config.home),
+                    when="right after",
+                )
+                samples.append(s)
+                progress(f"right after: {s['tps']:.0f} tps" + costs.brief(s, "tx"))
+                nodes = [pid for name, pid in site.pids.items() if name.startswith("node")]
+                waited = profiling.settle(nodes)
+                progress(f"the nodes settled after {waited:.0f} s")
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -183,14 +200,15 @@ def markdown(result: dict[str, Any]) -> str:
         f"{cfg['files']} / {cfg['transactions']} (seed {cfg['seed']}). CPU per transaction: "
         "the whole PostMark run's CPU (creation, transactions, deletion) over its transactions.",
         "",
-        "| age (min) | ageing rounds | tx/s | CPU ms/tx: mount | nodes | renewals/tx | rounds/tx "
-        "| disk MiB |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| age (min) | ageing rounds | sample | tx/s | CPU ms/tx: mount | nodes | renewals/tx "
+        "| rounds/tx | disk MiB |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for s in result["samples"]:
         ms = ["-" if s.get(k) is None else f"{1000 * s[k]:.3g}" for k in ("mount_cpu", "nodes_cpu")]
         lines.append(
-            f"| {s['age_s'] / 60:.1f} | {s['ageing_rounds']} | {s['tps']:.0f} | {ms[0]} | {ms[1]} "
+            f"| {s['age_s'] / 60:.1f} | {s['ageing_rounds']} | {s.get('when') or '-'} "
+            f"| {s['tps']:.0f} | {ms[0]} | {ms[1]} "
             f"| {costs.fmt_cost(s.get('renewals'))} | {costs.fmt_cost(s.get('rounds'))} "
             f"| {s['disk_mib']:.0f} |"
         )
@@ -251,6 +269,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=common.RESULTS_DIR, help="results directory")
     ap.add_argument("--name", default="ageing", help="results file stem (ageing)")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
+    ap.add_argument(
+        "--settled",
+        action="store_true",
+        help="after each round sample right away and again once the nodes idle: what the "
+        "round's history costs apart from the background work it left",
+    )
     args = ap.parse_args(argv)
     if args.minutes < 0 or args.transactions <= 0 or args.files <= 0:
         ap.error("--minutes must be >= 0, --files and --transactions positive")
@@ -271,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     machine["loadavg_end"] = list(os.getloadavg())
-    keys = ("minutes", "files", "transactions", "size_min", "size_max", "seed", "cap")
+    keys = ("minutes", "files", "transactions", "size_min", "size_max", "seed", "cap", "settled")
     result = {
         "benchmark": "ageing",
         "date": date,

@@ -259,7 +259,9 @@ def test_the_ageing_table_and_chart_show_every_sample() -> None:
     samples = [
         {"age_s": 0.0, "ageing_rounds": 0, "tps": 60.0, "mount_cpu": 0.01, "nodes_cpu": 0.03},
         {"age_s": 600.0, "ageing_rounds": 2, "tps": 30.0, "mount_cpu": 0.02, "nodes_cpu": 0.06},
+        {"age_s": 660.0, "ageing_rounds": 2, "tps": 45.0, "mount_cpu": 0.02, "nodes_cpu": 0.04},
     ]
+    samples[2]["when"] = "settled"  # --settled: again once the nodes were idle
     for s in samples:
         s.update(renewals=None, rounds=2.0, disk_mib=12.0)
     result: dict[str, Any] = {
@@ -272,8 +274,9 @@ def test_the_ageing_table_and_chart_show_every_sample() -> None:
         "commit": {"commit": "abc", "dirty": False},
     }
     md = ageing.markdown(result)
-    assert "| 10.0 | 2 | 30 | 20 | 60 | - | 2 | 12 |" in md
-    assert "0.50x transactions/s, 2.00x CPU per transaction" in md
+    assert "| 10.0 | 2 | - | 30 | 20 | 60 | - | 2 | 12 |" in md
+    assert "| 11.0 | 2 | settled | 45 | 20 | 40 | - | 2 | 12 |" in md
+    assert "0.75x transactions/s, 1.50x CPU per transaction" in md
     svg = chart.lines_svg(
         [0.0, 10.0],
         [chart.LinePanel("tx/s", [("bftfs", [60.0, None], "#000")])],
