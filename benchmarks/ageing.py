@@ -143,7 +143,9 @@ def sample(site: Site, work: Path, args: argparse.Namespace, n: int) -> dict[str
     finally:
         meter("postmark", "end")
     loc.rmdir()
-    return {"tps": res["tps"], **meter.per_unit("postmark", args.transactions)}
+    counters = meter.counters.phases.get("postmark", {})  # every lease counter, rounds by method
+    per = meter.per_unit("postmark", args.transactions)
+    return {"tps": res["tps"], **per, "counters": counters}
 
 
 def run(args: argparse.Namespace, progress: Progress, work: Path) -> list[dict[str, Any]]:

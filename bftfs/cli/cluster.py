@@ -21,12 +21,11 @@ from bftfs.cli.common import (
     cluster_of,
     human,
     parse_size,
-    waiting_for_daemon,
     with_cluster,
     with_dir,
     with_identity,
 )
-from bftfs.cli.mounts import busy_message, lost_message, mount_daemon, mount_module, with_client
+from bftfs.cli.mounts import busy_message, mount_daemon, mount_module, unmount_all, with_client
 from bftfs.cli.nodes import port_number
 from bftfs.cli.statustables import print_nodes as _print_status
 from bftfs.config import (
@@ -318,31 +317,8 @@ def cmd_down(args: argparse.Namespace) -> int:
     """Unmount this cluster's mounts (first: they flush while the nodes are up), then stop
     the nodes.  A busy mount is refused as ``bftfs umount`` refuses it, and then the
     nodes keep running (its daemon needs them to send what it holds), unless ``--force``."""
-    from bftfs.fuse import control as mountmod
-
     cfg, _ = cluster_of(args)
-    busy, lost_any = [], False
-    for pid, mnt in mountmod.known_mounts(cfg):  # unmount first: flush while nodes are up
-        try:
-            killed = mountmod.unmount(
-                mnt, pid=pid, notice=waiting_for_daemon, how="force" if args.force else "clean"
-            )
-        except mountmod.MountBusy:
-            busy.append(mnt)
-            continue
-        except mountmod.MountError as e:
-            print(f"bftfs down: {e}", file=sys.stderr)
-            continue
-        lost = mountmod.take_lost(cfg, mnt)
-        if lost:
-            why = lost_message(mnt, lost, mountmod.log_file(cfg, mnt))
-            print(f"bftfs down: {why}", file=sys.stderr)
-            lost_any = True
-            continue
-        print(
-            f"unmounted {mnt}"
-            + (" (its daemon killed: what it held back is lost)" if killed else "")
-        )
+    busy, lost_any = unmount_all(cfg, force=args.force)
     if busy:
         for mnt in busy:
             print(busy_message(mnt), file=sys.stderr)

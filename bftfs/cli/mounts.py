@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -193,6 +194,35 @@ def cmd_umount(args: argparse.Namespace) -> int:
             raise QuietError(lost_message(target, lost, mountmod.log_file(cfg, target)), EXIT_MOUNT)
     print(f"unmounted {target}" + (" (its mount daemon had died)" if dead else ""))
     return 0
+
+
+def unmount_all(cfg: ClusterConfig, *, force: bool) -> tuple[list[Path], bool]:
+    """``bftfs down``'s first step: unmount the cluster's mounts while the nodes are up
+    (they send what they hold back); the busy ones (left mounted, unless ``force``), and
+    whether a daemon gave up sending what it held back (said on stderr)."""
+    from bftfs.fuse import control as mountmod
+
+    busy, lost_any = [], False
+    for pid, mnt in mountmod.known_mounts(cfg):
+        try:
+            killed = mountmod.unmount(
+                mnt, pid=pid, notice=waiting_for_daemon, how="force" if force else "clean"
+            )
+        except mountmod.MountBusy:
+            busy.append(mnt)
+            continue
+        except mountmod.MountError as e:
+            print(f"bftfs down: {e}", file=sys.stderr)
+            continue
+        lost = mountmod.take_lost(cfg, mnt)
+        if lost:
+            why = lost_message(mnt, lost, mountmod.log_file(cfg, mnt))
+            print(f"bftfs down: {why}", file=sys.stderr)
+            lost_any = True
+            continue
+        gone = " (its daemon killed: what it held back is lost)" if killed else ""
+        print(f"unmounted {mnt}{gone}")
+    return busy, lost_any
 
 
 def lost_message(target: Path, lost: int, log: Path) -> str:
