@@ -144,7 +144,10 @@ def test_a_healed_suspect_is_asked_when_silent_nodes_leave_the_others_short(
         async with rw_cluster(tmp_path, t=2, b=1) as (cluster, (a, _b)):
             await a.write_block(1, b"before")
             make_byzantine(cluster, 0, "garbage")
-            assert await a.read_block(1) == b"before"
+            for _ in range(10):  # on a loaded machine a read may be done before its answer
+                assert await a.read_block(1) == b"before"
+                if a.endpoint.suspected([NodeId(0)]):
+                    break
             assert a.endpoint.suspected([NodeId(0)]) == {NodeId(0)}
             heal(cluster)
             make_crashed(cluster, 1)
