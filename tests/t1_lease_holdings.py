@@ -21,14 +21,20 @@ TERM = 30.0
 DIRECTORY = 7
 
 
-def _holdings(clock: trio.testing.MockClock, dropped: list[int]) -> Holdings:
-    return Holdings(
+def _made_under_a_directory(dropped: list[int]) -> tuple[Holdings, list[int]]:
+    """Holdings on trio's clock with :data:`DIRECTORY` made here (held exclusively) and
+    :data:`PURGE_AT` files made in it, each inheriting its lease; those files."""
+    h = Holdings(
         TERM,
-        lambda: int(clock.current_time() * 1e9),
+        lambda: int(trio.current_time() * 1e9),
         Counter(),
         dropped=dropped.append,
         woke=lambda oids: None,
     )
+    h.made(DIRECTORY, 1, trio.current_time(), int(trio.current_time() * 1e9))
+    files = list(range(1000, 1000 + PURGE_AT))
+    assert h.inherit(DIRECTORY, files)
+    return h, files
 
 
 def test_ended_inherited_leases_are_forgotten_and_live_ones_kept() -> None:
@@ -36,10 +42,7 @@ def test_ended_inherited_leases_are_forgotten_and_live_ones_kept() -> None:
 
     async def main() -> None:
         dropped: list[int] = []
-        h = _holdings(clock, dropped)
-        h.made(DIRECTORY, 1, trio.current_time(), int(trio.current_time() * 1e9))
-        first = list(range(1000, 1000 + PURGE_AT))
-        assert h.inherit(DIRECTORY, first)  # one term's worth of files made
+        h, first = _made_under_a_directory(dropped)  # one term's worth of files made
         clock.jump(TERM + 1)  # their leases (and the directory's) ended, nobody looked
         h.made(DIRECTORY, 1, trio.current_time(), int(trio.current_time() * 1e9))
         assert len(h.held) == PURGE_AT + 1
@@ -57,9 +60,7 @@ def test_leases_still_running_are_not_forgotten() -> None:
 
     async def main() -> None:
         dropped: list[int] = []
-        h = _holdings(clock, dropped)
-        h.made(DIRECTORY, 1, trio.current_time(), int(trio.current_time() * 1e9))
-        assert h.inherit(DIRECTORY, list(range(1000, 1000 + PURGE_AT)))
+        h, _ = _made_under_a_directory(dropped)
         assert h.inherit(DIRECTORY, [9])  # past the mark, but every lease still runs
         assert len(h.held) == PURGE_AT + 2 and not dropped
 
