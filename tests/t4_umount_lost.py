@@ -21,7 +21,10 @@ from bftfs.cli.common import EXIT_MOUNT
 from bftfs.fuse import control
 from bftfs.testing.mounts import fuse_available
 
-pytestmark = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3")
+pytestmark = [
+    pytest.mark.slow,  # (17 s: the daemon's end waits out its 6 s stall by design)
+    pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3"),
+]
 
 #: Held back for a minute (nothing is sent before the node stops); the end gives up
 #: after 6 x timeo = 6 s without progress.
