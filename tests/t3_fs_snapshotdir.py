@@ -8,22 +8,17 @@ from __future__ import annotations
 
 import errno
 import os
-import random
 import time
-from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
-from fs_helpers import RW_OPTIONS, qu_client
+from fs_helpers import qu_client, writing_client
 
 from bftfs.fs.errors import FsError
-from bftfs.fs.filesystem import open_file_system
 from bftfs.fs.history import PAST_FH, SNAPDIR, SNAPDIR_NAME, Past, SnapshotBrowser, is_live
 from bftfs.fsobjects import ROOT
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.pastread import PastReader
-from bftfs.rw.client import open_rw_client
-from bftfs.testing.cluster import open_cluster
 
 BS = 4096
 
@@ -37,15 +32,8 @@ async def _errno_of(call: object) -> int:
 async def test_the_browser_routes_by_inode_and_handle_and_guards_the_name(
     tmp_path: Path,
 ) -> None:
-    async with (
-        open_cluster(tmp_path, clients=1, block_size=BS) as cluster,
-        AsyncExitStack() as stack,
-    ):
+    async with writing_client(tmp_path, block_size=BS, seed=36) as (cluster, rw, live):
         cfg = cluster.config
-        rw = await stack.enter_async_context(open_rw_client(cluster.client(0), cfg, **RW_OPTIONS))
-        live = await stack.enter_async_context(
-            open_file_system(qu_client(cluster, 0), rw, cfg, rng=random.Random(36))
-        )
         past = Past(
             qu_client(cluster, 0), PastReader(cluster.client(0), QUThresholds.from_config(cfg)),
             rw, BS,
