@@ -107,11 +107,10 @@ def process_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except OSError:
+    fields = _stat_fields(pid)
+    if not fields:
         return False
-    if state != "Z":
+    if fields[0] != b"Z":
         return True
     # A zombie leader whose other threads are still exiting: until the last one has, the
     # process holds its files (a FUSE daemon's connection answers on; t4_operators).
@@ -171,21 +170,30 @@ def wait_gone_unless_idle(pid: int, idle: float) -> bool:
 def cpu_ticks(pid: int) -> int | None:
     """CPU time process ``pid`` used so far (user + system clock ticks, ``/proc/PID/stat``
     fields 14 and 15), or None if it does not run."""
+    fields = _stat_fields(pid)
+    try:
+        return None if fields is None else int(fields[11]) + int(fields[12])
+    except (ValueError, IndexError):
+        return None
+
+
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (field 3 first: a name may
+    hold spaces and parentheses), or None if the process does not run."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_bytes()
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        return int(fields[11]) + int(fields[12])
-    except (OSError, ValueError, IndexError):
+        return stat[stat.rindex(b")") + 2 :].split()
+    except (OSError, ValueError):
         return None
 
 
 def start_ticks(pid: int) -> int | None:
     """When process ``pid`` started (clock ticks since boot, ``/proc/PID/stat`` field 22),
     or None if it does not run: with the pid, it names one process for good."""
+    fields = _stat_fields(pid)
     try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-        return int(stat[stat.rindex(b")") + 2 :].split()[19])
-    except (OSError, ValueError, IndexError):
+        return None if fields is None else int(fields[19])
+    except (ValueError, IndexError):
         return None
 
 
