@@ -189,9 +189,9 @@ def cmd_umount(args: argparse.Namespace) -> int:
         for stale in (mountmod.pid_file(cfg, target), mountmod.status_file(cfg, target)):
             with contextlib.suppress(OSError):
                 stale.unlink()
-        lost = mountmod.take_lost(cfg, target)
-        if lost:
-            raise QuietError(lost_message(target, lost, mountmod.log_file(cfg, target)), EXIT_MOUNT)
+        lost = lost_at_unmount(cfg, target)
+        if lost is not None:
+            raise QuietError(lost, EXIT_MOUNT)
     print(f"unmounted {target}" + (" (its mount daemon had died)" if dead else ""))
     return 0
 
@@ -214,10 +214,9 @@ def unmount_all(cfg: ClusterConfig, *, force: bool) -> tuple[list[Path], bool]:
         except mountmod.MountError as e:
             print(f"bftfs down: {e}", file=sys.stderr)
             continue
-        lost = mountmod.take_lost(cfg, mnt)
-        if lost:
-            why = lost_message(mnt, lost, mountmod.log_file(cfg, mnt))
-            print(f"bftfs down: {why}", file=sys.stderr)
+        lost = lost_at_unmount(cfg, mnt)
+        if lost is not None:
+            print(f"bftfs down: {lost}", file=sys.stderr)
             lost_any = True
             continue
         gone = " (its daemon killed: what it held back is lost)" if killed else ""
@@ -225,12 +224,19 @@ def unmount_all(cfg: ClusterConfig, *, force: bool) -> tuple[list[Path], bool]:
     return busy, lost_any
 
 
-def lost_message(target: Path, lost: int, log: Path) -> str:
-    """What an unmount says when its daemon gave up sending what it held back."""
+def lost_at_unmount(cfg: ClusterConfig, target: Path) -> str | None:
+    """What an unmount says when the daemon that served ``target`` gave up sending what it
+    held back (``fuse/control.py`` ``take_lost``: said once), or None: nothing was lost."""
+    from bftfs.fuse import control as mountmod
+
+    lost = mountmod.take_lost(cfg, target)
+    if not lost:
+        return None
     return (
         f"unmounted {target}, but {lost} change(s) its mount daemon held back (answered"
         " creates, removals, renames, writes of closed files) could not be sent: no quorum"
-        f" of nodes took any of them for a minute, and they are lost; {log} names them"
+        " of nodes took any of them for a minute, and they are lost;"
+        f" {mountmod.log_file(cfg, target)} names them"
     )
 
 
