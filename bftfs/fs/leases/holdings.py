@@ -34,7 +34,7 @@ MAX_CHILDREN = 4096
 #: forgotten at once: a lease whose directory is not known is judged by its own use).
 MAX_PARENTS = 1 << 18
 #: Leases held past which those of their own term that ended are forgotten (then again at
-#: twice as many as were left): :meth:`Holdings.inherit`.
+#: twice as many as were left): :meth:`Holdings.tidy`.
 PURGE_AT = 4096
 #: Directories above a leased object whose use keeps its lease (the tree in use): its
 #: directory and the one above, so a file stays held while its directory's other
@@ -117,7 +117,7 @@ class Holdings:
         self.converting: set[int] = set()
         #: Files made here that no other client can have seen (``leases/unseen.py``).
         self.unseen = UnseenFiles(self.exclusive_from)
-        #: How many leases held make :meth:`inherit` forget those ended (:data:`PURGE_AT`).
+        #: How many leases held make :meth:`tidy` forget those ended (:data:`PURGE_AT`).
         self._purge_at = PURGE_AT
 
     def live(self, oid: int, now: float) -> Lease | None:
@@ -275,8 +275,7 @@ class Holdings:
         since = float("-inf") if h.inherited else h.granted
         if asked is not None and since <= asked:
             self.unseen.made(parent, oids, since)
-        if len(self.held) >= self._purge_at:
-            self._forget_ended()
+        self.tidy()
         children = self.children.setdefault(parent, set())
         if len(children) > MAX_CHILDREN:  # those whose lease ended are gone already
             children.intersection_update(self.held)
@@ -287,12 +286,15 @@ class Holdings:
             self.stats["inherited"] += 1
         return True
 
-    def _forget_ended(self) -> None:
-        """Drop the leases of their own term that ended and are not being asked for again
-        (:meth:`live` drops one only when it is next looked at).  The files made under a
-        directory's exclusive lease inherit theirs; removed, they were never looked at
-        again and stayed for the mount's life: 1 100 more each PostMark run on one mount
-        (5 178 after four).  Amortised: next at twice what is left."""
+    def tidy(self) -> None:
+        """Past :data:`PURGE_AT` leases held (then at twice what was left), drop those of
+        their own term that ended and are not being asked for again (:meth:`live` drops
+        one only when it is next looked at): called where leases are added (a create's,
+        a grant).  The files made under a directory's exclusive lease inherit theirs;
+        removed, they were never looked at again and stayed for the mount's life: 1 100
+        more each PostMark run on one mount (5 178 after four)."""
+        if len(self.held) < self._purge_at:
+            return
         now = trio.current_time()
         held, asking = self.held.items(), self.asking
         ended = [o for o, h in held if h.slot is None and h.until <= now and o not in asking]

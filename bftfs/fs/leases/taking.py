@@ -417,6 +417,7 @@ class Taker:
                 self._recalls.revoke([oid])
         if BOUND in arg and gen is not None and self.sessions is not None:
             self.sessions.bound(slot or 0)  # renewed while held (``Sessions.bound``)
+        holdings.tidy()
         if gone:
             self._recalls.give_back(gone)
 
