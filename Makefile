@@ -42,14 +42,14 @@ status: setup
 test: setup-tests
 	$(BIN)/ruff check bftfs tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
+	scripts/pytest-digest.sh $(BIN)/pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 # make test-slow: two workers too (whole files each).  Serially the slow suite took 37-50
 # min on 2 cores (its tests mostly wait on node processes, mounts and timeouts); on two
 # workers 31.5 min on 2 quiet cores with 40 min of CPU, after its largest workloads were cut
 # (34 min before; benchmarks/results/2026-11-27-slow-suite-two-workers.md).
 test-slow: setup-tests
-	$(BIN)/pytest -q -m slow -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS) || [ $$? -eq 5 ]  # 5: no slow tests collected
+	scripts/pytest-digest.sh $(BIN)/pytest -q -m slow -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS) || [ $$? -eq 5 ]  # 5: no slow tests collected
 
 test-all: setup-tests
 	$(BIN)/ruff check bftfs tests benchmarks

@@ -130,6 +130,8 @@ def reap_exited() -> None:
 def stop(pid: int, *, kill: bool = False, timeout: float = 10.0) -> None:
     """Stop ``pid``: SIGTERM (SIGKILL with ``kill``), SIGKILL after ``timeout`` seconds,
     and wait until it is gone."""
+    if pid <= 0:  # kill(2) would signal a process group, or every process we may
+        raise ValueError(f"not a process id: {pid}")
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
     wait_gone(pid, timeout)

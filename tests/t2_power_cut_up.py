@@ -97,7 +97,9 @@ def test_up_starts_a_node_whose_pid_file_names_a_recycled_pid(tmp_path: Path) ->
     cluster's node).  The pid file names the process's start time too."""
     home = tmp_path / "c"
     with ProcessCluster(home, map_size=1 << 28, durable=False) as pc:
-        killed = [local.running_pid(spec) or 0 for spec in pc.config.nodes]
+        pids = [pc.pid(i) for i in range(pc.config.n)]
+        killed = [pid for pid in pids if pid]  # (a 0 would signal the test's process group)
+        assert len(killed) == pc.config.n, pids
         for pid in killed:  # SIGKILL, pid files left in place
             os.kill(pid, signal.SIGKILL)
         for pid in killed:  # a SIGKILL is delivered, not waited for: wait until each is gone
