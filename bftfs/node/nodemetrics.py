@@ -114,7 +114,26 @@ def _requests(node: Node) -> list[Family]:
     )
     for reason, n in sorted(node.rejected.items()):
         rejected.add(n, reason)
-    return [*out, rejected]
+    return [*out, rejected, *_methods(node)]
+
+
+def _methods(node: Node) -> list[Family]:
+    """What each Q/U method cost the node (``node/method_costs.py``): requests answered,
+    seconds to answer them and CPU seconds of their transaction steps, by method."""
+    if node.method_costs is None:
+        return []
+    families = {
+        key: Family(f"bftfs_node_qu_method_{name}", doc, "counter", ("method",))
+        for key, name, doc in (
+            ("requests", "requests_total", "Q/U requests answered, by method"),
+            ("seconds", "seconds_total", "Seconds from a Q/U request's start to its answer"),
+            ("cpu_seconds", "cpu_seconds_total", "CPU seconds of Q/U transaction steps"),
+        )
+    }
+    for method, cost in node.method_costs.snapshot().items():
+        for key, family in families.items():
+            family.add(cost[key], method)
+    return list(families.values())
 
 
 def _disk(node: Node) -> list[Family]:

@@ -56,6 +56,7 @@ system's, and the test types only when asked for.
 from __future__ import annotations
 
 import functools
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -69,6 +70,7 @@ from bftfs.net.endpoint import Endpoint
 from bftfs.net.server import DEFER, HandlerError
 from bftfs.node import limits, qu_space
 from bftfs.node.batching import BatchHandler
+from bftfs.node.method_costs import MethodCosts
 from bftfs.node.qu_catchup import CatchUp
 from bftfs.node.qu_inflight import Held, InFlight, Key
 from bftfs.node.qu_objsync import ObjectSync
@@ -166,7 +168,9 @@ def register(
         client_quota=limits.quota_bytes(node),
         on_update=pruner.updated,
         on_accepted=node.recalls.accepted,
+        costs=MethodCosts(lambda name: cfg.registry.get(name) is not None),
     )
+    node.method_costs = server.costs
     server.frozen = lambda: node.views.generation.frozen
     server.register_with(node)
     if catch_up:
@@ -202,6 +206,7 @@ class QUServer:
         client_quota: int,
         on_update: Callable[[Iterable[int]], None],
         on_accepted: Callable[[Request, Reply], None] | None = None,
+        costs: MethodCosts | None = None,
     ) -> None:
         """
         Args:
@@ -216,6 +221,8 @@ class QUServer:
             on_update: told the objects an accepted update changed (the pruner).
             on_accepted: told every update this node took and its reply (the lease
                 recalls it pushes, ``node/recalls.py``).
+            costs: what each method costs here (``node/method_costs.py``); a private
+                table if none is given.
         """
         self.replica = replica
         self.th: QUThresholds = replica.th
@@ -228,6 +235,7 @@ class QUServer:
         self.client_quota = client_quota
         self.on_update = on_update
         self.on_accepted = on_accepted
+        self.costs = costs if costs is not None else MethodCosts(lambda _name: True)
         #: Requests ``fast_request`` parsed and handed on (payload id -> (payload,
         #: request)): ``on_request`` takes them from here instead of parsing again (a
         #: durable update's parse was 4% of a node's time), with the candidates it
@@ -340,6 +348,7 @@ class QUServer:
         """The request in one synchronous step when it needs no object sync and no
         group commit: a query (read transaction), or anything on a non-durable store."""
         req = self._parse(payload)
+        start, cpu = time.perf_counter(), time.thread_time()
         sender = ctx.sender
         now_ns = self.clock_ns()
         quota = self._quota_of(sender)
@@ -357,6 +366,7 @@ class QUServer:
             return self._defer(payload, req)
         else:
             res = self.store.write_now(step)  # NeedSync wrote nothing
+        self.costs.stepped(req, time.thread_time() - cpu)
         if isinstance(res, NeedSync):
             # Claimed now, before the read loop takes the client's next update, which may
             # be conditioned on this one's candidate (node/qu_inflight.py).
@@ -367,6 +377,7 @@ class QUServer:
             raise self._refuse(sender, res)
         self.stats[f"qu.{res.status.value}"] += 1
         self._accepted(req, res)
+        self.costs.answered(req, time.perf_counter() - start)
         return res.wire()
 
     async def serve(self, req: Request, sender: int, claimed: tuple[Key, ...] = ()) -> Reply:
@@ -374,10 +385,12 @@ class QUServer:
         request on this node itself); ``claimed``: the candidates it claimed already
         (``fast_request``), released when it ends."""
         held = Held(claimed)
+        start = time.perf_counter()
         try:
             return await self._serve(req, sender, held)
         finally:
             self.inflight.end(held)
+            self.costs.answered(req, time.perf_counter() - start)
 
     async def _serve(self, req: Request, sender: int, held: Held) -> Reply:
         cfg = self.replica
@@ -389,6 +402,7 @@ class QUServer:
         for _ in range(4):
             now_ns = self.clock_ns()
             if req.op is not None and req.op.query:
+                cpu = time.thread_time()
                 res = self.store.read(
                     functools.partial(
                         handle_request,
@@ -399,6 +413,7 @@ class QUServer:
                         moved=self._moved(sender),
                     )
                 )
+                self.costs.stepped(req, time.thread_time() - cpu)
             else:
                 step = functools.partial(
                     handle_request,
@@ -441,7 +456,9 @@ class QUServer:
         step itself: the store runs the steps of one batch in order, so the next update,
         conditioned on this one, finds the claim however their tasks resume.  (The step
         may run after its request was cancelled: ``claim_for`` then claims nothing.)"""
+        cpu = time.thread_time()
         res = step(kv)
+        self.costs.stepped(req, time.thread_time() - cpu)
         if isinstance(res, NeedSync):
             self.inflight.claim_for(held, req.objects, res.lt, now)
         return res

@@ -30,6 +30,7 @@ from bftfs.net.frames import DEFAULT_MAX_FRAME
 from bftfs.net.server import FastHandler, FaultHooks, HandlerError, Server
 from bftfs.node import limits, rejoin
 from bftfs.node.findings import Findings
+from bftfs.node.method_costs import MethodCosts
 from bftfs.node.protocols import register_all
 from bftfs.node.recalls import Recalls
 from bftfs.node.store import Store, StoreFull
@@ -56,6 +57,9 @@ Handler = Callable[[RequestContext, Any], Awaitable[Any]]
 
 class Node:
     """One storage node. Run with :meth:`run`; protocol modules call :meth:`register`."""
+
+    #: What each Q/U method costs here (``node/method_costs.py``), once Q/U is served.
+    method_costs: MethodCosts | None = None
 
     def __init__(
         self,
@@ -243,6 +247,8 @@ class Node:
             "traffic": dict(self.server.traffic),
             "protocols": self.protocols,
             "progress": {k: dict(v) for k, v in self.progress.items()},
+            # Per Q/U method: requests, seconds to answer, CPU of steps (issue 62).
+            "methods": self.method_costs.snapshot() if self.method_costs is not None else {},
             "limits": limits.statistics(self),
             "metrics": self.metrics_address,
             # The clients connected now, wherever their mounts run (issue 67).
