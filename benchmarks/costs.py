@@ -131,6 +131,35 @@ def mount_counters(
     return out
 
 
+#: Seconds :func:`wait_settled` waits at most for a mount to send what it holds back.
+SETTLE_CAP = 300.0
+
+
+def wait_settled(site: Site, cap: float = SETTLE_CAP) -> float | None:
+    """Seconds until the bftfs mount of ``site`` held nothing back (its
+    ``bftfs_mount_heldback_changes`` gauge at 0: the servers have every change), polled
+    every 0.1 s; None for a site that is no bftfs mount, or one that did not settle within
+    ``cap`` seconds.  A run's clock stopped at the workload's end leaves out what
+    write-back still sends (PostMark's last removals, hundreds of them), and the next run
+    pays it: the figure of a run that ends settled is the one a user meets."""
+    if site.config is None:
+        return None
+    st = _status(site.config, site.path, None, site.pids.get("mount"), 5.0)
+    if not st.get("metrics"):
+        return None
+    start = time.monotonic()
+    while time.monotonic() - start < cap:
+        try:
+            with urllib.request.urlopen(f"http://{st['metrics']}/metrics", timeout=5) as r:
+                samples = parse_exposition(r.read().decode())
+        except OSError:
+            return None
+        if samples.get("bftfs_mount_heldback_changes", 0.0) == 0:
+            return time.monotonic() - start
+        time.sleep(0.1)
+    return None
+
+
 class MountCounters:
     """The mounts' counters (summed over ``mountpoints``, served by the daemons ``pids``
     where known) over each phase; nothing for a site without a bftfs cluster."""

@@ -24,6 +24,7 @@ Results: ``benchmarks/results/postmark-<short|full>.{json,md,png}``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import select
@@ -274,8 +275,11 @@ def measure(
                     meter = costs.Costs(site)
                     meter("postmark", "start")
                     try:
-                        with common.Watchdog(site, args.cap + 300):
+                        with common.Watchdog(site, args.cap + 300 + costs.SETTLE_CAP):
                             rec.update(run_postmark(site, work, args, progress))
+                            # The clock and the CPU run on until the run's changes are
+                            # kept: a directory fsync, and bftfs's mount then empty.
+                            rec["settle_s"] = _rounded(_settle(site, site.path / "postmark"))
                     finally:
                         meter("postmark", "end")
                         rec["cpu"] = meter.cpu.phases["postmark"]
@@ -293,7 +297,9 @@ def measure(
                 progress.more(
                     f"  -> {rec['tps']:.0f} tps (create "
                     f"{common.fmt_s(rec.get('create_s'))}, transactions "
-                    f"{common.fmt_s(rec.get('tx_s'))}){part}" + costs.brief(rec["costs"], "tx"),
+                    f"{common.fmt_s(rec.get('tx_s'))}){part}"
+                    + (f", settled {rec['settle_s']:.1f} s after" if rec.get("settle_s") else "")
+                    + costs.brief(rec["costs"], "tx"),
                     end="\n",
                 )
             runs.append(rec)
@@ -345,6 +351,36 @@ def _servers(info: dict[str, Any] | None) -> int | None:
     return int(n) if n is not None else None
 
 
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
+
+
+def _settle(site: Site, location: Path) -> float | None:
+    """Seconds after a run until its changes are kept, on every target alike: an ``fsync``
+    of the directory PostMark worked in (what an application does to make its files'
+    creation and removal durable; on bftfs it sends what directory write-back holds back
+    at once, rather than at its commit interval), then for bftfs until its mount holds
+    nothing back (``costs.wait_settled``); None if bftfs did not settle."""
+    start = time.monotonic()
+    fd = os.open(location, os.O_RDONLY | os.O_DIRECTORY)
+    try:  # (a peer refusing fsync of a directory keeps its changes as it does)
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    if site.config is not None and costs.wait_settled(site) is None:
+        return None
+    return time.monotonic() - start
+
+
+def _to_settled(run: dict[str, Any]) -> float | None:
+    """Seconds from PostMark's start until the target kept everything: its run, then
+    :func:`_settle`."""
+    if "wall_s" not in run:
+        return None
+    return float(run["wall_s"]) + float(run.get("settle_s") or 0.0)
+
+
 def summarise(runs: list[dict[str, Any]], specs: list[TargetSpec]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for spec in specs:
@@ -362,6 +398,7 @@ def summarise(runs: list[dict[str, Any]], specs: list[TargetSpec]) -> dict[str, 
             "tps_median": common.median([r["tps"] for r in ok]),
             "tps_min_max": common.spread([r["tps"] for r in ok]),
             "create_s_median": common.median([r["create_s"] for r in ok if "create_s" in r]),
+            "settled_s_median": common.median([s for r in ok if (s := _to_settled(r)) is not None]),
             # CPU seconds per transaction-equivalent are not separable from creation, so
             # the whole run's CPU over its wall time: near 2.0 on 2 cores = CPU-bound.
             "cores_busy_median": common.median(
@@ -390,12 +427,14 @@ def markdown(result: dict[str, Any]) -> str:
         f"{cfg['files']} files, {cfg['transactions']} transactions, sizes "
         f"{cfg['size_min']}-{cfg['size_max']} B, seed {cfg['seed']}, one client; median of "
         f"{cfg['runs']} interleaved run(s) per target; bftfs with t = b on a fresh cluster "
-        f"each run (durable={not cfg['no_durable']}). Time cap per run: {cfg['cap']:.0f} s."
+        f"each run (durable={not cfg['no_durable']}). Time cap per run: {cfg['cap']:.0f} s. "
+        "'run to settled': PostMark's whole run, then an fsync of its directory and, for "
+        "bftfs, until its mount held nothing back (CPU counted until then too)."
         + common.peers_note(result),
         "",
-        "| target | n | transactions/s | min-max | file creation | Q/U-NFSv3 (same b) "
-        "| CPU s: postmark / daemon / nodes | cores busy |",
-        "|---|---:|---:|---:|---:|---:|---|---:|",
+        "| target | n | transactions/s | min-max | file creation | run to settled "
+        "| Q/U-NFSv3 (same b) | CPU s: postmark / daemon / nodes | cores busy |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for name, s in summary.items():
         tps = "-" if s["tps_median"] is None else f"{s['tps_median']:.0f}"
@@ -412,7 +451,8 @@ def markdown(result: dict[str, Any]) -> str:
         busy = "-" if s.get("cores_busy_median") is None else f"{s['cores_busy_median']:.2f}"
         lines.append(
             f"| {name} | {s['n'] or '-'} | {tps} | {mms} | "
-            f"{common.fmt_s(s['create_s_median'])} | {qu if qu else '-'} | {cpu} | {busy} |"
+            f"{common.fmt_s(s['create_s_median'])} | {common.fmt_s(s.get('settled_s_median'))} "
+            f"| {qu if qu else '-'} | {cpu} | {busy} |"
         )
     rows = [
         (n, "-" if s["tps_median"] is None else f"{s['tps_median']:.0f}", s.get("costs") or {})

@@ -2,11 +2,13 @@
 (issue 67: JuiceFS and Ceph show a client's backlog): ``bftfs_mount_heldback_creates``,
 ``_bytes`` and ``_oldest_seconds``, read from a real mount (node processes, FUSE) whose
 closes of new files return before the creates are sent (``fs/writeback/``), and back to
-zero once a directory ``fsync`` sent them."""
+zero once a directory ``fsync`` sent them.  ``_changes`` counts every change held back; the
+benchmarks stop their clock only once it is 0 (``benchmarks/costs.py`` ``wait_settled``)."""
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +21,11 @@ from bftfs.fuse import control
 from bftfs.testing.clis import bftfs_cli
 from bftfs.testing.mounts import Mount, fsync_paths, fuse_available
 from bftfs.testing.processes import ProcessCluster
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import costs  # noqa: E402
+from common import Site, TargetSpec  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3")
 
@@ -50,11 +57,14 @@ def test_held_back_creates_show_in_the_mounts_metrics_and_status(tmp_path: Path)
 
         def figures() -> tuple[float, float, float]:
             text = scrape(until("the metrics address", lambda: status().get("metrics")))
+            changes.append(metric(text, "bftfs_mount_heldback_changes"))
             return (
                 metric(text, "bftfs_mount_heldback_creates"),
                 metric(text, "bftfs_mount_heldback_bytes"),
                 metric(text, "bftfs_mount_heldback_oldest_seconds"),
             )
+
+        changes: list[float] = []  # every change held back, at each scrape
 
         d = a.mountpoint / "d"
         d.mkdir()
@@ -65,7 +75,7 @@ def test_held_back_creates_show_in_the_mounts_metrics_and_status(tmp_path: Path)
                 break
         until("closes left to write-back", lambda: (status().get("leases") or {}).get("deferred"))
         fsync_paths(d)  # sends what waits: the backlog starts empty
-        assert figures() == (0.0, 0.0, 0.0)
+        assert figures() == (0.0, 0.0, 0.0) and changes[-1] == 0
 
         for i, size in enumerate(SIZES):
             (d / f"f{i}").write_bytes(bytes([i]) * size)
@@ -74,6 +84,7 @@ def test_held_back_creates_show_in_the_mounts_metrics_and_status(tmp_path: Path)
         )
         assert size == sum(SIZES)
         assert 0 < first_age < 60  # within commit=60, or it would have been sent
+        assert changes[-1] >= len(SIZES)  # the creates at least (their writes go with them)
         later_age = until("an older oldest", lambda: (f := figures())[2] > first_age and f[2])
         assert later_age < 60
 
@@ -82,10 +93,15 @@ def test_held_back_creates_show_in_the_mounts_metrics_and_status(tmp_path: Path)
             "a fresh status", lambda: status().get("updated", 0) > moment and status()["heldback"]
         )
         assert (held["creates"], held["bytes"]) == (len(SIZES), sum(SIZES))
+        assert held["changes"] >= len(SIZES)
+        site = Site(TargetSpec("bftfs", "bftfs"), a.mountpoint, config=pc.config)
+        assert costs.wait_settled(site, cap=1.0) is None  # held for commit=60
         table = bftfs_cli(pc.config.home, "status", "-v", check=False).stdout
         assert f"held back: {len(SIZES)} creates" in table, table
 
         fsync_paths(d)
-        assert figures() == (0.0, 0.0, 0.0)
+        assert figures() == (0.0, 0.0, 0.0) and changes[-1] == 0
+        settled = costs.wait_settled(site)
+        assert settled is not None and settled < 1.0, settled
         for i, size in enumerate(SIZES):
             assert (d / f"f{i}").read_bytes() == bytes([i]) * size

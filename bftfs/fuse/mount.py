@@ -343,11 +343,19 @@ class _Book:
 
 def held_back(session: Session) -> dict[str, Any]:
     """What directory write-back holds back of creates now (``Outbox.held_back``): how
-    many, their bytes, and the age of the oldest in seconds (0: none)."""
+    many, their bytes, and the age of the oldest in seconds (0: none); and ``changes``,
+    every change held back (``Outbox.unsent``: creates, removals, renames, mkdirs, times,
+    files with writes not sent), 0 once the servers have everything (what a benchmark
+    waits for before it stops the clock, ``benchmarks/postmark.py``)."""
     fs = session.fs
     held = fs.outbox.held_back()
     age = 0.0 if held.oldest_ns is None else max(0.0, (fs.meta.now() - held.oldest_ns) / 1e9)
-    return {"creates": held.count, "bytes": held.bytes, "oldest_seconds": round(age, 3)}
+    return {
+        "creates": held.count,
+        "bytes": held.bytes,
+        "oldest_seconds": round(age, 3),
+        "changes": fs.outbox.unsent(),
+    }
 
 
 def _held_back_families(session: Session) -> list[Family]:
@@ -367,6 +375,11 @@ def _held_back_families(session: Session) -> list[Family]:
             "Age of the oldest held-back create (0: none)",
             "gauge",
         ).add(held["oldest_seconds"]),
+        Family(
+            "bftfs_mount_heldback_changes",
+            "Every change held back: creates, removals, renames, mkdirs, times, unsent writes",
+            "gauge",
+        ).add(held["changes"]),
     ]
 
 
