@@ -5,9 +5,11 @@ A node's CPU for a request is its transaction step (``qu/replica.py`` ``handle_r
 the rest of an update's time here is its wait for the group commit (the steps queued before
 it and the commit's sync, ``node/store.py``) and for object sync.  Counting both per method
 tells an operator and the benchmarks which file-system operations load the nodes and which
-only wait: under PostMark a lease renewal of eight files was one round of 270 ms at the
-mount, of which each node spent 6-12 ms of CPU in its step and the rest queued behind the
-renewals sent with it (issue 62, ``docs/performance.md``).
+only wait: under PostMark a lease renewal of eight files was one round of 270-360 ms at
+the mount, of which each node spent 3-7 ms of CPU in its step and the rest waiting for the
+batch of the renewals sent with it (issue 62; ``benchmarks/results/``
+``2026-11-30-postmark-writeback-pass.md``).  A node's own catch-up requests are counted
+under their methods too: its work either way.
 
 Method names come from clients: only the registered ones are counted by name, any other
 under ``(unknown)`` (a Byzantine client cannot grow the table), repairs (a copy or a barrier,
