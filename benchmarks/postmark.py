@@ -375,8 +375,8 @@ def _settle(site: Site, location: Path) -> float | None:
 
 def _to_settled(run: dict[str, Any]) -> float | None:
     """Seconds from PostMark's start until the target kept everything: its run, then
-    :func:`_settle`."""
-    if "wall_s" not in run:
+    :func:`_settle`; None for a bftfs run that did not settle."""
+    if "wall_s" not in run or (run.get("b") is not None and run.get("settle_s") is None):
         return None
     return float(run["wall_s"]) + float(run.get("settle_s") or 0.0)
 
