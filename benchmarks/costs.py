@@ -59,6 +59,16 @@ def parse_exposition(text: str) -> dict[str, float]:
     return out
 
 
+def scrape(address: str) -> dict[str, float]:
+    """The samples a daemon's metrics endpoint at ``address`` (host:port) serves now.
+
+    Raises:
+        OSError: it did not answer.
+    """
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as r:
+        return parse_exposition(r.read().decode())
+
+
 def _label(sample: str, name: str) -> str:
     """The value of label ``name`` in a sample key ``metric{a="x",b="y"}`` (the whole
     label set when it has no such label)."""
@@ -115,8 +125,7 @@ def mount_counters(
                 out[f"leases.{k}"] = float(v)
     if st.get("metrics"):
         try:
-            with urllib.request.urlopen(f"http://{st['metrics']}/metrics", timeout=5) as r:
-                samples = parse_exposition(r.read().decode())
+            samples = scrape(st["metrics"])
         except OSError:
             samples = {}
         for key, metric in _METRICS.items():
@@ -150,8 +159,7 @@ def wait_settled(site: Site, cap: float = SETTLE_CAP) -> float | None:
     start = time.monotonic()
     while time.monotonic() - start < cap:
         try:
-            with urllib.request.urlopen(f"http://{st['metrics']}/metrics", timeout=5) as r:
-                samples = parse_exposition(r.read().decode())
+            samples = scrape(st["metrics"])
         except OSError:
             return None
         if samples.get("bftfs_mount_heldback_changes", 0.0) == 0:

@@ -179,14 +179,12 @@ def _qu_methods(site: Site) -> dict[str, float]:
     if site.config is None:
         return {}
     import json
-    import urllib.request
 
     from bftfs.fuse.control import status_file
 
     try:
         address = json.loads(status_file(site.config, site.path).read_text())["metrics"]
-        with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as reply:
-            samples = costs.parse_exposition(reply.read().decode())
+        samples = costs.scrape(address)
     except (OSError, ValueError, KeyError):  # a diagnostic: never fail a run over it
         return {}
     prefix = 'bftfs_mount_qu_operations_total{method="'

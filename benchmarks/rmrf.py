@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +44,7 @@ def counters(site: common.Site) -> tuple[dict[str, float], dict[str, float]]:
     from bftfs.fuse.control import status_file
 
     st = json.loads(status_file(site.config, site.path).read_text())
-    with urllib.request.urlopen(f"http://{st['metrics']}/metrics", timeout=5) as r:
-        samples = costs.parse_exposition(r.read().decode())
+    samples = costs.scrape(st["metrics"])
     ops = {k.split('"')[1]: v for k, v in samples.items() if k.startswith(OPS + "{")}
     leases = {k: float(v) for k, v in st.get("leases", {}).items() if isinstance(v, int | float)}
     return ops, leases

@@ -35,7 +35,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -215,9 +214,8 @@ def mount_split(config: Any, mountpoint: Path) -> dict[str, Any]:
     st = costs._status(config, mountpoint, time.time(), None, 5.0)
     samples: dict[str, float] = {}
     if st.get("metrics"):
-        url = f"http://{st['metrics']}/metrics"
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5) as r:
-            samples = costs.parse_exposition(r.read().decode())
+        with contextlib.suppress(OSError):
+            samples = costs.scrape(st["metrics"])
 
     def labelled(family: str, label: str) -> dict[str, float]:
         pre = family + "{" + label + '="'
