@@ -205,8 +205,8 @@ class QUServer:
         clock_ns: Callable[[], int],
         client_quota: int,
         on_update: Callable[[Iterable[int]], None],
+        costs: MethodCosts,
         on_accepted: Callable[[Request, Reply], None] | None = None,
-        costs: MethodCosts | None = None,
     ) -> None:
         """
         Args:
@@ -221,8 +221,7 @@ class QUServer:
             on_update: told the objects an accepted update changed (the pruner).
             on_accepted: told every update this node took and its reply (the lease
                 recalls it pushes, ``node/recalls.py``).
-            costs: what each method costs here (``node/method_costs.py``); a private
-                table if none is given.
+            costs: what each method costs here (``node/method_costs.py``).
         """
         self.replica = replica
         self.th: QUThresholds = replica.th
@@ -235,7 +234,7 @@ class QUServer:
         self.client_quota = client_quota
         self.on_update = on_update
         self.on_accepted = on_accepted
-        self.costs = costs if costs is not None else MethodCosts(lambda _name: True)
+        self.costs = costs
         #: Requests ``fast_request`` parsed and handed on (payload id -> (payload,
         #: request)): ``on_request`` takes them from here instead of parsing again (a
         #: durable update's parse was 4% of a node's time), with the candidates it
