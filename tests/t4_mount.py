@@ -464,3 +464,47 @@ def test_growing_a_file_after_a_far_write_and_a_truncation_keeps_the_daemon_smal
     subprocess.run(["rm", str(f)], check=True, timeout=120)
     (work / "after").write_bytes(b"still works")
     assert (work / "after").read_bytes() == b"still works"
+
+
+def test_a_file_held_here_is_read_again_from_the_kernels_pages(
+    cluster: ProcessCluster, tmp_path: Path
+) -> None:
+    """A file this mount holds is reopened without a round - made here and not sent yet, or
+    sent and leased to this mount alone - and the kernel keeps its pages of it
+    (``keep_cache``): a compile reopens each header once per object file, and every open
+    made the kernel read it again.  They are kept only while current: an O_APPEND write
+    goes around them (``direct_io``) and another client's change recalls the lease; the
+    reads after each see the new bytes."""
+    from t4_leases import _calls_after, _leases
+
+    from bftfs.testing.mounts import fsync_paths
+
+    rng = random.Random(6262)
+    content = rng.randbytes(3 * 4096 + 100)  # the last page partly filled
+    with Mount(cluster.config, tmp_path / "a", client="client0") as a:
+
+        def reads_again(times: int) -> int:
+            before = _calls_after(cluster, a, time.time())
+            for _ in range(times):
+                assert f.read_bytes() == content
+            after = _calls_after(cluster, a, time.time())
+            assert after["open"] - before["open"] == times
+            return after.get("read", 0) - before.get("read", 0)
+
+        f = a.mountpoint / "held" / "header.h"
+        f.parent.mkdir()
+        f.write_bytes(content)
+        assert f.read_bytes() == content  # the kernel's pages hold it now
+        assert reads_again(3) == 0  # its create still held back
+        fsync_paths(f, f.parent)  # sent: the mount holds it by its lease
+        opened = _leases(cluster, a).get("held_opens", 0)
+        assert reads_again(3) == 0
+        assert _leases(cluster, a).get("held_opens", 0) >= opened + 3
+        with open(f, "ab") as g:
+            g.write(b"tail")  # into the partly filled page the kernel holds
+        content += b"tail"
+        assert reads_again(2) == 1  # read again once, then kept
+        changed = rng.randbytes(len(content))
+        with Mount(cluster.config, tmp_path / "b", client="client1") as b:
+            (b.mountpoint / "held" / "header.h").write_bytes(changed)
+        assert f.read_bytes() == changed
