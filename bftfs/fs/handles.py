@@ -222,10 +222,12 @@ class Handles:
         truncating = bool(flags & os.O_TRUNC and flags & (os.O_WRONLY | os.O_RDWR))
         f = self.cache.files.get(ino)
         if f is not None and not truncating and self.pending.reopen_deferred(ino):
-            return self._handle_of_own(f, flags)  # a new file not sent yet: all is here
+            current = self.cache.kernel_saw(ino, f.st)  # a new file not sent yet: all is here
+            return self.table.new_handle(f, flags, pages_current=current)
         kept = self.held.reopen(ino) if self.held is not None and not truncating else None
         if kept is not None:
-            return self._handle_of_own(kept, flags)  # leased here alone: all is here
+            current = self.cache.kernel_saw(ino, kept.st)  # leased here alone: all is here
+            return self.table.new_handle(kept, flags, pages_current=current)
         if f is not None and f.buffered:
             await self._flush_file(f)
         asked = trio.current_time()
@@ -244,24 +246,7 @@ class Handles:
         else:
             f.reset(s)
         f.adopted = asked
-        fh = self.table.new_handle(f, flags)
-        if self.cache.kernel_saw(ino, s):
-            self.table.cache_current.add(fh)
-        return fh
-
-    def _handle_of_own(self, f: OpenFile, flags: int) -> int:
-        """A handle on a file whose every change since the kernel last read it came through
-        this mount (made here and not sent, or leased here alone), opened without a round.
-        The kernel's pages stay (``keep_cache``) when they are of the content the mount
-        last recorded for them: the writes since went through those very pages (write-back
-        cache), and the record follows this mount's own sends (``files/flush.py``) and is
-        dropped by what bypasses the pages (an O_APPEND write, writes dropped unsent).
-        Without it every open of a file this mount holds made the kernel read it again
-        (a compile re-reads its headers once per object file)."""
-        fh = self.table.new_handle(f, flags)
-        if self.cache.kernel_saw(f.ino, f.st):
-            self.table.cache_current.add(fh)
-        return fh
+        return self.table.new_handle(f, flags, pages_current=self.cache.kernel_saw(ino, s))
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes at ``offset`` (short only at end of file; holes are zeros).
@@ -307,8 +292,7 @@ class Handles:
                 await behind_done(f, report=True)
         if flags & os.O_APPEND:
             offset = f.size
-            # A direct write (``fuse/operations.py``): the kernel need not drop its pages.
-            self.cache.kernel_content.pop(f.ino, None)
+            self.cache.kernel_content.pop(f.ino, None)  # direct: its pages may not follow
         if offset < 0:
             raise Invalid("negative offset")
         if not data:

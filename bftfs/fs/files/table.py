@@ -38,9 +38,19 @@ class HandleTable:
             return None
         return int(f.st["d"]), int(f.st["v"]), int(f.st["size"])
 
-    def new_handle(self, f: OpenFile, flags: int) -> int:
+    def new_handle(self, f: OpenFile, flags: int, *, pages_current: bool = False) -> int:
+        """A handle on ``f``.  ``pages_current``: the kernel's pages of the file are of the
+        content this open sees (``MetadataCache.kernel_saw``), so they stay (``keep_cache``).
+        An open answered by the mount alone (a file made here and not sent, or leased here
+        alone) asks it too: every change since the kernel last read the file came through
+        this mount, through those very pages, and the record follows the mount's own sends
+        (``files/flush.py``) and is dropped by what goes around them (an O_APPEND write,
+        writes dropped unsent).  Without it each such open made the kernel read the file
+        again (a compile reopens each header once per object file)."""
         fh = self._next_fh
         self._next_fh += 1
         self.handles[fh] = (f, flags)
         f.opens += 1
+        if pages_current:
+            self.cache_current.add(fh)
         return fh
