@@ -70,7 +70,12 @@ class MetadataCache:
     def kernel_saw(self, ino: int, s: dict[str, Any]) -> bool:
         """Record that the kernel's pages of ``ino`` are of version ``s`` (an open's answer);
         True if they already were (:meth:`bftfs.fs.handles.Handles.keep_cache`)."""
-        now = content_version(s)
+        return self.kernel_saw_at(ino, content_version(s))
+
+    def kernel_saw_at(self, ino: int, now: tuple[int, int]) -> bool:
+        """:meth:`kernel_saw` by ``(data id, version counter)``: an open this mount answers
+        alone names the content by the file's ``OpenFile.base``, which follows its own
+        sends as the record does (its kept stat may be older than what it sent)."""
         if len(self.kernel_content) > NAME_CACHE_LIMIT:
             self.kernel_content.clear()  # forgetting only costs re-reads
         before = self.kernel_content.get(ino)

@@ -222,11 +222,11 @@ class Handles:
         truncating = bool(flags & os.O_TRUNC and flags & (os.O_WRONLY | os.O_RDWR))
         f = self.cache.files.get(ino)
         if f is not None and not truncating and self.pending.reopen_deferred(ino):
-            current = self.cache.kernel_saw(ino, f.st)  # a new file not sent yet: all is here
+            current = self.cache.kernel_saw_at(ino, f.base)  # new, not sent: all is here
             return self.table.new_handle(f, flags, pages_current=current)
         kept = self.held.reopen(ino) if self.held is not None and not truncating else None
         if kept is not None:
-            current = self.cache.kernel_saw(ino, kept.st)  # leased here alone: all is here
+            current = self.cache.kernel_saw_at(ino, kept.base)  # leased here alone: all here
             return self.table.new_handle(kept, flags, pages_current=current)
         if f is not None and f.buffered:
             await self._flush_file(f)
