@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from mount_helpers import REPO, assert_same_tree, make_tree
 
-from bftfs.testing.mounts import Mount, fuse_available
+from bftfs.testing.mounts import Mount, fsync_paths, fuse_available
 from bftfs.testing.processes import ProcessCluster
 
 pytestmark = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3")
@@ -476,8 +476,6 @@ def test_a_file_held_here_is_read_again_from_the_kernels_pages(
     goes around them (``direct_io``) and another client's change recalls the lease; the
     reads after each see the new bytes."""
     from t4_leases import _calls_after, _leases
-
-    from bftfs.testing.mounts import fsync_paths
 
     rng = random.Random(6262)
     content = rng.randbytes(3 * 4096 + 100)  # the last page partly filled
