@@ -65,16 +65,38 @@ def test_a_forged_history_is_still_reported() -> None:
 
 
 def test_a_clients_caches_forget_a_replaced_server() -> None:
-    cache = HistoryCache(TH, Counter())
-    other = HistoryCache(TH, Counter())
-    for c in (cache, other):
+    """Every cache of the endpoint that announces it; a cache of another endpoint (another
+    group's, whose node 5 is another machine) keeps its histories and counts its culls."""
+    group1, group0 = object(), object()
+    cache = HistoryCache(TH, Counter(), source=group1)
+    other = HistoryCache(TH, Counter(), source=group1)
+    elsewhere = HistoryCache(TH, Counter(), source=group0)
+    for c in (cache, other, elsewhere):
         c._cache[OID] = {5: entry(OLD), 1: entry(OLD)}
         c.excluded.add(5)
-    moved.announce(5)
+    moved.announce(group1, 5)
     for c in (cache, other):
-        assert set(c.cached(OID)) == {1} and c.excluded == set()
-    moved.announce(3)  # a server it holds nothing of: nothing else changes
+        assert set(c.cached(OID)) == {1} and c.excluded == set() and c.renewed == {5}
+    assert set(elsewhere.cached(OID)) == {1, 5} and elsewhere.excluded == {5}
+    assert elsewhere.renewed == set()
+    moved.announce(group1, 3)  # a server it holds nothing of: nothing else changes
     assert set(cache.cached(OID)) == {1}
+
+
+def test_a_newcomers_cull_of_an_absent_servers_history_forgets_it() -> None:
+    """A stopped server's cached history, its entry for the newcomer made under the old
+    machine's key: the newcomer culls it and the others keep it, so their timestamps
+    differ; with one node down every update needs the newcomer's to match (a mount's
+    unmount livelocked, ``t4_groups_replace``).  The cache forgets it; a cull of a server
+    that answered the round, or an old member's cull, forgets nothing."""
+    cache = HistoryCache(TH, Counter())
+    cache.absorb((OID,), {s: _reply() for s in range(6)}, {})
+    cache.forget_server(2)  # server 2 has a new machine
+    cache.absorb((OID,), {2: _reply((4, 0)), 0: _reply(), 1: _reply(), 3: _reply()}, {})
+    assert set(cache.cached(OID)) == {0, 1, 2, 3, 5}  # 4 did not answer: forgotten
+    cache.absorb((OID,), {3: _reply((5,)), 0: _reply(), 1: _reply()}, {})
+    assert set(cache.cached(OID)) == {0, 1, 2, 3, 5}  # an old member's cull: kept
+    assert cache.excluded == set()
 
 
 def test_malevolent_leaves_out_the_reports_said_stale() -> None:

@@ -217,7 +217,7 @@ class Pool:
         conn = self.conns.pop(node, None)
         if conn is not None:
             conn._close()
-        announce_moved(int(node))
+        announce_moved(self.ep, int(node))
 
     def close(self) -> None:
         """Close every connection; kept connections are not opened again."""

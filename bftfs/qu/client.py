@@ -122,7 +122,7 @@ class QUClient:
         #: (more than b servers did: proven, left out from then on) and ``malformed``
         #: (a reply that does not parse).
         self.faults: Counter[tuple[int, str]] = Counter()
-        self._cache = HistoryCache(th, self.faults)
+        self._cache = HistoryCache(th, self.faults, source=endpoint)
         self._rounds = QuorumRounds(
             endpoint,
             th,

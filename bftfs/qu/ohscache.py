@@ -29,14 +29,19 @@ log = logging.getLogger(__name__)
 class HistoryCache:
     """The cached OHS per object, and the servers whose histories are left out."""
 
-    def __init__(self, th: QUThresholds, faults: Counter[tuple[int, str]]) -> None:
+    def __init__(
+        self, th: QUThresholds, faults: Counter[tuple[int, str]], *, source: object = None
+    ) -> None:
         """Args:
         th: thresholds of the cluster.
         faults: where to count the faults replies show (``culled``, ``malevolent``;
             the client's ``faults``).
+        source: the endpoint the client talks through: only its announcements that a
+            node was replaced concern this cache (``net/moved.py``).
         """
         self.th = th
         self.faults = faults
+        self.source = source
         self._cache: dict[int, dict[int, OHSEntry]] = {}
         #: Servers a view or layout replaced while this cache lived (:meth:`_stale`).
         self.renewed: set[int] = set()
@@ -142,6 +147,8 @@ class HistoryCache:
         for oid in objects:
             self._cache[oid] = merged[oid]
             fresh.setdefault(oid, set()).update(replies)
+        if self.renewed:
+            self._drop_unverifiable(objects, replies)
         for rep in replies.values():
             for culled in rep.culled:
                 for s in set(culled):
@@ -154,14 +161,36 @@ class HistoryCache:
             )
         self.excluded |= proven
 
+    def _drop_unverifiable(self, objects: tuple[int, ...], replies: Mapping[int, Reply]) -> None:
+        """Forget the cached histories a new machine culled of servers that did not answer
+        this round: their entries for it were made under the old machine's key, and their
+        servers (down, or slow) send no fresh ones.
 
-#: Every live cache of this process: each forgets a replaced server (``net/moved.py``).
+        Presented still, they made the new machine hash a multi-OHS without them and the
+        others one with them, so its timestamps differed from theirs: with one node of a
+        group of six down, every update needed the new machine's candidate to match, none
+        did, and the client set barrier after barrier (a mount that lived through a node's
+        replacement delivered nothing at its unmount; ``t4_groups_replace``).  Forgotten,
+        they are missing at every server alike (a missing and a culled history hash alike,
+        ``history.multi_ohs_digest``); the server's next reply brings its history back.  Whoever
+        the new machine is, it makes the client forget only what it could not refresh."""
+        for r in self.renewed.intersection(replies):
+            for oid, culled in zip(objects, replies[r].culled, strict=False):
+                held = self._cache.get(oid, {})
+                gone = {s for s in culled if s not in replies and s in held}
+                if gone:  # replaced, not changed: handed out as is (:meth:`mohs`)
+                    self._cache[oid] = {s: e for s, e in held.items() if s not in gone}
+
+
+#: Every live cache of this process: each forgets a server its endpoint says was replaced
+#: (``net/moved.py``).
 _CACHES: weakref.WeakSet[HistoryCache] = weakref.WeakSet()
 
 
-def _forget_everywhere(server: int) -> None:
+def _forget_everywhere(source: object, server: int) -> None:
     for cache in list(_CACHES):
-        cache.forget_server(server)
+        if cache.source is source:
+            cache.forget_server(server)
 
 
 moved.listen(_forget_everywhere)
