@@ -522,3 +522,28 @@ async def test_a_repair_refused_for_space_by_more_than_b_nodes_ends_the_operatio
             await reader.query(1, "counter.fetch")
     else:
         assert await reader.query(1, "counter.fetch") in (0, 5)
+
+
+async def test_per_object_state_stays_bounded_however_many_objects_a_client_touched() -> None:
+    """Issue 62 (cost flat with age): a mount's Q/U client kept a lock and the histories
+    of every object it ever operated on, for its life (memory, and the collector's full
+    passes, grew with its age).  The locks go once nobody holds or waits for them; the
+    histories of the least recently answered objects go past ``max_cached``, and an
+    object whose histories went is operated on as before (one round more)."""
+    cl = MemCluster(seed=5)
+    a, b = make_client(cl, 0), make_client(cl, 1)
+    a._cache.max_cached = 4
+
+    async def bump(c: QUClient, oid: int) -> None:
+        await c.update(oid, "counter.increment", 1)
+
+    async with trio.open_nursery() as n:  # concurrent ones, some on the same objects
+        for oid in range(10, 22):
+            n.start_soon(bump, a, oid)
+            n.start_soon(bump, b, oid % 3 + 10)
+    assert a._locks == {} and b._locks == {}
+    kept = [oid for oid in range(10, 22) if a.cached(oid)]
+    assert len(kept) == 4
+    await bump(a, 10)  # its histories may have gone: still counted exactly
+    assert await a.query(10, "counter.fetch") == 2 + 4  # a's two, b's four (12, 15, 18, 21)
+    assert a.cached(10) and len([o for o in range(10, 22) if a.cached(o)]) == 4

@@ -259,6 +259,19 @@ class QUClient:
                 return await self._run(objects, op)
         except (QuorumUnavailable, TransportError) as e:  # callers see one family only
             raise QUUnavailable(f"objects {objects}: {type(e).__name__}: {e}") from e
+        finally:
+            self._unlock_idle(objects)
+
+    def _unlock_idle(self, objects: tuple[int, ...]) -> None:
+        """Drop the locks of ``objects`` nobody holds or waits for: kept, they were one per
+        object this client ever operated on, for the mount's life.  A task that took a
+        lock from the table holds it or waits for it before it yields, so none is dropped
+        under a task that still needs it."""
+        locks = self._locks
+        for oid in objects:
+            held = locks.get(oid)
+            if held is not None and not held.busy():
+                del locks[oid]
 
     async def _run(self, objects: tuple[int, ...], op: Operation) -> core.Outcome:
         th = self.th

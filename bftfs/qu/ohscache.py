@@ -10,6 +10,7 @@ no I/O, no clock.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import weakref
 from collections import Counter
@@ -24,6 +25,13 @@ from bftfs.qu.reply import Reply
 from bftfs.qu.timestamp import ZERO
 
 log = logging.getLogger(__name__)
+
+#: Objects whose histories a cache keeps, the least recently answered about dropped first.
+#: Unbounded, a mount's cache grew with every object it ever touched (a long PostMark:
+#: every file made and sent), and with it its memory and the collector's full passes.  A
+#: dropped history costs the next request on that object a round: it presents none, and
+#: the servers' replies bring theirs (as for an object the client never saw).
+MAX_CACHED = 32768
 
 
 class HistoryCache:
@@ -42,6 +50,7 @@ class HistoryCache:
         self.th = th
         self.faults = faults
         self.source = source
+        self.max_cached = MAX_CACHED
         self._cache: dict[int, dict[int, OHSEntry]] = {}
         #: Servers a view or layout replaced while this cache lived (:meth:`_stale`).
         self.renewed: set[int] = set()
@@ -144,9 +153,14 @@ class HistoryCache:
         stale = self._stale if self.renewed else None
         proven = core.malevolent(replies.items(), list(objects), self.th.b, stale) - self.excluded
         merged = core.merge(self.mohs(objects), objects, replies)
+        cache = self._cache
         for oid in objects:
-            self._cache[oid] = merged[oid]
+            cache.pop(oid, None)  # the most recently answered last (dropped last)
+            cache[oid] = merged[oid]
             fresh.setdefault(oid, set()).update(replies)
+        if len(cache) > self.max_cached:
+            for oid in list(itertools.islice(cache, len(cache) - self.max_cached)):
+                del cache[oid]
         if self.renewed:
             self._drop_unverifiable(objects, replies)
         for rep in replies.values():
