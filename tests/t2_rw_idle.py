@@ -142,8 +142,8 @@ YIELD_POLICY = VerificationPolicy(
 )
 
 
-# 14 s alone, 102 s in a loaded make-test run (forced waves' READs wait out their
-# stretched timeouts before the idle waves start): the slow suite's.
+# 5-16 s beside two busy loops (load 10); before its wait for the idle waves
+# was fixed, 14 s alone and 100 s or more when it missed a wave's start: the slow suite's.
 @pytest.mark.slow
 async def test_a_read_of_a_big_unverified_object_cancels_the_idle_waves_reading_it(
     tmp_path: Path,
@@ -171,13 +171,20 @@ async def test_a_read_of_a_big_unverified_object_cancels_the_idle_waves_reading_
                 if i != j:
                     cl.faults[j].link(i).delay(30.0)
         stamps = await writer.write_blocks(dict(zip(big, data, strict=True)))
-        # A node may first run a wave its writer's budget forced (not cancellable): its
-        # READs each wait out their timeout (5 s, stretched by the measured response
-        # time, which the 30 s links themselves raise) before the idle waves start, so the
-        # bound is a guard against a hang, not a time (245 s once in a loaded slow suite).
-        with trio.fail_after(600):
+        # Each node's idle wave, seen in its published progress.  Before, the test looked
+        # at the verifier's cancel scope whenever ``changed`` fired, but the scope was set
+        # without a publication: a look came just before a wave began (at the pick's
+        # publication), the wave went unseen for its whole length (minutes: its READs ask
+        # the silent peers again with doubling patience) and the next look came just
+        # before the next wave; a hang past pytest's 300 s in a loaded slow suite (the
+        # 245 s once noted here was probably the same).  A node may first run a wave its
+        # writer's budget forced (not cancellable), so the bound is a guard against a
+        # hang, not a time; it stays below pytest's timeout so that a hang fails here,
+        # inside trio, not by pytest-timeout's signal, which left the trio run behind
+        # for the xdist worker's next test ("run() inside run()").
+        with trio.fail_after(240):
             for node in cl.nodes:  # every node has own blocks among 16 consecutive ones
-                while node.verifier._idle_reads is None:
+                while not node.progress["rw.verify"]["idle_wave"]:
                     await node.verifier.changed.wait()
         assert await reader.read_block(big[0]) == data[0]
         yielded = sum(node.progress["rw.verify"]["yielded"] for node in cl.nodes)

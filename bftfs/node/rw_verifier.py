@@ -119,6 +119,9 @@ def new_progress() -> dict[str, Any]:
         "peer_holds": 0,
         #: Blocks whose verification a client's read cancelled (picked again later).
         "yielded": 0,
+        #: Blocks of the wave in progress that was picked in idle time, whose READs a
+        #: client's read of a big unverified object would cancel (0: no such wave).
+        "idle_wave": 0,
         "used_bytes": 0,
         #: Bytes of block versions kept below their verified mark: history (issue 36).
         "history_bytes": 0,
@@ -340,12 +343,21 @@ class Verifier:
         yielding = all(pick.reason in ("own", "fallback") for pick in picks)
         with trio.CancelScope() as scope:
             self._idle_reads = scope if yielding else None
+            if yielding:
+                # Published when it begins and when it ends: a waiter on ``changed`` that
+                # looked just before it began would otherwise miss it and sleep through
+                # its READs (minutes when peers are slow: the test's hang, t2_rw_idle).
+                self.progress["idle_wave"] = len(picks)
+                self._publish()
             try:
                 async with trio.open_nursery() as nursery:
                     for pick in picks:
                         nursery.start_soon(self._read, client, BlockId(pick.block), read)
             finally:
                 self._idle_reads = None
+                if yielding:
+                    self.progress["idle_wave"] = 0
+                    self._publish()
         if scope.cancelled_caught:
             self.progress["yielded"] += len(picks) - len(read)
         if not read:
