@@ -43,6 +43,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -127,6 +128,27 @@ def new_progress() -> dict[str, Any]:
         "history_bytes": 0,
         "faults": [],
     }
+
+
+def _recording(
+    record: Callable[..., collect.Verified], read: list[_Read], now_ns: int
+) -> Callable[[Any], list[collect.Verified]]:
+    """The store step that records what a wave's READs found (one commit per wave)."""
+
+    def step(kv: Any) -> list[collect.Verified]:
+        return [
+            record(
+                kv,
+                block,
+                mark=outcome.ts,
+                flag=outcome.ts if outcome.ts != ZERO else None,
+                poisonous=poison,
+                now_ns=now_ns,
+            )
+            for block, _hosted, outcome, poison in read
+        ]
+
+    return step
 
 
 class Verifier:
@@ -362,23 +384,8 @@ class Verifier:
             self.progress["yielded"] += len(picks) - len(read)
         if not read:
             return
-        now_ns = self.node.now_ns()
         self.collection.pressure()  # sets what retention keeps now
-        record = self.collection.record
-
-        def step(kv: Any) -> list[collect.Verified]:
-            return [
-                record(
-                    kv,
-                    block,
-                    mark=outcome.ts,
-                    flag=outcome.ts if outcome.ts != ZERO else None,
-                    poisonous=poison,
-                    now_ns=now_ns,
-                )
-                for block, _hosted, outcome, poison in read
-            ]
-
+        step = _recording(self.collection.record, read, self.node.now_ns())
         results = await self.node.store.write(step, background=True)
         for found, res in zip(read, results, strict=True):
             self._settle(*found, res)
