@@ -35,6 +35,15 @@ class CallRecord:
         #: volume, per mount: JuiceFS exports the same pair).
         self.read_bytes = 0
         self.written_bytes = 0
+        #: Requests being answered now, and the trio time the latest one ended: whether
+        #: the mount is quiet (:meth:`quiet`).
+        self.inflight = 0
+        self.last_done = float("-inf")
+
+    def quiet(self, now: float, seconds: float) -> bool:
+        """Whether no request has been in flight for ``seconds`` at trio time ``now``
+        (when background work of the daemon's own, ``fuse/gcpace.py``, disturbs nobody)."""
+        return self.inflight == 0 and now - self.last_done >= seconds
 
     def answered_eio(self, name: str, what: str, cause: str, start: float) -> None:
         """Count and log one EIO answer (every one: a program just saw an I/O error);

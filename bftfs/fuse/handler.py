@@ -99,6 +99,7 @@ def handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[An
             pid = getattr(ctx, "pid", 0)
             if pid:
                 self.lookups.other_request(name, pid)
+        record.inflight += 1  # (ended in the ``finally`` below)
         try:
             if self.revoked_in() is not None:  # the nodes refuse this client: no use asking
                 raise pyfuse3.FUSEError(errno.EACCES)
@@ -130,6 +131,8 @@ def handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[An
             raise pyfuse3.FUSEError(_answer(self, name, args, e, start)) from None
         finally:
             took = time.perf_counter() - start
+            record.inflight -= 1
+            record.last_done = trio.current_time()
             record.calls[name] += 1
             record.seconds[name] += took
             record.durations[name].observe(took)

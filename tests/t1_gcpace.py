@@ -1,0 +1,96 @@
+"""The mount's full garbage collections (``fuse/gcpace.py``): run while the mount is quiet
+once the young generations have been collected often enough, forced after
+``FULL_EVERY`` seconds of constant load, never while there is nothing to collect; and the
+CallRecord's quiet signal they follow.  Trio's mock clock: no real waiting."""
+
+from __future__ import annotations
+
+import gc
+
+import trio
+import trio.testing
+
+from bftfs.fuse import gcpace
+from bftfs.fuse.callrecord import CallRecord
+
+
+def _run(quiet_at: set[int], pending: list[int], seconds: float) -> tuple[dict, list[float]]:
+    """Run the pacer ``seconds`` of mock time; quiet at the whole seconds in ``quiet_at``;
+    ``pending[0]`` young collections since the last full one (a full one resets it).
+    Its stats and the times it collected."""
+    times: list[float] = []
+
+    def collect() -> int:
+        times.append(trio.current_time())
+        pending[0] = 0
+        return 0
+
+    pacer = gcpace.FullCollections(
+        lambda now: int(now) in quiet_at, pending=lambda: pending[0], collect=collect
+    )
+
+    async def main() -> None:
+        with trio.move_on_after(seconds):
+            await pacer.run()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return pacer.stats, times
+
+
+def test_a_quiet_mount_collects_once_the_young_generations_ran_often_enough() -> None:
+    stats, times = _run(quiet_at={3, 4, 5, 6}, pending=[gcpace.MIN_YOUNG], seconds=8)
+    assert times == [3.0] and stats["quiet"] == 1 and stats["forced"] == 0
+
+
+def test_nothing_to_collect_no_collection_however_quiet() -> None:
+    stats, times = _run(quiet_at=set(range(100)), pending=[gcpace.MIN_YOUNG - 1], seconds=90)
+    assert times == [] and stats == {"quiet": 0, "forced": 0, "seconds": 0.0}
+
+
+def test_constant_load_forces_one_after_full_every_seconds() -> None:
+    """Never quiet: one collection at ``FULL_EVERY``; it resets the young count, which
+    stays below ``MIN_YOUNG`` after (nothing allocated in this test), so no other."""
+    stats, times = _run(quiet_at=set(), pending=[gcpace.MIN_YOUNG], seconds=3 * gcpace.FULL_EVERY)
+    assert times == [gcpace.FULL_EVERY] and stats["forced"] == 1 and stats["quiet"] == 0
+
+
+def test_a_busy_mount_collects_at_full_every_while_young_collections_go_on() -> None:
+    pending = [gcpace.MIN_YOUNG]
+
+    async def main() -> list[float]:
+        times: list[float] = []
+
+        def collect() -> int:
+            times.append(trio.current_time())
+            return 0  # the young generations keep running: pending stays high
+
+        pacer = gcpace.FullCollections(lambda _: False, pending=lambda: pending[0], collect=collect)
+        with trio.move_on_after(2 * gcpace.FULL_EVERY + 1):
+            await pacer.run()
+        assert pacer.stats["forced"] == 2
+        return times
+
+    times = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert times == [gcpace.FULL_EVERY, 2 * gcpace.FULL_EVERY]
+
+
+def test_the_call_record_is_quiet_only_with_nothing_in_flight_for_a_while() -> None:
+    record = CallRecord()
+    assert record.quiet(0.0, gcpace.QUIET)  # never asked anything
+    record.inflight = 1
+    assert not record.quiet(100.0, gcpace.QUIET)
+    record.inflight, record.last_done = 0, 100.0
+    assert not record.quiet(100.0 + gcpace.QUIET / 2, gcpace.QUIET)
+    assert record.quiet(100.0 + 2 * gcpace.QUIET, gcpace.QUIET)
+
+
+def test_take_over_stops_automatic_full_collections_and_keeps_the_young_thresholds() -> None:
+    before = gc.get_threshold()
+    try:
+        gcpace.take_over()
+        young, middle, full = gc.get_threshold()
+        assert (young, middle) == before[:2] and full == gcpace.NEVER
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
