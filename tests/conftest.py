@@ -15,6 +15,7 @@ lines instead of pytest-trio, which is unmaintained (last release 2022).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
@@ -40,5 +41,31 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     if not inspect.iscoroutinefunction(test):
         return None
     names = pyfuncitem._fixtureinfo.argnames
-    trio.run(functools.partial(test, **{name: pyfuncitem.funcargs[name] for name in names}))
+    call = functools.partial(test, **{name: pyfuncitem.funcargs[name] for name in names})
+    limit = _trio_limit(pyfuncitem)
+
+    async def bounded() -> None:
+        with trio.fail_after(limit) if limit is not None else contextlib.nullcontext():
+            await call()
+
+    trio.run(bounded)
     return True
+
+
+def _trio_limit(item: pytest.Function) -> float | None:
+    """Seconds an async test may run inside trio: nine tenths of pytest-timeout's limit
+    for it (its ``timeout`` marker, ``--timeout``, the ini's), None without one.  A hang
+    then fails in trio, which closes the test's nurseries and the clusters they hold;
+    pytest-timeout's signal left the hung run behind, and the xdist worker's next test
+    failed with trio's "run() inside run()" (the slow suite, t2_rw_idle's hang)."""
+    marker = item.get_closest_marker("timeout")
+    raw = marker.args[0] if marker is not None and marker.args else None
+    if raw is None:
+        raw = item.config.getoption("timeout", None)
+    if raw is None:
+        raw = item.config.getini("timeout")
+    try:
+        limit = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return 0.9 * limit if limit > 0 else None
