@@ -26,6 +26,8 @@ from collections.abc import Callable
 
 import trio
 
+from bftfs.fuse.callrecord import CallRecord
+
 #: Seconds without a request in flight that make the mount quiet.
 QUIET = 0.05
 #: Under constant load, a full collection at least this often (seconds).
@@ -46,6 +48,12 @@ def take_over() -> None:
     gc.freeze()
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, NEVER)
+
+
+def paced_by(record: CallRecord) -> FullCollections:
+    """The full collections of a mount whose requests ``record`` keeps (quiet after
+    :data:`QUIET` seconds without one in flight)."""
+    return FullCollections(lambda now: record.quiet(now, QUIET))
 
 
 class FullCollections:

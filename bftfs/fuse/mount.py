@@ -42,7 +42,7 @@ from bftfs.fuse.control import (
     pid_file,
     status_file,
 )
-from bftfs.fuse.gcpace import QUIET, FullCollections, take_over
+from bftfs.fuse.gcpace import paced_by, take_over
 from bftfs.fuse.mountmetrics import held_back, mount_metrics
 from bftfs.fuse.operations import Operations
 from bftfs.fuse.options import MountOptions
@@ -152,7 +152,7 @@ async def serve(
             await ops.initialised.wait()
             set_read_ahead(resolved)
 
-        collections = FullCollections(lambda now: ops.record.quiet(now, QUIET))
+        collections = paced_by(ops.record)
         try:
             await _until_unmounted(book.run, locks.run, read_ahead, collections.run)
         finally:
@@ -261,7 +261,7 @@ async def serve_past(
         pyfuse3.init(ops, str(mountpoint), fuse_options)
         log.info("mounted %s read-only as it was at %d ns", mountpoint, at_ns)
         try:
-            await _until_unmounted(FullCollections(lambda t: ops.record.quiet(t, QUIET)).run)
+            await _until_unmounted(paced_by(ops.record).run)
         finally:
             pyfuse3.close(unmount=True)
             log.info("unmounted %s; requests served:\n%s", mountpoint, ops.statistics())

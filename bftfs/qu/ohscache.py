@@ -65,9 +65,9 @@ class HistoryCache:
         cached histories came from the old one, under a key the servers no longer accept,
         so they go, and the new machine starts with a clean record.  Its culls prove
         nobody malevolent from now on (:meth:`_stale`)."""
-        for oid, ohs in self._cache.items():  # replaced, not changed: handed out as is
+        for oid, ohs in self._cache.items():
             if server in ohs:
-                self._cache[oid] = {s: e for s, e in ohs.items() if s != server}
+                self._cache[oid] = _without(ohs, {server})
         self.excluded.discard(server)
         self.suspects.discard(server)
         self.renewed.add(server)
@@ -192,8 +192,14 @@ class HistoryCache:
             for oid, culled in zip(objects, replies[r].culled, strict=False):
                 held = self._cache.get(oid, {})
                 gone = {s for s in culled if s not in replies and s in held}
-                if gone:  # replaced, not changed: handed out as is (:meth:`mohs`)
-                    self._cache[oid] = {s: e for s, e in held.items() if s not in gone}
+                if gone:
+                    self._cache[oid] = _without(held, gone)
+
+
+def _without(ohs: Mapping[int, OHSEntry], servers: set[int]) -> dict[int, OHSEntry]:
+    """``ohs`` less the histories of ``servers``: a new mapping, never ``ohs`` changed,
+    since :meth:`HistoryCache.mohs` hands the cached ones out as they are."""
+    return {s: e for s, e in ohs.items() if s not in servers}
 
 
 #: Every live cache of this process: each forgets a server its endpoint says was replaced
