@@ -126,7 +126,7 @@ def register(
     server.moved = node.views.generation.moved
     server.moving = node.views.generation.moving
     server.register_with(node)
-    if catch_up:
+    if catch_up and "catchup" not in skips:
         catch_up_blocks = functools.partial(catchup.run, node, max_ahead_ns=max_ahead_ns)
         node.catch_ups["rw"] = catch_up_blocks  # run again after a partition (rejoin.py)
         node.spawn(catch_up_blocks)

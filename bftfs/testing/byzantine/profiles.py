@@ -49,7 +49,7 @@ profile                   behaviour
                           closes on every client (a network stack withholding its
                           acknowledgements, seed 002 L14-19)
 ``rational``              BAR (issue 68, ``byzantine/rational.py``): skips lazy
-                          verification, scrub and audits, drops one block in two of the
+                          verification, scrub, audits and catch-up, drops one block in two of the
                           fragments it is sent while answering OK, answers audits with
                           stale or made-up fragments: audits must catch it
 ``fab-silent``            an ``engine = "fab"`` node whose FaB engine sends nothing

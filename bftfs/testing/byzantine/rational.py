@@ -2,8 +2,10 @@
 work it is paid for (answering writes and reads, so that it keeps its place) and skips
 what it thinks nobody checks, to save disk, CPU and bandwidth:
 
-- no lazy verification, no scrub, no audits of its peers (the profile's :attr:`skips`,
-  which ``node/rw_server.py`` and ``node/audits.py`` read at start);
+- no lazy verification, no scrub, no audits of its peers, no catch-up of the blocks it
+  lacks (the profile's :attr:`skips`, which ``node/rw_server.py`` and ``node/audits.py``
+  read at start): a catch-up, at start or after a partition (``node/rejoin.py``; a loaded
+  machine's missed heartbeats look like one), would fetch the very fragments it dropped;
 - it drops a share (:data:`DROP_ONE_IN`: one block in two) of the fragments it is asked to
   store, chosen by a keyed hash of the block id so that its choice is stable (a repair of a
   dropped block is dropped again), while answering those writes OK as if stored;
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
 #: One block in this many has its fragments dropped.
 DROP_ONE_IN = 2
 #: The ``skips`` a rational node declares (read by the node's start-up hooks).
-SKIPS = frozenset({"verify", "scrub", "audit"})
+SKIPS = frozenset({"verify", "scrub", "audit", "catchup"})
 
 
 def drops(node: int, block: int) -> bool:
