@@ -85,7 +85,11 @@ class Attributes:
         in its one update - other clients see them when they see the data (close-to-open).
         This is what ``cp -a`` (futimens, fchmod after writing) and the kernel's writeback
         cache (an mtime through the handle before every flush) do per file; each was an
-        update of its own.  An mtime alone that the servers already hold (fresh attributes)
+        update of its own.  So do those of a file whose create still waits in the mount,
+        open or closed (``cp -p`` sets an empty file's times and mode through its
+        descriptor, which FUSE does not name; ``tar x`` and ``shutil.copy2`` by its name
+        after closing it): the create carries them.  An mtime
+        alone that the servers already hold (fresh attributes)
         is a no-op: the kernel repeats it when it writes the inode back.
 
         Times must be within ``[objects.MIN_TIME, objects.MAX_TIME]`` (ext4's range, 1901 to
@@ -102,7 +106,8 @@ class Attributes:
             return await self.names.getattr(ino)
         handle = self.table.handles.get(fh) if fh is not None else None
         through_handle = handle is not None and handle[0] is f
-        if size is None and f is not None and (f.buffered or through_handle):
+        held_back = f is not None and self.pending.unsent(ino)
+        if size is None and f is not None and (f.buffered or through_handle or held_back):
             changes = {"mode": mode, "uid": uid, "gid": gid, "atime": atime_ns}
             f.attrs.update({k: v for k, v in changes.items() if v is not None})
             if mtime_ns is not None:

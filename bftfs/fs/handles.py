@@ -54,6 +54,15 @@ def _may_open(s: dict[str, Any], uid: int, gid: int, flags: int) -> bool:
     return (s["mode"] >> shift) & need == need
 
 
+def stays(f: OpenFile, held: HeldFiles | None, pending: PendingCreates) -> bool:
+    """Whether the closed, clean ``f`` stays in the mount: held (``fs/writeback/held.py``),
+    or made by a create that waits in directory write-back, which sends it with the
+    attributes a later chmod or utime by name gave it (``Attributes.setattr``) and with
+    the other creates of its directory in one update."""
+    kept = held is not None and held.keep(f)
+    return kept or pending.deferred_stat(f.ino) is not None
+
+
 class Handles:
     """File handles and the calls made through them.  Given every part below it: the
     protocol calls, the cache, the handle table, the names (create, a stale name), the
@@ -450,7 +459,7 @@ class Handles:
             self.table.cache_current.discard(fh)
             f.dropped_for.discard(fh)
             f.opens -= 1
-            if f.opens == 0 and not f.dirty and not (self.held and self.held.keep(f)):
+            if f.opens == 0 and not f.dirty and not stays(f, self.held, self.pending):
                 self.cache.files.pop(f.ino, None)
         if f.opens == 0:
             await self.reclaimer.released(f.ino)

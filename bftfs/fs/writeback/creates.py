@@ -201,6 +201,18 @@ class PendingCreates:
         f = self.cache.files.get(ino)
         return f.st if f is not None and self.writeback.deferred(ino) else None
 
+    def unsent(self, ino: int) -> bool:
+        """Whether ``ino``'s create waits in this mount, open or closed, and is not being
+        sent: what is set on the file meanwhile goes with it (``Attributes.setattr``)."""
+        p = self.creates.pending_of(ino)
+        return (
+            p is not None
+            and p.sender is None
+            and p.failures == 0
+            and self.creates.failure_of(ino) is None
+            and not self.creates.moved(ino)
+        )
+
     def reopen_deferred(self, ino: int) -> bool:
         """Whether an open of ``ino`` is answered by this mount: its create waits in
         directory write-back (:meth:`deferred_stat`), so the file is this mount's alone
