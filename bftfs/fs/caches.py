@@ -12,6 +12,7 @@ its buffered size and times (``_attr``).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,11 @@ from bftfs.fs.files import Attr, OpenFile, attr_from_stat, file_block_size
 
 #: Cached directory entries in all (the cache is cleared when it grows past this).
 NAME_CACHE_LIMIT = 200_000
+#: Attributes of objects this mount's own updates answered (``MetadataCache.own``) kept at
+#: most; past it the quarter stored first goes, files first.  Each is a stat (about 1 KiB):
+#: a mount that made millions of files over its life kept every one.  One forgotten costs
+#: a ``stat`` round where it would have answered alone (a file or directory held here).
+OWN_LIMIT = 100_000
 
 
 def content_version(s: dict[str, Any]) -> tuple[int, int]:
@@ -124,6 +130,8 @@ class MetadataCache:
             links = self.pending_links(oid)
             if links:
                 s = dict(s, nl=s["nl"] + links)
+        if len(self.own) >= OWN_LIMIT and oid not in self.own:
+            self._shed_own()
         self.own[oid] = (s, trio.current_time())
         if s["k"] == "d":
             self.parents[oid] = s["p"]
@@ -131,6 +139,15 @@ class MetadataCache:
         if f is not None and s["k"] == "f":
             f.reset(s, own=True)
         self._dir_mode(oid, s)
+
+    def _shed_own(self) -> None:
+        """Forget the quarter of :attr:`own` stored first, files before directories (a
+        directory's entry also carries the times its held-back changes gave it)."""
+        files = (k for k, (st_, _) in self.own.items() if st_["k"] != "d")
+        gone = list(itertools.islice(files, OWN_LIMIT // 4))
+        gone += itertools.islice(self.own, OWN_LIMIT // 4 - len(gone))
+        for oid in gone:
+            self.own.pop(oid, None)
 
     def _dir_mode(self, oid: int, s: dict[str, Any]) -> None:
         if s["k"] == "d":
