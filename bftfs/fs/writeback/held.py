@@ -44,6 +44,7 @@ import trio
 
 from bftfs.fs.files import OpenFile
 from bftfs.fs.leases import Leases
+from bftfs.fs.writeback.alarm import Alarm
 from bftfs.fs.writeback.schedule import LEASE_MARGIN, MAX_BYTES, MAX_FILE
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class HeldFiles:
         self._sending: set[int] = set()
         #: Sends of a file that failed in a row.
         self._failures: dict[int, int] = {}
-        self._wake = trio.Event()
+        self._alarm = Alarm()
         self._running = False
         #: Files used (opened, closed): when last (trio), for the sweep (:meth:`renew_used`).
         self._used: dict[int, float] = {}
@@ -251,7 +252,7 @@ class HeldFiles:
         if not self._running:  # in the file system's background (fs/background.py)
             self._running = True
             self._spawn(self.run)
-        self._wake.set()
+        self._alarm.due(self._due[f.ino])
         return True
 
     def discard(self, ino: int) -> bool:
@@ -346,6 +347,7 @@ class HeldFiles:
             self._failures[ino] = self._failures.get(ino, 0) + 1
             if f.dirty and self._failures[ino] < MAX_FAILURES:
                 self._due[ino] = trio.current_time() + LEASE_MARGIN
+                self._alarm.due(self._due[ino])
             raise
         finally:
             self._sending.discard(ino)
@@ -369,10 +371,7 @@ class HeldFiles:
                         nursery.start_soon(self._send_logged, ino, limit)
             if due:
                 continue
-            self._wake = trio.Event()
-            nxt = min(self._due.values(), default=float("inf"))
-            with trio.move_on_at(nxt):
-                await self._wake.wait()
+            await self._alarm.sleep_until(min(self._due.values(), default=float("inf")))
 
     async def _send_logged(self, ino: int, limit: trio.Semaphore) -> None:
         async with limit:

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import trio
 
 from bftfs.fs.errors import FsError, Unavailable
+from bftfs.fs.writeback.alarm import Alarm
 
 if TYPE_CHECKING:
     from bftfs.fs.leases import Leases
@@ -233,7 +234,7 @@ class WriteBack:
         #: Deferred creates whose file was opened again (:meth:`reopened`): when they
         #: were due, which their next deferral keeps.
         self._reopened: dict[int, float] = {}
-        self._wake = trio.Event()
+        self._alarm = Alarm()
         self._running = False
         self.stats = leases.stats
         #: Most creates and removals held back at once (:data:`MAX_DEFERRED`; a test
@@ -270,7 +271,7 @@ class WriteBack:
         if self._deferral is not None:
             self._deferral(p, True)
         self.stats["deferred"] += 1
-        self._started()
+        self._started(self._due[p.oid][1])
         return True
 
     def defer_unlink(self, u: PendingUnlink, *, reachable: bool = True) -> bool:
@@ -296,7 +297,7 @@ class WriteBack:
             return False
         self._unlinks[u.oid] = (u, self._due_time(left))
         self.stats["unlinks_deferred"] += 1
-        self._started()
+        self._started(self._unlinks[u.oid][1])
         return True
 
     def held(self) -> int:
@@ -332,7 +333,7 @@ class WriteBack:
         if self.held() >= self.max_deferred:
             return False
         self._entries[kind, key] = (update, self._due_time(left))
-        self._started()
+        self._started(self._entries[kind, key][1])
         return True
 
     def entry_sent(self, kind: str, key: int) -> None:
@@ -346,8 +347,7 @@ class WriteBack:
         left = self.leases.exclusive_left(parent)
         if left <= 2 * LEASE_MARGIN:
             return False
-        self._touches.setdefault(parent, self._due_time(left))
-        self._started()
+        self._started(self._touches.setdefault(parent, self._due_time(left)))
         return True
 
     def touch_sent(self, parent: int) -> None:
@@ -357,7 +357,7 @@ class WriteBack:
     def retry_unlink(self, u: PendingUnlink, after: float) -> None:
         """Removal ``u`` went unanswered: due again in ``after`` seconds."""
         self._unlinks[u.oid] = (u, trio.current_time() + after)
-        self._started()
+        self._started(self._unlinks[u.oid][1])
 
     def unlink_sent(self, oid: int) -> None:
         """The removal of ``oid`` was taken or dropped for good."""
@@ -369,11 +369,12 @@ class WriteBack:
         less the margin if sooner (nothing deferred outlives the lease that hides it)."""
         return trio.current_time() + min(self.commit, left - LEASE_MARGIN)
 
-    def _started(self) -> None:
+    def _started(self, due: float | None = None) -> None:
+        """Something is held back, due at ``due`` (None: look at once)."""
         if not self._running:  # in the file system's background (fs/background.py)
             self._running = True
             self._spawn(self.run)
-        self._wake.set()
+        self._alarm.due(due)
 
     def deferred(self, oid: int) -> bool:
         """Whether the create of ``oid`` waits past its close."""
@@ -444,13 +445,11 @@ class WriteBack:
                 await self._send_unlinks(gone)
                 await self._send_touches(touched)  # last: a removal sent may carry them
                 continue
-            self._wake = trio.Event()
             times = [at for _, at in self._due.values()] + [at for _, at in self._unlinks.values()]
             times += self._touches.values()
             times += [at for _, at in self._entries.values()]
             nxt = min(times, default=None)
-            with trio.move_on_at(nxt if nxt is not None else float("inf")):
-                await self._wake.wait()
+            await self._alarm.sleep_until(nxt if nxt is not None else float("inf"))
 
     async def _send_due_creates(self, due: list[PendingCreate]) -> None:
         """Send ``due`` an update's worth (:data:`BATCH`) at a time, the others still
