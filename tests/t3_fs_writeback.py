@@ -629,7 +629,7 @@ def test_creates_due_together_go_an_update_at_a_time_the_rest_still_waiting(
         wb._senders.send_creates = send_creates  # type: ignore[method-assign]
         for oid, (p, _) in list(wb._due.items()):  # all due at once (as after 5 s)
             wb._due[oid] = (p, 0.0)
-        wb._wake.set()
+        wb._alarm.due()
         await first.wait()
         assert len(waiting) == 12, waiting  # the first six out, the others still waiting
         assert looked == [0], looked
