@@ -200,6 +200,8 @@ class Pruner:
                 continue
             self.node.stats["qu.requests_dropped"] += dropped
             self.node.stats["qu.thinned"] += thinned.thinned
+            self.node.stats["qu.looks"] += 1
+            self.node.stats["qu.looks.examined"] += thinned.examined
             if thinned.revisit_ns is not None and oid not in self._requests_latest:
                 heapq.heappush(self._requests, (thinned.revisit_ns, oid))
                 self._requests_latest[oid] = thinned.revisit_ns

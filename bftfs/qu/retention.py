@@ -138,6 +138,8 @@ class Thinned:
     records: int = 0
     #: When a version kept now may go (node clock ns; None: only at a later update).
     revisit_ns: int | None = None
+    #: Versions and thinned records the step read (its cost grows with them).
+    examined: int = 0
 
 
 def _chain(
@@ -240,7 +242,7 @@ def thin_step(kv: KV, cfg: ReplicaConfig, oid: int, now_ns: int) -> Thinned:
             dropped += 1
     horizon = now_ns - int(cfg.retention.keep_seconds * 1e9)
     gone = schema.delete_thinned_below(kv, oid, horizon) if records else 0
-    return Thinned(thinned, dropped, gone, revisit)
+    return Thinned(thinned, dropped, gone, revisit, examined=len(heads) + len(records))
 
 
 #: When the pruner looks at each object's history next (``node/qu_pruner.py``: dropping
