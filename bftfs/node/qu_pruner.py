@@ -86,6 +86,10 @@ ASK_TIMEOUT = 5.0
 Histories = dict[int, tuple[dict[int, ReplicaHistory], int]]
 
 
+#: Looks (:func:`_look`) done in one store transaction at most, per step of the gate: a
+#: commit shared by 16 (a look reads 4 versions and records on average), while a step stays
+#: short beside the foreground's commits.
+LOOKS_PER_STEP = 16
 #: Seconds between writes of the looks updates scheduled (``qu.revisit``): what a node
 #: restarted within this long after an update forgets to look at (until its next update).
 SAVE_EVERY = 5.0
@@ -97,6 +101,11 @@ def _look(kv: Any, cfg: ReplicaConfig, oid: int, now_ns: int) -> tuple[int, Thin
     dropped, thinned = drop_requests(kv, cfg, oid, now_ns), thin_step(kv, cfg, oid, now_ns)
     set_revisit(kv, oid, thinned.revisit_ns)
     return dropped, thinned
+
+
+def _looks(kv: Any, cfg: ReplicaConfig, oids: list[int], now_ns: int) -> list[tuple[int, Thinned]]:
+    """:func:`_look` at each of ``oids`` in one store transaction."""
+    return [_look(kv, cfg, oid, now_ns) for oid in oids]
 
 
 def _save(kv: Any, due: dict[int, int]) -> None:
@@ -186,25 +195,55 @@ class Pruner:
             # no later than the head did, so the head is still due after the wait.
             await self.node.gate.step()
             now = self.node.now_ns()
+            oids = self._due_looks(now)
+            if not oids:
+                continue
+            step = functools.partial(_looks, cfg=self.cfg, oids=oids, now_ns=now)
+            try:
+                done = list(
+                    zip(oids, await self.node.store.write(step, background=True), strict=True)
+                )
+            except Exception:
+                done = await self._one_by_one(oids, now)  # one failed: the others still go
+            self.node.stats["qu.look_steps"] += 1
+            for oid, (dropped, thinned) in done:
+                self._looked(oid, dropped, thinned)
+
+    def _due_looks(self, now: int) -> list[int]:
+        """The objects whose looks are due at ``now``, at most :data:`LOOKS_PER_STEP`: one
+        store transaction for them all.  A look apiece cost a commit apiece; the first
+        looks of an ageing cluster (15 minutes after its first round) took the nodes' CPU
+        a PostMark transaction from 0.0 to 3.2 ms and the rate from 1 572 to 499 tps."""
+        oids: list[int] = []
+        while self._requests and self._requests[0][0] <= now and len(oids) < LOOKS_PER_STEP:
             due, oid = heapq.heappop(self._requests)
             if self._requests_latest.get(oid) != due:
                 continue  # updated again since: its own entry comes later
             del self._requests_latest[oid]
             self._unsaved.pop(oid, None)  # the look records the next one itself
+            oids.append(oid)
+        return oids
+
+    async def _one_by_one(self, oids: list[int], now: int) -> list[tuple[int, tuple[int, Thinned]]]:
+        """:func:`_look` at each of ``oids`` alone (a transaction of them failed)."""
+        done = []
+        for oid in oids:
             step = functools.partial(_look, cfg=self.cfg, oid=oid, now_ns=now)
             try:
-                dropped, thinned = await self.node.store.write(step, background=True)
+                done.append((oid, await self.node.store.write(step, background=True)))
             except Exception:
                 self.node.stats["internal_errors"] += 1
                 self.node.log.exception("node %s: dropping requests of %d", self.node.id, oid)
-                continue
-            self.node.stats["qu.requests_dropped"] += dropped
-            self.node.stats["qu.thinned"] += thinned.thinned
-            self.node.stats["qu.looks"] += 1
-            self.node.stats["qu.looks.examined"] += thinned.examined
-            if thinned.revisit_ns is not None and oid not in self._requests_latest:
-                heapq.heappush(self._requests, (thinned.revisit_ns, oid))
-                self._requests_latest[oid] = thinned.revisit_ns
+        return done
+
+    def _looked(self, oid: int, dropped: int, thinned: Thinned) -> None:
+        self.node.stats["qu.requests_dropped"] += dropped
+        self.node.stats["qu.thinned"] += thinned.thinned
+        self.node.stats["qu.looks"] += 1
+        self.node.stats["qu.looks.examined"] += thinned.examined
+        if thinned.revisit_ns is not None and oid not in self._requests_latest:
+            heapq.heappush(self._requests, (thinned.revisit_ns, oid))
+            self._requests_latest[oid] = thinned.revisit_ns
 
     async def save_looks(self) -> None:
         """Write the looks updates scheduled to ``qu.revisit`` every :data:`SAVE_EVERY`
