@@ -88,9 +88,9 @@ class Attributes:
         update of its own.  So do those of a file whose create still waits in the mount,
         open or closed (``cp -p`` sets an empty file's times and mode through its
         descriptor, which FUSE does not name; ``tar x`` and ``shutil.copy2`` by its name
-        after closing it): the create carries them.  An mtime
-        alone that the servers already hold (fresh attributes)
-        is a no-op: the kernel repeats it when it writes the inode back.
+        after closing it): the create carries them.  An mtime alone that the servers
+        already hold (fresh attributes) is a no-op: the kernel repeats it when it writes
+        the inode back.
 
         Times must be within ``[objects.MIN_TIME, objects.MAX_TIME]`` (ext4's range, 1901 to
         2446), else Invalid - checked here, before a held-back time could fail a flush.
