@@ -177,15 +177,8 @@ class PendingCreates:
         buffered with it (``writeback.MAX_FILE``), written when the create is sent.  While
         another handle of the file is open, the create waits for the last close, which
         defers it with the file's size then."""
-        p = self.creates.pending_of(f.ino)
-        if (
-            p is None
-            or self.writeback is None
-            or p.sender is not None
-            or p.failures != 0
-            or self.creates.moved(f.ino)
-            or f.behind is not None
-        ):
+        p = self._waiting(f.ino)
+        if p is None or self.writeback is None or f.behind is not None:
             return False
         if f.opens > 1 and not self.writeback.deferred(p.oid):
             return True  # another handle is open (:meth:`_open_again`): the last close decides
@@ -204,14 +197,16 @@ class PendingCreates:
     def unsent(self, ino: int) -> bool:
         """Whether ``ino``'s create waits in this mount, open or closed, and is not being
         sent: what is set on the file meanwhile goes with it (``Attributes.setattr``)."""
+        return self._waiting(ino) is not None and self.creates.failure_of(ino) is None
+
+    def _waiting(self, ino: int) -> PendingCreate | None:
+        """``ino``'s create when it waits here untouched: not being sent, never failed,
+        not moved by a rename (what both deferring its close and joining a change to it
+        need)."""
         p = self.creates.pending_of(ino)
-        return (
-            p is not None
-            and p.sender is None
-            and p.failures == 0
-            and self.creates.failure_of(ino) is None
-            and not self.creates.moved(ino)
-        )
+        if p is None or p.sender is not None or p.failures != 0 or self.creates.moved(ino):
+            return None
+        return p
 
     def reopen_deferred(self, ino: int) -> bool:
         """Whether an open of ``ino`` is answered by this mount: its create waits in
