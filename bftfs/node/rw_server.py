@@ -188,6 +188,8 @@ class RWServer:
         self.max_fragment = max_fragment_of(config)
         #: Above this many bytes in use new non-empty versions are refused (policy.py).
         self.data_limit = config.verification.data_fraction * config.map_size
+        #: From this many bytes in use the node is short of space (its history goes).
+        self.pool_limit = config.verification.pool_fraction * config.map_size
         #: Why a client's own new version is refused ``moved`` (its generation frozen,
         #: ``node/generation.py``), or None.
         self.moved: Callable[[], str | None] = lambda: None
@@ -318,14 +320,15 @@ class RWServer:
         except replica.WriteRefused as e:
             self.stats[f"rw.refused.{e.code}"] += 1
             raise HandlerError(e.code, e.message) from None
-        if (
-            req.fragment
-            and self.store.used_scaled() >= self.data_limit
-            and not self.store.read(lambda kv: replica.has_version(kv, req.block, req.ts))
+        if not req.fragment:
+            return
+        used = self.store.used_scaled()
+        if used >= self.pool_limit and self.verifier is not None:
+            self.verifier.wake()  # short of space: collect history now (Collection._press)
+        if used >= self.data_limit and not self.store.read(
+            lambda kv: replica.has_version(kv, req.block, req.ts)
         ):
             self.stats["rw.refused.full"] += 1
-            if self.verifier is not None:
-                self.verifier.wake()  # collect now: the pool is short
             raise HandlerError("full", "this node's store is nearly full")
 
     async def _payer(
