@@ -89,19 +89,19 @@ class IdTaken(Exception):
 ENTRY_METHODS = frozenset(
     {"fs.create", "fs.createwrite", "fs.mkdir", "fs.link", "fs.unlink", "fs.rmdir"}
 )
-#: The keys of an ``fs.setattr`` that only moves a directory's times forward (a touch).
-_TOUCH_KEYS = frozenset({"touch", "now", "lt"})
 
 
 def _entry_of(
     method: str, arg: Any, objects: Sequence[int] = ()
 ) -> tuple[int | None, frozenset[bytes]]:
     """The directory and the entry names an update changes only those entries of (and
-    the directory's attributes), or (None, no names).  A late touch of a directory's
-    times (``fs/writeback/unlinks.py``) changes its attributes only: no names."""
+    the directory's attributes), or (None, no names).  An ``fs.setattr`` changes an
+    object's attributes only: no names, so a directory's listing known here stays known
+    (``tar x``, ``cp -a`` and ``shutil.copytree`` set each directory's times and mode
+    after filling it, and its next listing cost a query and a stat of every entry)."""
+    if method == "fs.setattr" and len(objects) == 1:
+        return objects[0], frozenset()
     if isinstance(arg, dict):
-        if method == "fs.setattr" and len(objects) == 1 and arg.keys() <= _TOUCH_KEYS:
-            return objects[0], frozenset()
         p = arg.get("p")
         if method in ENTRY_METHODS and isinstance(p, int):
             name = arg.get("name")
