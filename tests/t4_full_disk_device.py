@@ -66,9 +66,11 @@ def small_disk(where: Path, size_mib: int) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(where)], check=False)
 
 
-@pytest.mark.slow
-def test_a_full_disk_gives_enospc_and_rm_and_ls_still_work(tmp_path: Path) -> None:
-    rng = random.Random(60)
+@contextlib.contextmanager
+def nodes_on_a_small_disk(tmp_path: Path) -> Iterator[tuple[Path, ProcessCluster, Mount]]:
+    """Six nodes with 64 MiB maps on one 160 MiB tmpfs (their maps' sum is larger: the
+    disk fills first), verifying at once, and one mount; all stopped and unmounted on
+    exit.  Yields the disk, the cluster and the mount."""
     with (
         small_disk(tmp_path / "disk", 160) as disk,
         ProcessCluster(
@@ -79,6 +81,13 @@ def test_a_full_disk_gives_enospc_and_rm_and_ls_still_work(tmp_path: Path) -> No
         ) as pc,
         Mount(pc.config, tmp_path / "m", client="client0") as mnt,
     ):
+        yield disk, pc, mnt
+
+
+@pytest.mark.slow
+def test_a_full_disk_gives_enospc_and_rm_and_ls_still_work(tmp_path: Path) -> None:
+    rng = random.Random(60)
+    with nodes_on_a_small_disk(tmp_path) as (disk, pc, mnt):
         root = mnt.mountpoint
         # df shows what the disk can hold, not the six maps (issue 67): each node counts
         # on its share of the free disk, the smaller of it and its map's room.
@@ -142,16 +151,7 @@ def test_removed_files_history_goes_when_the_disk_fills_later(tmp_path: Path) ->
     retention let it go: an hour of writing and removing 1 GiB files on a `make up`
     cluster ended in ENOSPC with 8.7 GiB of removed files' history per node."""
     rng = random.Random(62)
-    with (
-        small_disk(tmp_path / "disk", 160) as disk,
-        ProcessCluster(
-            disk / "c",
-            map_size=64 * MIB,
-            durable=False,
-            verification=VerificationPolicy(settle_seconds=0.2, fallback_seconds=2.0),
-        ) as pc,
-        Mount(pc.config, tmp_path / "m", client="client0") as mnt,
-    ):
+    with nodes_on_a_small_disk(tmp_path) as (disk, pc, mnt):
         root = mnt.mountpoint
         first = {f"a{i}": rng.randbytes(FILE) for i in range(10)}
         for name, data in first.items():
