@@ -155,6 +155,37 @@ async def test_group_commit_shares_one_transaction_and_isolates_failures(tmp_pat
     reopened.close()
 
 
+async def test_write_each_commits_its_steps_together_and_isolates_a_failure(
+    tmp_path: Path,
+) -> None:
+    """Several steps of the node's own work, one transaction (the Q/U pruner's looks,
+    collection's revisits); a step that raises loses only its own changes, and its
+    exception comes back in its place."""
+    store = Store(tmp_path / "lmdb", map_size=1 << 24, durable=True)
+
+    def put(i: int, kv: Any) -> int:
+        kv.put("d", b"k%03d" % i, b"v")
+        return i
+
+    def bad(kv: Any) -> None:
+        kv.put("d", b"poison", b"1")
+        raise ValueError("refused")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.committer)
+        got = await store.write_each([functools.partial(put, i) for i in range(8)])
+        assert got == list(range(8)) and store.commits == 1
+        mixed: list[Callable[[Any], Any]] = [functools.partial(put, 8), bad]
+        mixed += [functools.partial(put, i) for i in (9, 10)]
+        got = await store.write_each(mixed, background=True)
+        assert got[0] == 8 and got[2:] == [9, 10]
+        assert isinstance(got[1], ValueError)
+        nursery.cancel_scope.cancel()
+    assert store.read(lambda kv: kv.get("d", b"poison")) is None
+    assert len(store.read(lambda kv: list(kv.scan("d", b"k", b"l")))) == 11
+    store.close()
+
+
 @pytest.mark.parametrize("durable", [True, False])
 async def test_a_database_being_created_is_not_read_before_its_commit(
     tmp_path: Path, durable: bool

@@ -103,11 +103,6 @@ def _look(kv: Any, cfg: ReplicaConfig, oid: int, now_ns: int) -> tuple[int, Thin
     return dropped, thinned
 
 
-def _looks(kv: Any, cfg: ReplicaConfig, oids: list[int], now_ns: int) -> list[tuple[int, Thinned]]:
-    """:func:`_look` at each of ``oids`` in one store transaction."""
-    return [_look(kv, cfg, oid, now_ns) for oid in oids]
-
-
 def _save(kv: Any, due: dict[int, int]) -> None:
     for oid, ns in due.items():
         set_revisit(kv, oid, ns)
@@ -198,16 +193,17 @@ class Pruner:
             oids = self._due_looks(now)
             if not oids:
                 continue
-            step = functools.partial(_looks, cfg=self.cfg, oids=oids, now_ns=now)
-            try:
-                done = list(
-                    zip(oids, await self.node.store.write(step, background=True), strict=True)
-                )
-            except Exception:
-                done = await self._one_by_one(oids, now)  # one failed: the others still go
+            steps = [functools.partial(_look, cfg=self.cfg, oid=oid, now_ns=now) for oid in oids]
+            done = await self.node.store.write_each(steps, background=True)
             self.node.stats["qu.look_steps"] += 1
-            for oid, (dropped, thinned) in done:
-                self._looked(oid, dropped, thinned)
+            for oid, got in zip(oids, done, strict=True):
+                if isinstance(got, Exception):
+                    self.node.stats["internal_errors"] += 1
+                    self.node.log.error(
+                        "node %s: dropping requests of %d", self.node.id, oid, exc_info=got
+                    )
+                else:
+                    self._looked(oid, *got)
 
     def _due_looks(self, now: int) -> list[int]:
         """The objects whose looks are due at ``now``, at most :data:`LOOKS_PER_STEP`: one
@@ -223,18 +219,6 @@ class Pruner:
             self._unsaved.pop(oid, None)  # the look records the next one itself
             oids.append(oid)
         return oids
-
-    async def _one_by_one(self, oids: list[int], now: int) -> list[tuple[int, tuple[int, Thinned]]]:
-        """:func:`_look` at each of ``oids`` alone (a transaction of them failed)."""
-        done = []
-        for oid in oids:
-            step = functools.partial(_look, cfg=self.cfg, oid=oid, now_ns=now)
-            try:
-                done.append((oid, await self.node.store.write(step, background=True)))
-            except Exception:
-                self.node.stats["internal_errors"] += 1
-                self.node.log.exception("node %s: dropping requests of %d", self.node.id, oid)
-        return done
 
     def _looked(self, oid: int, dropped: int, thinned: Thinned) -> None:
         self.node.stats["qu.requests_dropped"] += dropped

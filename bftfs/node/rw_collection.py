@@ -145,41 +145,26 @@ class Collection:
             blocks = self._due_blocks(now_ns)
             if not blocks:
                 continue  # changed while it waited: look again
-            kept = self.kept
-            step = functools.partial(self._revisits, blocks=blocks, now_ns=now_ns, kept=kept)
-            try:
-                got = await self.node.store.write(step, background=True)
-                results = list(zip(blocks, got, strict=True))
-            except Exception:
-                results = await self._one_by_one(blocks, now_ns, kept)  # the others still go
+            steps = [
+                functools.partial(self._revisited, block=block, now_ns=now_ns, kept=self.kept)
+                for block in blocks
+            ]
+            done = await self.node.store.write_each(steps, background=True)
             self.node.stats["rw.gc.steps"] += 1
-            for block, res in results:
-                self.account(res, block)
+            for block, got in zip(blocks, done, strict=True):
+                if isinstance(got, Exception):
+                    self.node.stats["internal_errors"] += 1
+                    self.node.log.error(
+                        "node %s: collecting block %d", self.node.id, block, exc_info=got
+                    )
+                else:
+                    self.account(got, block)
 
     def _revisited(
         self, kv: Any, block: int, now_ns: int, kept: RetentionPolicy
     ) -> collect.Verified:
         """The store step of a revisit: nothing learned, collect what ``kept`` lets go."""
         return self.record(kv, block, mark=ZERO, flag=None, poisonous=(), now_ns=now_ns, kept=kept)
-
-    def _revisits(
-        self, kv: Any, blocks: list[int], now_ns: int, kept: RetentionPolicy
-    ) -> list[collect.Verified]:
-        return [self._revisited(kv, block, now_ns, kept) for block in blocks]
-
-    async def _one_by_one(
-        self, blocks: list[int], now_ns: int, kept: RetentionPolicy
-    ) -> list[tuple[int, collect.Verified]]:
-        """:meth:`_revisited` of each of ``blocks`` alone (a transaction of them failed)."""
-        done = []
-        for block in blocks:
-            step = functools.partial(self._revisited, block=block, now_ns=now_ns, kept=kept)
-            try:
-                done.append((block, await self.node.store.write(step, background=True)))
-            except Exception:
-                self.node.stats["internal_errors"] += 1
-                self.node.log.exception("node %s: collecting block %d", self.node.id, block)
-        return done
 
     def _next_due(self) -> int | None:
         """When the earliest live revisit is due (stale entries dropped), or None."""

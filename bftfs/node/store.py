@@ -7,8 +7,9 @@ One LMDB environment per node (``<data_dir>/lmdb``).  Protocol steps run against
   it never waits for writers, and sees only committed data).
 * :meth:`Store.write_now` runs a step in a write transaction of its own at once (non-durable
   stores only: without a sync to share, batching saves less than the task switches cost).
-* :meth:`Store.write` queues a step; a committer task runs every queued step in *one* write
-  transaction and commits it with one sync (group commit).  A node's own background work
+* :meth:`Store.write` queues a step (:meth:`Store.write_each` several, as one); a committer
+  task runs every queued step in *one* write transaction and commits it with one sync
+  (group commit).  A node's own background work
   (Q/U catch-up, pruning, forgetting, scrub) queues its steps as
   ``background``: a batch takes every client step and at most :data:`BACKGROUND_SHARE`
   background ones (:data:`BACKGROUND_BATCH` when no client step waits), so a client's
@@ -43,7 +44,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar, cast
 
@@ -287,6 +288,24 @@ class Store:
         if job.error is not None:
             raise job.error
         return job.result
+
+    async def write_each(
+        self, fns: Sequence[Callable[[Any], T]], *, background: bool = False
+    ) -> list[T | Exception]:
+        """Run every step of ``fns`` in one transaction (one step of the group commit: a
+        commit shared, where a step apiece awaited one after another cost a commit
+        apiece); if that fails, each alone.  Each step's result, or the exception it or
+        its commit raised, in its place."""
+        try:
+            return list(await self.write(lambda kv: [fn(kv) for fn in fns], background=background))
+        except Exception:
+            out: list[T | Exception] = []
+            for fn in fns:  # one failed: the others still go
+                try:
+                    out.append(await self.write(fn, background=background))
+                except Exception as e:
+                    out.append(e)
+            return out
 
     def write_now(self, fn: Callable[[Any], T]) -> T:
         """Run ``fn(kv)`` in a write transaction of its own, committed before returning, on
