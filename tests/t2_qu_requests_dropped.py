@@ -37,8 +37,10 @@ def qu_client(cl: Any, seed: int) -> QUClient:
 async def test_a_node_drops_old_requests_and_thins_the_hours_older_versions(
     tmp_path: Path,
 ) -> None:
-    # Every version for 0.2 s, then the hour's newest for an hour; requests for 0.2 s.
-    retention = RetentionPolicy(keep_seconds=0.2, keep_hourly=1, keep_daily=0)
+    # Every version for 2 s, then the hour's newest for an hour; requests for 2 s.  Long
+    # enough that the six updates are all still kept when counted on a busy CI machine (at
+    # 0.2 s the pruner had thinned two before the first count).
+    retention = RetentionPolicy(keep_seconds=2.0, keep_hourly=1, keep_daily=0)
     async with open_cluster(tmp_path, clients=1, seed=9, retention=retention) as cl:
         c = qu_client(cl, seed=0)
         for _ in range(UPDATES):
