@@ -258,7 +258,7 @@ class Meta:
         if changes and self.leases is not None:
             self.leases.changed(objects, parent=parent, names=names)
         self.methods[method] += 1
-        start = time.perf_counter()
+        start, sent_at = time.perf_counter(), trio.current_time()
         outcome = "unknown"
         try:
             got = await self._with_fresh_lease_time(objects, method, arg)
@@ -276,7 +276,7 @@ class Meta:
                 self.leases.changed(objects, parent=parent, names=names)
                 if parent is not None and names:
                     made = made_entries(method, arg) if outcome == "taken" else None
-                    self.leases.entry_done(method, parent, names, outcome, made)
+                    self.leases.entry_done(method, parent, names, outcome, made, sent_at)
 
     @contextlib.asynccontextmanager
     async def _one_update_per_object(self, objects: list[int]) -> AsyncIterator[None]:

@@ -127,6 +127,12 @@ class LeasedAnswers:
         #: name is answered "not found" without a round (a create's lookup first), and one
         #: of a listed name by its [object id, type code] when known (None: not known).
         self.listings: dict[int, dict[bytes, list[int] | None]] = {}
+        #: Leased directories whose listing is not known whole: the entries this mount's
+        #: own updates made there under the lease (name -> [object id, type code]).  Nobody
+        #: else changes the directory while the lease lives, so a lookup of such a name is
+        #: answered from it (``cp -a``, ``tar x`` and ``copytree`` chmod each directory
+        #: they made, and the kernel then looks its name up again: a round apiece).
+        self.made: dict[int, dict[bytes, list[int]]] = {}
         #: Directories whose listing is being read (:meth:`read_listing`).
         self._reading: set[int] = set()
         #: Leased objects -> the names of their extended attributes, as an answer kept
@@ -180,9 +186,12 @@ class LeasedAnswers:
 
     def listed_entry(self, parent: int, name: bytes | None) -> list[int] | None:
         """``name``'s [object id, type code] in ``parent``'s listing known whole here, if
-        the listing knows its object."""
+        the listing knows its object, or, with no listing known, as this mount made it
+        (:attr:`made`)."""
+        if name is None:
+            return None
         names = self.listings.get(parent)
-        got = None if names is None or name is None else names.get(name)
+        got = self.made.get(parent, {}).get(name) if names is None else names.get(name)
         return None if got is None else list(got)
 
     def generations(self, oids: Sequence[int]) -> list[int]:
@@ -205,6 +214,9 @@ class LeasedAnswers:
             entries_only = o == parent  # (no names: only the directory's times changed)
             if not entries_only:
                 self.listings.pop(o, None)  # not entries: the names may have changed
+                self.made.pop(o, None)
+            else:
+                self._unmade(o, names)
                 self.xattrs.pop(o, None)  # (an entry update changes no extended attribute)
             self._generation[o] += 1
             self._forget(o, but_names_other_than=names if entries_only else None)
@@ -216,11 +228,18 @@ class LeasedAnswers:
         names: frozenset[bytes],
         outcome: str,
         made: dict[bytes, list[int]] | None = None,
+        *,
+        leased_before: bool = False,
     ) -> None:
         """``Leases.entry_done``: a known listing follows the mount's entry update
-        (``made``: the entries a taken one made, :func:`made_entries`)."""
+        (``made``: the entries a taken one made, :func:`made_entries`); without one, the
+        entries it made are kept in :attr:`made` when the lease on ``parent`` was granted
+        before the update was sent (``leased_before``)."""
+        self._unmade(parent, names)
         listing = self.listings.get(parent)
         if listing is None:
+            if leased_before and outcome == "taken" and method in _MAKES_NAME:
+                self._keep_made(parent, {n: e for n, e in (made or {}).items() if n in names})
             return
         if outcome == "unknown":
             del self.listings[parent]
@@ -240,9 +259,30 @@ class LeasedAnswers:
                 else:
                     listing.pop(name, None)
 
+    def _unmade(self, parent: int, names: frozenset[bytes]) -> None:
+        """The entries ``names`` of ``parent`` are being changed: not known any more."""
+        own = self.made.get(parent)
+        if own is None:
+            return
+        for name in names:
+            own.pop(name, None)
+        if not own:
+            del self.made[parent]
+
+    def _keep_made(self, parent: int, made: dict[bytes, list[int]]) -> None:
+        """Keep the entries (with their object) an update made in ``parent``."""
+        made = {n: list(e) for n, e in made.items() if len(e) == 2}
+        if not made:
+            return
+        own = self.made.setdefault(parent, {})
+        if len(own) + len(made) > MAX_ANSWERS:
+            own.clear()  # (a lookup of the ones forgotten asks the servers)
+        own.update(made)
+
     def drop(self, oid: int) -> None:
         """The lease on ``oid`` ended: nothing kept of it answers any more."""
         self.listings.pop(oid, None)
+        self.made.pop(oid, None)
         self.xattrs.pop(oid, None)
         self._generation[oid] += 1
         self._forget(oid)

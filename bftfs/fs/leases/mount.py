@@ -293,6 +293,7 @@ class Leases:
         names: frozenset[bytes],
         outcome: str,
         made: dict[bytes, list[int]] | None = None,
+        sent_at: float | None = None,
     ) -> None:
         """This mount's update of entries ``names`` of ``parent`` ended: ``outcome`` is
         ``"taken"``, ``"refused"`` or ``"unknown"`` (the cluster did not answer).  A known
@@ -300,8 +301,10 @@ class Leases:
         a name is removed only by a removal taken (an rmdir refused ``not-empty`` leaves
         the name); an unknown outcome drops the listing.  A name wrongly kept only costs a
         lookup a round; a name wrongly dropped would answer "not found" for a file that
-        exists."""
-        self.answers.entry_done(method, parent, names, outcome, made)
+        exists.  ``sent_at`` (trio time): when the update was sent; a lease on ``parent``
+        granted before it keeps the entries it made known without a listing."""
+        before = sent_at is not None and self.holdings.remaining(parent, sent_at) > 0
+        self.answers.entry_done(method, parent, names, outcome, made, leased_before=before)
         if made:
             kids = [e[0] for e in made.values() if e and isinstance(e[0], int)]
             self.holdings.contention.children(parent, kids)

@@ -217,7 +217,8 @@ class PendingMkdirs:
         self.cache.learn(parent, name, m.oid, obj.DIR_TYPE)
         names = frozenset((name,))
         leases.changed([parent], parent=parent, names=names)
-        leases.entry_done("fs.mkdir", parent, names, "taken", made_entries("fs.mkdir", arg))
+        made = made_entries("fs.mkdir", arg)
+        leases.entry_done("fs.mkdir", parent, names, "taken", made, trio.current_time())
         leases.inherit(parent, [m.oid], empty_dirs=True)
         leases.stats["mkdirs_deferred"] += 1
         return self.cache.attr(m.oid, child)
