@@ -242,7 +242,8 @@ class Attributes:
         ``security.selinux``, and each was a query).  Known from attributes that are the
         object's now: an open file's (close-to-open) or a file held here exclusively, a
         create or mkdir this mount has not sent (no server holds it: it has none), its own
-        update's within the attribute timeout, a directory it made and holds; or from an
+        update's within the attribute timeout, a directory it made and holds, the servers'
+        answer within it (:meth:`MetadataCache.no_xattrs_seen`); or from an
         answer kept under a lease on it (``LeasedAnswers.xattrs``): a stat saying it has
         none (``nx == 0``), an ``fs.listxattr``.  Changing them here (:meth:`setxattr`)
         forgets what was known."""
@@ -253,7 +254,7 @@ class Attributes:
             s = self.cache.local_stat(ino) or self.cache.fresh(ino)
         if s is None:
             s = own_made_dir(self.cache, leases, ino)
-        if s is not None and s.get("nx") == 0:
+        if (s is not None and s.get("nx") == 0) or self.cache.no_xattrs_seen(ino):
             return frozenset()
         if leases is not None and leases.remaining(ino, math.inf) > 0:
             return leases.answers.xattrs.get(ino)
@@ -297,6 +298,7 @@ class Attributes:
         ``nx`` before, and a ``getxattr`` of the name just set answered ENODATA while the
         file was open."""
         self.cache.own.pop(ino, None)
+        self.cache.xattrs_changed_here(ino)
         f = self.cache.files.get(ino)
         if f is not None and f.st.get("nx") is not None:
             f.st = {**f.st, "nx": None}

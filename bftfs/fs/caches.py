@@ -65,6 +65,15 @@ class MetadataCache:
         #: Objects whose create failed for good (:mod:`bftfs.fs.writeback.creates`): their
         #: inode answers ESTALE until a name is found to lead to one after all.
         self.unmade: set[int] = set()
+        #: Object id -> trio time the servers last answered that it has no extended
+        #: attributes (a stat's ``nx == 0``): ``getxattr`` is answered from it for
+        #: ``attr_ttl``, as the kernel answers ``stat`` from the attributes it keeps
+        #: (:meth:`no_xattrs_seen`).
+        self.no_xattrs: dict[int, float] = {}
+        #: Objects whose extended attributes this mount changed: an answer to a query
+        #: sent before the change may arrive after it, so none of theirs is kept (and
+        #: past :data:`OWN_LIMIT` of them, none at all).
+        self.xattrs_changed: set[int] | None = set()
         #: The attributes of an object only this mount knows yet (a create left to
         #: directory write-back, a held-back mkdir: ``Outbox.local_stat``), else None.
         self.local_stat: Callable[[int], dict[str, Any] | None] = lambda _oid: None
@@ -202,6 +211,32 @@ class MetadataCache:
         if own is not None and s["v"] > own[0]["v"]:
             del self.own[oid]
         self._dir_mode(oid, s)
+        changed = self.xattrs_changed
+        if s.get("nx") == 0 and changed is not None and oid not in changed:
+            if len(self.no_xattrs) >= OWN_LIMIT:
+                self.no_xattrs.clear()  # forgetting costs a query per getxattr
+            self.no_xattrs[oid] = trio.current_time()
+        else:
+            self.no_xattrs.pop(oid, None)
+
+    def no_xattrs_seen(self, oid: int) -> bool:
+        """Whether the servers said within ``attr_ttl`` that ``oid`` has no extended
+        attributes.  ``ls -l`` of a directory another client filled asks each entry for
+        ``security.selinux`` right after the listing's stats: a query apiece before (19 ms
+        an entry of a first ``ls -lR`` on a busy machine).  Another client's ``setxattr``
+        shows within ``attr_ttl``, as its ``chmod`` does in ``stat``."""
+        seen = self.no_xattrs.get(oid)
+        return seen is not None and trio.current_time() - seen < self.attr_ttl
+
+    def xattrs_changed_here(self, oid: int) -> None:
+        """This mount changed (or may have changed) ``oid``'s extended attributes."""
+        self.no_xattrs.pop(oid, None)
+        changed = self.xattrs_changed
+        if changed is not None:
+            changed.add(oid)
+            if len(changed) > OWN_LIMIT:
+                self.xattrs_changed = None
+                self.no_xattrs.clear()
 
     def fresh(self, oid: int) -> dict[str, Any] | None:
         """Attributes known fresh without a query: an open file's (close-to-open) or those
