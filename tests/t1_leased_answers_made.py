@@ -71,3 +71,15 @@ def test_a_known_listing_answers_first() -> None:
     made_a(answers)
     assert D not in answers.made  # the listing follows the update itself
     assert answers.listed_entry(D, b"a") == [11, DIR_TYPE]
+
+
+def test_an_update_beyond_entries_forgets_the_extended_attribute_names_kept() -> None:
+    """A ``setxattr`` (an update of the object beyond its entries) drops the names of
+    its extended attributes kept under the lease; an entry update keeps them."""
+    answers = LeasedAnswers()
+    answers.keep([D], "fs.listxattr", None, [b"user.a"])
+    assert answers.xattrs[D] == frozenset((b"user.a",))
+    answers.changed([D], D, frozenset((b"x",)))  # one of its entries
+    assert answers.xattrs[D] == frozenset((b"user.a",))
+    answers.changed([D], None, frozenset())  # fs.setxattr
+    assert D not in answers.xattrs

@@ -66,3 +66,28 @@ def test_another_clients_setxattr_shows_once_attr_ttl_passed(tmp_path: Path) -> 
         assert await b.getxattr(inos[1], b"user.k") == b"v"
 
     run(tmp_path, body, attr_ttl=ttl)
+
+
+def test_a_leased_files_own_setxattr_is_seen_at_once(tmp_path: Path) -> None:
+    """Under a lease the mount keeps the names of a file's extended attributes (a stat
+    saying it has none); its own ``setxattr`` drops them, so the name set is found."""
+
+    async def body(env: Env) -> None:
+        a = env.fss[0]
+        assert a.meta.leases is not None
+        leases = a.meta.leases
+        fh, f = await a.create(ROOT, b"f", 0o644, 0, 0, os.O_WRONLY)
+        await a.write(fh, 0, b"x")
+        await a.release(fh)
+        await a.write_back()
+        with trio.fail_after(20):  # leases are taken in the background after uses
+            while f.ino not in leases.held or f.ino not in leases.answers.xattrs:
+                with pytest.raises(NoAttr):
+                    await a.getxattr(f.ino, SELINUX)
+                await a.getattr(f.ino)
+                await trio.sleep(0.01)
+        await a.setxattr(f.ino, b"user.k", b"v")
+        assert await a.getxattr(f.ino, b"user.k") == b"v"
+        assert await a.listxattr(f.ino) == [b"user.k"]
+
+    run(tmp_path, body, fs_options={"lease_term": 30.0})

@@ -215,9 +215,9 @@ class LeasedAnswers:
             if not entries_only:
                 self.listings.pop(o, None)  # not entries: the names may have changed
                 self.made.pop(o, None)
+                self.xattrs.pop(o, None)  # (an entry update changes no extended attribute)
             else:
                 self._unmade(o, names)
-                self.xattrs.pop(o, None)  # (an entry update changes no extended attribute)
             self._generation[o] += 1
             self._forget(o, but_names_other_than=names if entries_only else None)
 
