@@ -209,13 +209,15 @@ async def test_withheld_notifies_cost_a_fallback_verification_not_safety(tmp_pat
         await settled(cl)
         for i in range(cfg.n):
             assert flagged(cl, i, block, good)
-        # Nodes 2 and 3 heard only node 1 and verified it themselves after the fallback
-        # delay; nodes 4 and 5, later in the ring, trusted node 1's, 2's and 3's NOTIFYs.
-        for i in (2, 3):
-            assert cl.nodes[i].progress["rw.verify"]["verified"] == 1
+        # Nodes 2 and 3 heard only node 1: after the fallback delay at least one of them
+        # verified the block itself (the other may take its NOTIFY with node 1's, when it
+        # comes first: a busy machine's make test saw node 2 do so).  Each of nodes 4 and
+        # 5, later in the ring, trusted the NOTIFYs or, if its own fallback came first on
+        # a slow machine, verified.
+        progress = [cl.nodes[i].progress["rw.verify"] for i in range(cfg.n)]
+        assert progress[2]["verified"] + progress[3]["verified"] >= 1, progress
         for i in (4, 5):
-            assert cl.nodes[i].progress["rw.verify"]["verified"] == 0
-            assert cl.nodes[i].progress["rw.verify"]["notify_applied"] >= 1
+            assert progress[i]["verified"] + progress[i]["notify_applied"] >= 1, progress
 
 
 async def drop_notify(ctx: Any, payload: Any, honest: Any) -> Any:
