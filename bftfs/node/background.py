@@ -4,6 +4,8 @@ node/qu_pruner.py; forgetting given-back blocks, node/rw_forgetter.py).
 * **Retries** (:class:`Backoff`) of a step that needs every other node's word: a key waits
   :data:`RETRY_SECONDS`, then twice as long each time, :data:`ATTEMPTS` times in all
   (about four minutes), then waits for the next sweep.
+* **Batched steps** (:func:`write_batch`): several store steps in one transaction, a
+  failed one counted and logged and the others' results kept.
 * **Sweeps** (:func:`sweep`): their queues are in memory, so each walks the whole store a
   page at a time, at start and every :data:`SWEEP_SECONDS`, and queues what it finds: a
   restart, or a node down past the retries, delays reclamation but never loses it.
@@ -12,7 +14,7 @@ node/qu_pruner.py; forgetting given-back blocks, node/rw_forgetter.py).
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from bftfs.node.parts import NodeParts
 
 Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 #: Keys one sweep step reads, and how often a sweep starts again.
 SWEEP_PAGE = 256
@@ -80,6 +83,27 @@ async def sweep(
             if after is None:
                 break
         await trio.sleep(SWEEP_SECONDS)
+
+
+async def write_batch(
+    node: NodeParts,
+    keys: Sequence[int],
+    steps: Sequence[Callable[[Any], Result]],
+    what: str,
+) -> list[tuple[int, Result]]:
+    """Run ``steps`` (one per key of ``keys``) in one background store transaction,
+    each alone if that fails (``Store.write_each``); a step that fails is counted as an
+    internal error and logged (``node N: <what> <key>``), the others come back as (key,
+    result), in order."""
+    done = await node.store.write_each(steps, background=True)
+    out: list[tuple[int, Result]] = []
+    for key, got in zip(keys, done, strict=True):
+        if isinstance(got, Exception):
+            node.stats["internal_errors"] += 1
+            node.log.error("node %s: %s %d", node.id, what, key, exc_info=got)
+        else:
+            out.append((key, got))
+    return out
 
 
 def _page(

@@ -48,7 +48,7 @@ import trio
 
 from bftfs.ids import PrincipalId
 from bftfs.net.quorum import QuorumUnavailable
-from bftfs.node.background import Backoff, sweep
+from bftfs.node.background import Backoff, sweep, write_batch
 from bftfs.qu.duties import pending_due, sweep_candidates
 from bftfs.qu.history import ReplicaHistory
 from bftfs.qu.messages import KIND_HISTORY, VERSION, MessageError
@@ -194,16 +194,10 @@ class Pruner:
             if not oids:
                 continue
             steps = [functools.partial(_look, cfg=self.cfg, oid=oid, now_ns=now) for oid in oids]
-            done = await self.node.store.write_each(steps, background=True)
+            done = await write_batch(self.node, oids, steps, "dropping requests of")
             self.node.stats["qu.look_steps"] += 1
-            for oid, got in zip(oids, done, strict=True):
-                if isinstance(got, Exception):
-                    self.node.stats["internal_errors"] += 1
-                    self.node.log.error(
-                        "node %s: dropping requests of %d", self.node.id, oid, exc_info=got
-                    )
-                else:
-                    self._looked(oid, *got)
+            for oid, (dropped, thinned) in done:
+                self._looked(oid, dropped, thinned)
 
     def _due_looks(self, now: int) -> list[int]:
         """The objects whose looks are due at ``now``, at most :data:`LOOKS_PER_STEP`: one

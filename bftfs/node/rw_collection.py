@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from bftfs.node import limits
+from bftfs.node.background import write_batch
 from bftfs.node.rw_forgetter import Forgetter
 from bftfs.node.snapshots import pinned_moments
 from bftfs.policy import RetentionPolicy
@@ -149,16 +150,10 @@ class Collection:
                 functools.partial(self._revisited, block=block, now_ns=now_ns, kept=self.kept)
                 for block in blocks
             ]
-            done = await self.node.store.write_each(steps, background=True)
+            done = await write_batch(self.node, blocks, steps, "collecting block")
             self.node.stats["rw.gc.steps"] += 1
-            for block, got in zip(blocks, done, strict=True):
-                if isinstance(got, Exception):
-                    self.node.stats["internal_errors"] += 1
-                    self.node.log.error(
-                        "node %s: collecting block %d", self.node.id, block, exc_info=got
-                    )
-                else:
-                    self.account(got, block)
+            for block, verified in done:
+                self.account(verified, block)
 
     def _revisited(
         self, kv: Any, block: int, now_ns: int, kept: RetentionPolicy
