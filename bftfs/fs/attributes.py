@@ -113,6 +113,10 @@ class Attributes:
             if mtime_ns is not None:
                 f.mtime = mtime_ns
             return self.cache.attr(ino, f.st)
+        wanted = {"mode": mode, "uid": uid, "gid": gid, "at": atime_ns, "mt": mtime_ns}
+        held = None if size is not None else self._hold_dir_change(ino, wanted)
+        if held is not None:
+            return held
         if mode is None and uid is None and gid is None and atime_ns is None and size is None:
             fresh = self.cache.fresh(ino)
             pending = self.cache.files[ino].mtime if ino in self.cache.files else None
@@ -134,6 +138,27 @@ class Attributes:
         if f is not None and mtime_ns is not None:
             f.mtime = None  # an explicit mtime wins over buffered writes' times
         return self.cache.attr(ino, s)
+
+    def _hold_dir_change(self, ino: int, wanted: dict[str, int | None]) -> Attr | None:
+        """Answer a chmod, chown or utimens of directory ``ino`` here and hold it back
+        with the directory's entries (``fs/writeback/dirattrs.py``), when this mount holds
+        the directory exclusively and knows its attributes; else None (it is sent now)."""
+        unlinks = self.pending.unlinks
+        if unlinks is None:
+            return None
+        base = (
+            self.cache.local_stat(ino)
+            or self.cache.fresh(ino)
+            or own_made_dir(self.cache, self.meta.leases, ino)
+        )
+        if base is None or base["k"] != "d":
+            return None
+        changes = {k: v for k, v in wanted.items() if v is not None}
+        if "mode" in changes:
+            changes["mode"] &= 0o7777
+        if not unlinks.dir_attrs.hold(ino, base, changes):
+            return None
+        return self.cache.attr(ino, base)
 
     async def truncate(
         self, ino: int, size: int, mtime_ns: int | None, *, reached_by_name: bool = False

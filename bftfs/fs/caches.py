@@ -36,6 +36,19 @@ def content_version(s: dict[str, Any]) -> tuple[int, int]:
     return (s.get("d", 0), s["v"])
 
 
+def with_held_attrs(s: dict[str, Any], held: dict[str, int]) -> dict[str, Any]:
+    """Stat ``s`` of a directory with a held-back ``setattr``'s attributes ``held``
+    (:attr:`MetadataCache.held_dir_attrs`) over it, as the servers will have it."""
+    s = dict(s)
+    for key in ("uid", "gid", "at", "mt"):
+        if key in held:
+            s[key] = held[key]
+    if "mode" in held:
+        s["mode"] = (s["mode"] & ~0o7777) | held["mode"]
+    s["ct"] = max(s["ct"], held["now"])
+    return s
+
+
 class MetadataCache:
     """The attribute, name and parent caches, the open files, and the reads that consult
     them.  Given the protocol calls (:class:`~bftfs.fs.clients.calls.Meta`) for its reads; every
@@ -81,6 +94,11 @@ class MetadataCache:
         #: sent (``Outbox.links_in``): an update of the directory answers the
         #: servers' count, without them.
         self.pending_links: Callable[[int], int] = lambda _oid: 0
+        #: Directory id -> the attributes a ``setattr`` of it answered here holds back
+        #: (``fs/writeback/dirattrs.py``) as stat keys (``mode``'s permission bits,
+        #: ``uid``, ``gid``, ``at``, ``mt``) and ``now``, its time: every answer about the
+        #: directory shows them (:meth:`attr`) until they are sent.
+        self.held_dir_attrs: dict[int, dict[str, int]] = {}
 
     def kernel_saw(self, ino: int, s: dict[str, Any]) -> bool:
         """Record that the kernel's pages of ``ino`` are of version ``s`` (an open's answer);
@@ -133,9 +151,19 @@ class MetadataCache:
             s = dict(kept[0])
             s["mt"], s["ct"] = max(s["mt"], now), max(s["ct"], now)
             self.own[oid] = (s, kept[1])
+        self._entries_changed(oid, now)
+
+    def _entries_changed(self, oid: int, now: int) -> None:
+        """Directory ``oid``'s entries changed at ``now``: an mtime held back from a
+        ``setattr`` before then no longer holds (the change moved it on, as it does on the
+        servers, where the change may arrive first)."""
+        held = self.held_dir_attrs.get(oid)
+        if held is not None and "mt" in held and now >= held["now"]:
+            del held["mt"]
 
     def own_stat(self, oid: int, s: dict[str, Any]) -> None:
         if s["k"] == "d":
+            self._entries_changed(oid, s["ct"])
             links = self.pending_links(oid)
             if links:
                 s = dict(s, nl=s["nl"] + links)
@@ -196,6 +224,9 @@ class MetadataCache:
                     s["mode"] = (s["mode"] & ~0o7777) | (value & 0o7777)
                 else:
                     s["at" if key == "atime" else key] = value
+        held = self.held_dir_attrs.get(oid) if s["k"] == "d" else None
+        if held is not None:
+            s = with_held_attrs(s, held)
         return attr_from_stat(oid, s, file_block_size(s, self.bs))
 
     def observed(self, oid: int, s: dict[str, Any]) -> None:

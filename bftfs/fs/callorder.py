@@ -9,7 +9,9 @@ each in turn before a gated query or update on ``objects``:
    is not merely about another entry of;
 1. the buffered writes of the files held exclusively here (``fs/writeback/held.py``) named
    by the call;
-2. the removals held back in a directory (``fs/writeback/unlinks.py``) the call is about;
+2. the removals held back in a directory (``fs/writeback/unlinks.py``) the call is about,
+   then the directory's own attributes held back (``fs/writeback/dirattrs.py``), unless
+   the call is about one of its entries;
 3. the pending creates (``fs/writeback/creates_table.py``): those of a directory among the objects,
    and a pending file among them.  A call about another entry of a directory whose
    creates wait for write-back commutes with them (only this mount sees the directory,
@@ -44,6 +46,7 @@ from bftfs.fs.writeback import (
     PendingRenames,
     about_another_entry,
 )
+from bftfs.fs.writeback.dirattrs import DirAttrs
 from bftfs.fs.writeback.unlinks import entry_call
 
 
@@ -73,6 +76,9 @@ class CallOrder:
         #: Links to files whose create waits (``fs/writeback/links.py``; None: none): each
         #: sends its create first.
         self.links: PendingLinks | None = None if held is None else held.links
+        #: Directories' own attributes held back (``fs/writeback/dirattrs.py``; None:
+        #: none): after the removals, each sends what is held back in its directory first.
+        self.dir_attrs: DirAttrs | None = None if held is None else held.dir_attrs
         #: Pending creates the gate read, in all (:meth:`_creates_to_read`): the work it
         #: costs per call, which must not grow with the creates held back (issue 62).
         self.examined = 0
@@ -87,6 +93,7 @@ class CallOrder:
             or self.creates.holds_back_creates()
             or (unlinks is not None and unlinks.holds_back())
             or (held is not None and held.holds_back())
+            or (self.dir_attrs is not None and self.dir_attrs.holds_back())
         )
 
     async def before_call(self, objects: list[int], method: str, arg: Any) -> None:
@@ -103,6 +110,8 @@ class CallOrder:
             await held.before(objects, method)
         if unlinks is not None and unlinks.holds_back():
             await unlinks.before(objects, names, method, arg)
+        if self.dir_attrs is not None and self.dir_attrs.holds_back():
+            await self.dir_attrs.before(objects, method, arg)
         await self._creates_before(objects, names, method, arg)
 
     async def _creates_before(

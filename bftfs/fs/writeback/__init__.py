@@ -17,6 +17,8 @@ with one :class:`Outbox` (``outbox.py``).  The map, one concept per module:
   under an exclusive lease, when it is due, and the task that sends it (its bounds:
   :data:`MAX_FILE`, ...);
 - ``unlinks.py``: :class:`PendingUnlinks`, removals held back;
+- ``dirattrs.py``: ``DirAttrs``, a directory's own attributes held back (touches, a
+  chmod, chown or utimens);
 - ``mkdirs.py``: :class:`PendingMkdirs`, mkdirs held back;
 - ``renames.py``: :class:`PendingRenames`, renames held back;
 - ``once.py``: ``SendOnce``, one held-back change sent by one task, the others waiting;

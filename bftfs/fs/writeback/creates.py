@@ -353,7 +353,7 @@ class PendingCreates:
                 or not self._surely_new(parent, new_name)
             ):
                 return False
-        if not self.unlinks.touch(parent):
+        if not self.unlinks.dir_attrs.touch(parent):
             return False
         assert known is not None
         self.creates.rename(p, new_name)

@@ -209,10 +209,8 @@ class PendingMkdirs:
             return None
         self._by_oid[m.oid] = m
         self._by_dir.setdefault(parent, {})[name] = m
-        pst = dict(kept[0])
-        pst["nl"] += 1
-        pst["mt"], pst["ct"] = max(pst["mt"], now), max(pst["ct"], now)
-        self.cache.own[parent] = (pst, kept[1])
+        self.cache.own[parent] = (dict(kept[0], nl=kept[0]["nl"] + 1), kept[1])
+        self.cache.own_touch(parent, now)
         self.cache.own_stat(m.oid, child)
         self.cache.learn(parent, name, m.oid, obj.DIR_TYPE)
         names = frozenset((name,))

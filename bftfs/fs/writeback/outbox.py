@@ -29,13 +29,14 @@ from bftfs.fs.leases import Leases
 from bftfs.fs.writeback.covered import HeldBackCover
 from bftfs.fs.writeback.creates import PendingCreates
 from bftfs.fs.writeback.creates_update import OpenExisting, PendingCreate
+from bftfs.fs.writeback.dirattrs import DirAttrs
 from bftfs.fs.writeback.held import HeldFiles
 from bftfs.fs.writeback.links import KIND as LINK
 from bftfs.fs.writeback.links import PendingLinks
 from bftfs.fs.writeback.mkdirs import PendingMkdirs
 from bftfs.fs.writeback.renames import PendingRenames
 from bftfs.fs.writeback.schedule import PendingUnlink, WriteBack
-from bftfs.fs.writeback.unlinks import PendingUnlinks
+from bftfs.fs.writeback.unlinks import PendingUnlinks, about_another_entry
 from bftfs.fs.writeback.writemany import write_inline_many
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,10 @@ class HeldBack:
             functools.partial(write_inline_many, meta, engine),
             spawn=spawn,
         )
+        # ... a directory's own attributes wait with its entries (fs/writeback/dirattrs.py) ...
+        self.dir_attrs = DirAttrs(
+            meta, cache, self.schedule, about_another_entry, self.entries_first, creates.is_pending
+        )
         # ... removals return before they are sent (fs/writeback/unlinks.py) ...
         self.unlinks = PendingUnlinks(
             meta,
@@ -100,6 +105,7 @@ class HeldBack:
             cancel=creates.cancel,
             discard_held=self.held.discard,
             made_dir=self.entries_first,
+            dir_attrs=self.dir_attrs,
         )
         # ... and so do mkdirs (fs/writeback/mkdirs.py) and renames within such a
         # directory (fs/writeback/renames.py).
@@ -121,7 +127,7 @@ class HeldBack:
             self.schedule,
             creates,
             held_name=self.held_name,
-            touch=self.unlinks.touch,
+            touch=self.dir_attrs.touch,
             made_dir=self.entries_first,
         )
 
@@ -150,10 +156,10 @@ class HeldBack:
             or self.mkdirs.holds_in(m.oid)
             or self.links.names_in(m.oid)
             or self.renames.names_in(m.oid)
-            or not self.unlinks.touch(parent)
+            or not self.dir_attrs.touch(parent)
         ):
             return False
-        self.unlinks.untouch(m.oid)
+        self.dir_attrs.untouch(m.oid)
         self.mkdirs.cancel(m)
         return True
 
@@ -183,7 +189,10 @@ class HeldBack:
         await self.unlinks.send(us)
 
     async def send_touches(self, parents: list[int]) -> None:
-        await self.unlinks.send_touches(parents)
+        await self.dir_attrs.send(parents)
+
+    def drop_touch(self, parent: int, e: FsError) -> None:
+        self.dir_attrs.drop(parent, e)
 
     def drop_unlink(self, u: PendingUnlink, e: FsError) -> None:
         self.unlinks.drop(u, e)

@@ -97,7 +97,10 @@ class Senders(Protocol):
         """Send held-back removals (``PendingUnlinks.send``)."""
 
     async def send_touches(self, parents: list[int]) -> None:
-        """Send held-back directory times (``PendingUnlinks.send_touches``)."""
+        """Send directories' held-back attributes (``DirAttrs.send``)."""
+
+    def drop_touch(self, parent: int, e: FsError) -> None:
+        """Drop a directory's held-back attributes for good (``DirAttrs.drop``)."""
 
     def drop_unlink(self, u: PendingUnlink, e: FsError) -> None:
         """Drop a held-back removal for good (``PendingUnlinks.drop``)."""
@@ -225,8 +228,8 @@ class WriteBack:
         self._bytes = 0
         #: Deferred removals by object id: (removal, due in trio time).
         self._unlinks: dict[int, tuple[PendingUnlink, float]] = {}
-        #: Directories whose times wait for a create and removal that cancelled each other
-        #: (``fs/writeback/unlinks.py``): directory -> due in trio time.
+        #: Directories whose own attributes wait (``fs/writeback/dirattrs.py``): directory
+        #: -> due in trio time.
         self._touches: dict[int, float] = {}
         #: Other deferred entry updates by (kind, key): (update, due in trio time), sent
         #: kind by kind in the order of :data:`ENTRY_KINDS`.
@@ -280,11 +283,10 @@ class WriteBack:
         reach it (``reachable``: the servers hold it), and the bound leaves room.  Asks for
         (or renews) the directory's exclusive lease, as a deferred create does.
 
-        The object's own lease is needed because another client that found the file by
-        its name may reach it again by that name, which its kernel caches, without reading
-        the directory: only a lease on the file itself makes that client's open recall
-        something here, and so send the removal first (its open is then refused: the
-        file has no name).  Without it that client opened the removed file."""
+        The object's own lease: another client may reach the file again by a name its
+        kernel caches, without reading the directory; only that lease makes its open
+        recall something here, which sends the removal first (else it opened the
+        removed file)."""
         left = self.leases.exclusive_left(u.parent)
         self.leases.want_exclusive(u.parent)
         self.leases.taker.removes_in(u.parent)
@@ -306,12 +308,9 @@ class WriteBack:
 
     async def room_for_unlink(self) -> None:
         """A removal is about to be held back (``fs/names/namespace.py``): at the bound
-        (:attr:`max_deferred`), with removals held back, wait for the task to send them
-        now rather than send this one alone.  ``rm -rf`` outruns their due time: past the
-        bound each removal went at once, a round a file, where the held-back ones go six
-        per ``fs.unlinkmany`` (issue 62).  Waits until the task takes them out to send
-        them (they no longer count against the bound while they go): the removal is then
-        held back if there is room, else sent as before."""
+        (:attr:`max_deferred`), wait until the task takes the removals held back out to
+        send them, six per ``fs.unlinkmany``, rather than send this one alone (``rm -rf``
+        outruns their due time: each went at once past the bound, issue 62)."""
         if self.held() < self.max_deferred or not self._unlinks:
             return
         self.stats["unlink_room_waits"] += 1
@@ -328,9 +327,7 @@ class WriteBack:
         the margin, and the bound leaves room."""
         left = self.leases.exclusive_left(parent)
         self.leases.want_exclusive(parent)
-        if kind not in ENTRY_KINDS or left <= 2 * LEASE_MARGIN:
-            return False
-        if self.held() >= self.max_deferred:
+        if kind not in ENTRY_KINDS or left <= 2 * LEASE_MARGIN or self.held() >= self.max_deferred:
             return False
         self._entries[kind, key] = (update, self._due_time(left))
         self._started(self._entries[kind, key][1])
@@ -341,18 +338,20 @@ class WriteBack:
         self._entries.pop((kind, key), None)
 
     def defer_touch(self, parent: int) -> bool:
-        """Whether directory ``parent``'s times may wait for write-back (a create and its
-        removal cancelled there): as for a removal, the directory is leased here
-        exclusively for more than twice the margin."""
+        """Whether directory ``parent``'s own attributes may wait (``fs/writeback/dirattrs.py``):
+        as for a removal, it is leased here exclusively for more than twice the margin."""
         left = self.leases.exclusive_left(parent)
         if left <= 2 * LEASE_MARGIN:
             return False
         self._started(self._touches.setdefault(parent, self._due_time(left)))
         return True
 
-    def touch_sent(self, parent: int) -> None:
-        """Directory ``parent``'s times were sent, or went with a removal."""
+    def touch_sent(self, parent: int, *, again: bool = False) -> None:
+        """Directory ``parent``'s attributes were sent, or its times went with a removal
+        (``again``: they changed while sent, and are due at once)."""
         self._touches.pop(parent, None)
+        if again:
+            self._started(self._touches.setdefault(parent, trio.current_time()))
 
     def retry_unlink(self, u: PendingUnlink, after: float) -> None:
         """Removal ``u`` went unanswered: due again in ``after`` seconds."""
@@ -478,6 +477,13 @@ class WriteBack:
         await self._send_unlinks([u for u, _ in self._unlinks.values()])
         await self._send_touches(list(self._touches))
 
+    async def send_held_in(self, parent: int) -> list[PendingCreate]:
+        """Send every entry change held back in ``parent``; the creates not made after."""
+        await _send_entries(self._entries, self._senders, float("inf"), parent)
+        creates = await self._senders.send_creates_in(parent)
+        await self._send_unlinks([u for u, _ in list(self._unlinks.values()) if u.parent == parent])
+        return creates
+
     async def sync_directory(self, parent: int) -> None:
         """``fsync`` of directory ``parent``: send its held-back entries now (the mkdirs and
         renames in it, its creates - deferred or kept after a failed send - its removals
@@ -489,9 +495,7 @@ class WriteBack:
                 are dropped: never sent again by this mount (docs/fs.md, "What EIO
                 means"); else (a ``hard`` mount's retry) they stay held back.
         """
-        await _send_entries(self._entries, self._senders, float("inf"), parent)
-        creates = await self._senders.send_creates_in(parent)
-        await self._send_unlinks([u for u, _ in list(self._unlinks.values()) if u.parent == parent])
+        creates = await self.send_held_in(parent)
         if parent in self._touches:
             await self._send_touches([parent])
         entries = [(k, u) for (k, _), (u, _) in self._entries.items() if u.parent == parent]
@@ -529,6 +533,7 @@ class WriteBack:
             self._senders.drop_unlink(u, e)
         if touched is not None:
             self.touch_sent(touched)
+            self._senders.drop_touch(touched, e)
 
     async def _send_touches(self, parents: list[int]) -> None:
         if not parents:

@@ -27,8 +27,7 @@ directory in one ``fs.unlinkmany`` update:
   inline, in a directory whose listing the mount knows whole under the lease (so the
   servers surely lack the name), drops the create and is not sent either
   (``PendingCreates.cancellable``).  The directory's times still move to the removal's:
-  a times-only ``fs.setattr`` (``touch``) goes when due or before a call on the
-  directory's attributes, unless a removal there sent later carries a later time.
+  a held-back touch (``fs/writeback/dirattrs.py``).
 - **A refusal** when sent (the name gone, or naming another object: possible only once the
   lease lapsed and another client changed the directory) drops the removal, as a removal
   that lost a race; no answer from the cluster keeps it pending and tries again.
@@ -50,6 +49,7 @@ from bftfs.fs.clients import ENTRY_METHODS, Meta, OutOfDate
 from bftfs.fs.errors import FsError, Unavailable
 from bftfs.fs.files import OpenFile
 from bftfs.fs.files.reclaim import Reclaimer
+from bftfs.fs.writeback.dirattrs import DirAttrs
 from bftfs.fs.writeback.schedule import PendingUnlink, WriteBack
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,7 @@ class PendingUnlinks:
         cancel: Callable[[int], None],
         discard_held: Callable[[int], bool],
         made_dir: Callable[[int], Awaitable[None]],
+        dir_attrs: DirAttrs,
     ) -> None:
         """``writeback``: keeps the due times and sends when due; ``is_pending_create``:
         whether an object's create is not sent yet; ``is_deferred_create``: whether it
@@ -130,8 +131,9 @@ class PendingUnlinks:
         holds exclusively, its buffered writes with it, when this removal is its last
         name (``HeldFiles.discard``); ``made_dir``: sends the mkdir of a directory and the
         renames in it if they wait in write-back (``fs/writeback/mkdirs.py``,
-        ``fs/writeback/renames.py``): a directory's removals and times go after them, and
-        are not gated."""
+        ``fs/writeback/renames.py``): a directory's removals go after them, and are not
+        gated; ``dir_attrs``: the directories' held-back times, which a removal that
+        cancels moves and one taken carries."""
         self.meta = meta
         self.cache = cache
         self.reclaimer = reclaimer
@@ -143,10 +145,7 @@ class PendingUnlinks:
         self._cancel = cancel
         self._discard_held = discard_held
         self._made_dir = made_dir
-        #: Directories where a create and its removal cancelled -> the time (ns, client
-        #: clock) their mtime and ctime must reach: sent by write-back, unless a removal
-        #: there taken later carries a time at least as late (:meth:`_taken`).
-        self._touches: dict[int, int] = {}
+        self.dir_attrs = dir_attrs
         self._by_dir: dict[int, dict[bytes, PendingUnlink]] = {}
         self._by_oid: dict[int, PendingUnlink] = {}
         #: Held-back removals :meth:`before` looked at, in all: the work the gate costs
@@ -155,7 +154,7 @@ class PendingUnlinks:
         self.examined = 0
 
     def holds_back(self) -> bool:
-        return bool(self._by_oid or self._touches)
+        return bool(self._by_oid)
 
     def pending(self, parent: int, name: bytes) -> PendingUnlink | None:
         return self._by_dir.get(parent, {}).get(name)
@@ -169,7 +168,7 @@ class PendingUnlinks:
         f = self.cache.files.get(oid)
         if f is not None and f.opens:
             return False
-        if self._cancellable(oid) and self.touch(parent):
+        if self._cancellable(oid) and self.dir_attrs.touch(parent):
             self._discard_held(oid)
             self._cancel(oid)
             self._gone_here(parent, name, oid)
@@ -217,23 +216,6 @@ class PendingUnlinks:
         go early (``WriteBack.room_for_unlink``) rather than send this one alone."""
         await self.writeback.room_for_unlink()
 
-    def touch(self, parent: int) -> bool:
-        """Move directory ``parent``'s times to now, in the mount at once and on the
-        servers by write-back (a change of it that no update sends: a create and its
-        removal that cancelled, a rename of a create that waits,
-        ``PendingCreates.rename_deferred``); False when write-back cannot hold one more."""
-        if not self.writeback.defer_touch(parent):
-            return False
-        now = self.meta.now()
-        self._touches[parent] = max(now, self._touches.get(parent, 0))
-        self.cache.own_touch(parent, now)
-        return True
-
-    def untouch(self, directory: int) -> None:
-        """``directory`` is removed before its times were sent: they never will be."""
-        if self._touches.pop(directory, None) is not None:
-            self.writeback.touch_sent(directory)
-
     def _gone_here(self, parent: int, name: bytes, oid: int) -> None:
         """The name is gone in this mount's view: its names, attributes, leased listing."""
         self.cache.forget(parent, name)
@@ -272,13 +254,6 @@ class PendingUnlinks:
                 need += pending.values()
         if need:
             await self.send(need)
-        touched = [
-            o
-            for o in objects
-            if o in self._touches and not about_another_entry(o, None, objects, method, arg)
-        ]
-        if touched:
-            await self.send_touches(touched)
 
     async def send_now(self, parent: int, name: bytes) -> None:
         """Send the removal of ``name`` in ``parent`` if one is held back (a create of the
@@ -356,33 +331,8 @@ class PendingUnlinks:
             return
         await self._taken(u, s, pst)
 
-    async def send_touches(self, parents: list[int]) -> None:
-        """Send the times of directories where a create and its removal cancelled (one
-        ``fs.setattr`` of mtime and ctime each; a times-only update keeps the mount's
-        leased listing).  Unanswered, one raises :class:`Unavailable` and write-back
-        sends it again; a directory gone meanwhile has no times to set."""
-        for parent in parents:
-            t = self._touches.get(parent)
-            if t is None:
-                continue  # a removal carried it meanwhile
-            await self._made_dir(parent)
-            try:
-                s = await self.meta.update_now([parent], "fs.setattr", {"touch": t, "now": t})
-            except Unavailable:
-                raise
-            except (FsError, OutOfDate) as e:
-                log.info("times of directory %d not set: %s", parent, e)
-            else:
-                self.cache.own_stat(parent, s)
-            if self._touches.get(parent) == t:
-                del self._touches[parent]
-                self.writeback.touch_sent(parent)
-
     async def _taken(self, u: PendingUnlink, s: dict[str, Any], pst: dict[str, Any]) -> None:
-        t = self._touches.get(u.parent)
-        if t is not None and u.now >= t:  # the directory's times are at least as late
-            del self._touches[u.parent]
-            self.writeback.touch_sent(u.parent)
+        self.dir_attrs.taken(u.parent, u.now)
         self._forget(u)
         self.cache.own_stat(u.oid, s)
         self.cache.own_stat(u.parent, pst)
