@@ -6,11 +6,13 @@ A tree made with ``mkdir -p`` and filled with ``cp`` waits in the mount (its mkd
 creates, ``fs/writeback/mkdirs.py``, ``fs/writeback/``).  ``ls -lR``, ``find`` and ``grep -r``
 on that mount must see all of it at once, across the commit window and after it, and so
 must another mount (whose look recalls the lease); and with a node stopped right after
-the copy, ``diff -r`` must still find every file (``t = 1``).
+the copy, ``diff -r`` must still find every file (``t = 1``); and ``cp -a`` and ``tar x``
+keep every directory's times and mode on both mounts (``fs/writeback/dirattrs.py``).
 """
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import time
@@ -202,3 +204,42 @@ def test_rm_rf_of_1500_files_just_written_removes_the_directory(
     )
     assert r.returncode == 0 and not r.stderr, r.stderr
     assert not (a / "small").exists()
+
+
+def _attrs(root: Path) -> list[str]:
+    """Every entry's path, type, mode, owner, group and mtime (ns), as ``find -printf``."""
+    r = _run(["find", str(root), "-printf", r"%P %y %m %U %G %T@\n"])
+    assert r.returncode == 0 and not r.stderr, r.stderr
+    return sorted(r.stdout.splitlines())
+
+
+@pytest.mark.slow
+def test_cp_a_and_tar_x_keep_every_directorys_times_and_mode_on_both_mounts(
+    mounts: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``cp -a`` and ``tar x`` set each directory's times, owner and mode after filling
+    it: this mount answers those and sends them after the directory's creates
+    (``fs/writeback/dirattrs.py``).  Both mounts show the source's attributes, every
+    directory's included, right after the copy and after the commit window."""
+    a, b = mounts
+    src = tmp_path / "src"
+    _source(src, seed=7, files=120)
+    for k, d in enumerate(sorted(p for p in src.rglob("*") if p.is_dir())):
+        d.chmod(0o750 if k % 2 else 0o705)
+        when = (1_000_000_000 + 86_400 * k) * 10**9 + 1234 * k
+        os.utime(d, ns=(when, when))
+    want = _attrs(src)
+    archive = tmp_path / "src.tar"
+    assert _run(["tar", "--format=posix", "-cf", str(archive), "-C", str(src), "."]).returncode == 0
+    r = _run(["cp", "-a", str(src), str(a / "cp")])
+    assert r.returncode == 0, r.stderr
+    (a / "tar").mkdir()
+    r = _run(["tar", "xf", str(archive), "-C", str(a / "tar")])
+    assert r.returncode == 0, r.stderr
+    for copy in ("cp", "tar"):
+        assert _attrs(a / copy) == want, f"{copy} on the copying mount"
+        assert _attrs(b / copy) == want, f"{copy} on the other mount"
+    time.sleep(COMMIT + 1)  # not a synchronisation: what shows once write-back sent it all
+    for copy in ("cp", "tar"):
+        assert _attrs(b / copy) == want, f"{copy} on the other mount after the window"
+        assert _attrs(a / copy) == want, f"{copy} on the copying mount after the window"
