@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 from bftfs.crypto import KeyRing
 from bftfs.ids import NodeId
 from bftfs.net.endpoint import open_endpoint
-from bftfs.net.errors import FrameError, TransportError
-from bftfs.net.frames import REQUEST, FrameReader
+from bftfs.net.errors import FrameError, RemoteError, TransportError
+from bftfs.net.frames import DEFAULT_MAX_FRAME, REQUEST, FrameReader
 from bftfs.net.quorum import QuorumUnavailable
 from bftfs.net.session import Session, client_handshake, frame_bytes
 from bftfs.outcome import patience
@@ -157,6 +157,30 @@ def test_oversized_frame_closes_the_connection_only(live: LiveCluster) -> None:
         assert await reader.read() is None  # the node hung up
         assert live.rejected.get("oversized", 0) == before + 1
         await stream.aclose()
+        assert await live.ping_ok()
+
+    trio.run(main)
+
+
+def test_a_request_over_the_frame_limit_is_refused_without_being_sent(
+    live: LiveCluster,
+) -> None:
+    """The node would hang up at its length and every resend on a new connection would
+    do the same (a mount once spent a core on it for as long as it lived): the call is
+    refused at once, as the node refuses a malformed request, and nothing reaches it."""
+
+    async def main() -> None:
+        cfg = live.cluster.config
+        ring = KeyRing(live.cluster.client_identity(0), cfg.node_public_keys())
+        addrs = {s.id: (s.host, s.port) for s in cfg.nodes}
+        before = live.rejected.get("oversized", 0)
+        async with open_endpoint(ring, addrs, timeout=5, resend_after=1) as ep:
+            assert (await ep.call(NodeId(0), "ping", b"small"))["echo"] == b"small"
+            with trio.fail_after(2), pytest.raises(RemoteError) as refused:
+                await ep.call(NodeId(0), "ping", b"x" * (DEFAULT_MAX_FRAME + 1))
+            assert refused.value.code == "bad-request"
+            assert (await ep.call(NodeId(0), "ping", b"again"))["echo"] == b"again"
+        assert live.rejected.get("oversized", 0) == before
         assert await live.ping_ok()
 
     trio.run(main)

@@ -22,7 +22,7 @@ from typing import Any
 import trio
 
 from bftfs.ids import NodeId
-from bftfs.net.errors import FrameError, RemoteError, TransportError
+from bftfs.net.errors import FrameError, OversizedRequest, RemoteError, TransportError
 from bftfs.net.frames import (
     DEFAULT_MAX_FRAME,
     PUSH,
@@ -149,8 +149,11 @@ class Connection:
         liveness = self.liveness
         if liveness is not None and not liveness.waiting(self.node):
             liveness.asked(self.node, trio.current_time())
+        frame = self.session.seal(msg)
+        if len(frame) > self.reader.max_frame and msg[0] == REQUEST:
+            raise OversizedRequest(len(frame), self.reader.max_frame)
         try:
-            self._writer.write(self.session.seal(msg))
+            self._writer.write(frame)
         except trio.ClosedResourceError:
             self._close()
             raise

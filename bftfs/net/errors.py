@@ -22,6 +22,17 @@ class RemoteError(Exception):
         self.message = message
 
 
+class OversizedRequest(RemoteError):
+    """A request larger than a frame the node reads: refused here and never sent.  The
+    node would hang up at its length and a resend on a new connection would do the same,
+    each copy sealed anew: a Q/U request carrying 1 555 link proofs (several MB) kept a
+    mount at a full core for as long as it lived (two PostMarks in one directory, stop 89).
+    It is the node's refusal of a malformed request, given without the round."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__("bad-request", f"a request of {size} bytes is over the limit ({limit})")
+
+
 class FrameError(Exception):
     """A frame was rejected; ``reason`` is the counter it is recorded under."""
 
