@@ -113,7 +113,7 @@ class Attributes:
             if mtime_ns is not None:
                 f.mtime = mtime_ns
             return self.cache.attr(ino, f.st)
-        wanted = {"mode": mode, "uid": uid, "gid": gid, "at": atime_ns, "mt": mtime_ns}
+        wanted = {"mode": mode, "uid": uid, "gid": gid, "atime": atime_ns, "mtime": mtime_ns}
         held = None if size is not None else self._hold_dir_change(ino, wanted)
         if held is not None:
             return held
@@ -146,11 +146,7 @@ class Attributes:
         unlinks = self.pending.unlinks
         if unlinks is None:
             return None
-        base = (
-            self.cache.local_stat(ino)
-            or self.cache.fresh(ino)
-            or own_made_dir(self.cache, self.meta.leases, ino)
-        )
+        base = self._known_here(ino)
         if base is None or base["k"] != "d":
             return None
         changes = {k: v for k, v in wanted.items() if v is not None}
@@ -159,6 +155,16 @@ class Attributes:
         if not unlinks.dir_attrs.hold(ino, base, changes):
             return None
         return self.cache.attr(ino, base)
+
+    def _known_here(self, ino: int) -> dict[str, Any] | None:
+        """Attributes of ``ino`` that are its own now, known without a round: a create or
+        mkdir this mount has not sent, its own update's within the attribute timeout, a
+        directory it made and holds; else None."""
+        return (
+            self.cache.local_stat(ino)
+            or self.cache.fresh(ino)
+            or own_made_dir(self.cache, self.meta.leases, ino)
+        )
 
     async def truncate(
         self, ino: int, size: int, mtime_ns: int | None, *, reached_by_name: bool = False
@@ -276,9 +282,7 @@ class Attributes:
         f = self.cache.files.get(ino)
         s = f.st if f is not None and (f.opens or held_here(leases, ino)) else None
         if s is None:
-            s = self.cache.local_stat(ino) or self.cache.fresh(ino)
-        if s is None:
-            s = own_made_dir(self.cache, leases, ino)
+            s = self._known_here(ino)
         if (s is not None and s.get("nx") == 0) or self.cache.no_xattrs_seen(ino):
             return frozenset()
         if leases is not None and leases.remaining(ino, math.inf) > 0:

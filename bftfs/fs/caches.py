@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -36,17 +37,32 @@ def content_version(s: dict[str, Any]) -> tuple[int, int]:
     return (s.get("d", 0), s["v"])
 
 
-def with_held_attrs(s: dict[str, Any], held: dict[str, int]) -> dict[str, Any]:
-    """Stat ``s`` of a directory with a held-back ``setattr``'s attributes ``held``
-    (:attr:`MetadataCache.held_dir_attrs`) over it, as the servers will have it."""
+#: The stat keys of ``fs.setattr``'s time arguments (the others are named alike).
+_STAT_KEYS = {"atime": "at", "mtime": "mt"}
+
+
+def with_attrs(s: dict[str, Any], attrs: dict[str, int]) -> dict[str, Any]:
+    """Stat ``s`` with attributes a ``setattr`` held back here over it (``attrs`` by
+    ``fs.setattr``'s argument names: ``mode``'s permission bits, ``uid``, ``gid``,
+    ``atime``, ``mtime``), as the servers will have it once it is sent: a held file's
+    (``OpenFile.attrs``) or a directory's (:class:`HeldAttrs`)."""
     s = dict(s)
-    for key in ("uid", "gid", "at", "mt"):
-        if key in held:
-            s[key] = held[key]
-    if "mode" in held:
-        s["mode"] = (s["mode"] & ~0o7777) | held["mode"]
-    s["ct"] = max(s["ct"], held["now"])
+    for key, value in attrs.items():
+        if key == "mode":
+            s["mode"] = (s["mode"] & ~0o7777) | (value & 0o7777)
+        else:
+            s[_STAT_KEYS.get(key, key)] = value
     return s
+
+
+@dataclass
+class HeldAttrs:
+    """A directory's ``setattr`` answered here and held back (``fs/writeback/dirattrs.py``)."""
+
+    #: By ``fs.setattr``'s argument names (:func:`with_attrs`).
+    attrs: dict[str, int]
+    #: Its time (ns, ``Meta.now``): the directory's ctime once it is sent.
+    now: int
 
 
 class MetadataCache:
@@ -94,11 +110,10 @@ class MetadataCache:
         #: sent (``Outbox.links_in``): an update of the directory answers the
         #: servers' count, without them.
         self.pending_links: Callable[[int], int] = lambda _oid: 0
-        #: Directory id -> the attributes a ``setattr`` of it answered here holds back
-        #: (``fs/writeback/dirattrs.py``) as stat keys (``mode``'s permission bits,
-        #: ``uid``, ``gid``, ``at``, ``mt``) and ``now``, its time: every answer about the
-        #: directory shows them (:meth:`attr`) until they are sent.
-        self.held_dir_attrs: dict[int, dict[str, int]] = {}
+        #: Directory id -> the ``setattr`` of it answered here and held back
+        #: (``fs/writeback/dirattrs.py``): every answer about the directory shows it
+        #: (:meth:`attr`) until it is sent.
+        self.held_dir_attrs: dict[int, HeldAttrs] = {}
 
     def kernel_saw(self, ino: int, s: dict[str, Any]) -> bool:
         """Record that the kernel's pages of ``ino`` are of version ``s`` (an open's answer);
@@ -158,8 +173,8 @@ class MetadataCache:
         ``setattr`` before then no longer holds (the change moved it on, as it does on the
         servers, where the change may arrive first)."""
         held = self.held_dir_attrs.get(oid)
-        if held is not None and "mt" in held and now >= held["now"]:
-            del held["mt"]
+        if held is not None and now >= held.now:
+            held.attrs.pop("mtime", None)
 
     def own_stat(self, oid: int, s: dict[str, Any]) -> None:
         if s["k"] == "d":
@@ -219,14 +234,11 @@ class MetadataCache:
                 s["inl"] = f.size <= self.inline
             if f.mtime is not None:
                 s["mt"] = f.mtime
-            for key, value in f.attrs.items():
-                if key == "mode":
-                    s["mode"] = (s["mode"] & ~0o7777) | (value & 0o7777)
-                else:
-                    s["at" if key == "atime" else key] = value
+            s = with_attrs(s, f.attrs)
         held = self.held_dir_attrs.get(oid) if s["k"] == "d" else None
         if held is not None:
-            s = with_held_attrs(s, held)
+            s = with_attrs(s, held.attrs)
+            s["ct"] = max(s["ct"], held.now)
         return attr_from_stat(oid, s, file_block_size(s, self.bs))
 
     def observed(self, oid: int, s: dict[str, Any]) -> None:

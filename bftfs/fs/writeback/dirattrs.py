@@ -31,15 +31,12 @@ import stat as st
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bftfs.fs.caches import MetadataCache
+from bftfs.fs.caches import HeldAttrs, MetadataCache
 from bftfs.fs.clients import Meta, OutOfDate
 from bftfs.fs.errors import FsError, Unavailable
 from bftfs.fs.writeback.schedule import WriteBack
 
 log = logging.getLogger(__name__)
-
-#: ``setattr`` argument names of the held stat keys.
-_ARG_NAMES = {"mode": "mode", "uid": "uid", "gid": "gid", "at": "atime", "mt": "mtime"}
 
 
 class DirAttrs:
@@ -94,9 +91,11 @@ class DirAttrs:
 
     def hold(self, directory: int, base: dict[str, Any], changes: dict[str, int]) -> bool:
         """Hold a ``setattr`` of ``directory`` (whose attributes are ``base``) back:
-        ``changes`` as stat keys (module docstring).  Whether it did: not for a change of
-        the group or the set-group-ID bit, nor when the lease is too short to hold it."""
-        held = self.cache.held_dir_attrs.get(directory, {})
+        ``changes`` by ``fs.setattr``'s argument names (module docstring).  Whether it
+        did: not for a change of the group or the set-group-ID bit, nor when the lease is
+        too short to hold it."""
+        got = self.cache.held_dir_attrs.get(directory)
+        held = {} if got is None else got.attrs
         if "gid" in changes and changes["gid"] != held.get("gid", base["gid"]):
             return False
         mode = held.get("mode", base["mode"] & 0o7777)
@@ -104,7 +103,7 @@ class DirAttrs:
             return False
         if not self.writeback.defer_touch(directory):
             return False
-        self.cache.held_dir_attrs[directory] = {**held, **changes, "now": self.meta.now()}
+        self.cache.held_dir_attrs[directory] = HeldAttrs({**held, **changes}, self.meta.now())
         self.writeback.stats["dir_attrs_held"] += 1
         return True
 
@@ -120,8 +119,7 @@ class DirAttrs:
         is forgotten (the next stat asks the servers)."""
         if self.holds(directory):
             log.warning("attributes of directory %d dropped: %s", directory, e)
-        self._touches.pop(directory, None)
-        self.cache.held_dir_attrs.pop(directory, None)
+        self.untouch(directory)
         self.cache.forget_own([directory])
 
     def taken(self, parent: int, now: int) -> None:
@@ -167,7 +165,7 @@ class DirAttrs:
                 raise Unavailable(f"directory {directory}: its creates wait, so do its attributes")
         t = self._touches.get(directory)
         held = self.cache.held_dir_attrs.get(directory)
-        sent = None if held is None else dict(held)
+        sent = None if held is None else HeldAttrs(dict(held.attrs), held.now)
         kept = self.cache.own.get(directory)
         arg = setattr_arg(t, sent, 0 if kept is None else kept[0]["ct"])
         try:
@@ -193,7 +191,7 @@ class DirAttrs:
         self.writeback.touch_sent(directory, again=self.holds(directory))
 
 
-def setattr_arg(touch: int | None, held: dict[str, int] | None, ct: int) -> dict[str, Any]:
+def setattr_arg(touch: int | None, held: HeldAttrs | None, ct: int) -> dict[str, Any]:
     """The ``fs.setattr`` argument for a touch at time ``touch`` and held attributes
     ``held`` (``MetadataCache.held_dir_attrs``) of a directory whose ctime here is ``ct``.
     A held mtime wins over the touch (a touch after it would have dropped it); the ctime
@@ -201,8 +199,8 @@ def setattr_arg(touch: int | None, held: dict[str, int] | None, ct: int) -> dict
     arg: dict[str, Any] = {}
     now = touch or 0
     if held is not None:
-        arg.update({_ARG_NAMES[k]: v for k, v in held.items() if k in _ARG_NAMES})
-        now = max(now, held["now"])
+        arg.update(held.attrs)
+        now = max(now, held.now)
     if touch is not None and "mtime" not in arg:
         arg["touch"] = touch
     arg["now"] = max(now, ct)
