@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import stat
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import (
@@ -30,10 +31,12 @@ from bftfs import fsobjects as obj
 from bftfs.fab.metaclient import FabMetaClient
 from bftfs.fs.errors import NotFound, StaleView
 from bftfs.fs.filesystem import FileSystem, open_file_system
+from bftfs.fsobjects.leases import DONE, LEASE_TIME
 from bftfs.ids import client_id
 from bftfs.outcome import patience
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
+from bftfs.qu.objects import MethodRefused
 from bftfs.rw.client import RWClient, open_rw_client
 from bftfs.testing.byzantine.fab import Behaviour as FabBehaviour
 from bftfs.testing.cluster import Cluster, open_cluster, qu_client
@@ -358,6 +361,26 @@ class Tree:
     names: Counter[int] = field(default_factory=Counter)  # non-dir oid -> entries naming it
 
 
+async def read_unleased(qu: QUClient, oid: int, method: str) -> Any:
+    """``method`` of ``oid`` read from the servers, as a mount reads it past a lease that
+    ended: a query carries no lease time, so a node refuses ``leased`` while an exclusive
+    record stays, ended or not, until an update tidies it (``fsobjects.leases.guarded``).
+    A mount that let a lease end without giving it back (dropped when next looked at, so
+    its unmount's ``release_all`` no longer names it) leaves one; its next reader's recall
+    tidies it.  The checks tidy with a recall that recalls nothing (``ld``) and read again:
+    a lease still live then is one an unmount left held, and fails the check."""
+    try:
+        return await qu.query(oid, method)
+    except MethodRefused as e:
+        if e.code != "leased":
+            raise
+    await qu.update([oid], "fs.recall", {LEASE_TIME: time.time_ns(), DONE: 1})
+    try:
+        return await qu.query(oid, method)
+    except MethodRefused as e:
+        raise AssertionError(f"object {oid}: a live exclusive lease after every release") from e
+
+
 async def walk(qu: QUClient) -> Tree:
     """Every directory and file reachable from the root, read from the servers."""
     tree = Tree()
@@ -365,8 +388,8 @@ async def walk(qu: QUClient) -> Tree:
     while todo:
         d = todo.pop()
         assert d not in tree.dirs, f"directory {d} reachable twice: the tree has a cycle"
-        tree.dirs[d] = await qu.query(d, "fs.stat")
-        ents = obj.entries(await qu.query(d, "fs.readdir"))
+        tree.dirs[d] = await read_unleased(qu, d, "fs.stat")
+        ents = obj.entries(await read_unleased(qu, d, "fs.readdir"))
         tree.entries[d] = ents
         for _name, (oid, code) in ents.items():
             if code == obj.DIR_TYPE:
@@ -374,7 +397,7 @@ async def walk(qu: QUClient) -> Tree:
             else:
                 tree.names[oid] += 1
                 if oid not in tree.files:
-                    tree.files[oid] = await qu.query(oid, "fs.stat")
+                    tree.files[oid] = await read_unleased(qu, oid, "fs.stat")
     return tree
 
 
