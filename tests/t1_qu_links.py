@@ -120,3 +120,63 @@ def test_fetch_answers_the_stored_request_of_a_pruned_candidate() -> None:
     got = cl.handle(3, C1, KIND_FETCH, {"v": VERSION, "lt": lts["y"].encode()})
     assert got["r"] is not None
     assert prove(pack(got["r"]), cl.th, D, lts["y"]) == ZERO
+
+
+async def test_a_repair_that_passes_an_update_by_repairs_its_other_object_with_it() -> None:
+    """The scenario's update M (servers 0-2, order r) met by a client instead of a script:
+    with server 1 down it sees M at two servers of D, too thin to be established, and
+    repairs D past it.  F, M's other object, is repaired in the same go (a copy there
+    passes M by): once D's chain is pruned, a reader of F decides M from F's own listed
+    chain, and proves no link of D's."""
+    cl = MemCluster()
+    m_req = Request(DEAD, (D, F), {D: {}, F: {}}, Operation("counter.add_all", False, 5, 1))
+    m = send(cl, [0, 1, 2], m_req)[0].lt
+    cl.down = {1}
+    writer = make_client(cl, 1)
+    round_budget(writer, 100)
+    for _ in range(3):  # the first repairs; the next two prune D's chain behind it
+        await writer.update(D, "counter.increment", 1)
+    quorum = [0, 2, 3, 4, 5]
+    f_now = View({F: ohs_of(cl, F, quorum)}, cl.th).latest_candidate(F, False)
+    assert f_now is not None and f_now.lt > m, "F was left with M as its latest update"
+    assert f_now.objects == (F,)  # on its own: a copy over D too would need deducing
+
+    cl.down = {5}  # the reader's quorum includes server 1, which still lists M at F
+    reader = make_client(cl, 2)
+    round_budget(reader, 100)
+    assert (await reader.query(F, "counter.fetch"), await reader.query(D, "counter.fetch")) == (
+        0,
+        3,
+    )
+    assert reader.statistics().link_proofs == 0
+
+
+async def test_a_repair_that_copies_a_sibling_past_an_update_repairs_its_other_object() -> None:
+    """Siblings, both conditioned on D's initial version: M over D and F (client 0) at
+    servers 0-2, N, an increment of D alone by a client that died, at 3-5, the newer.  A
+    writer that misses server 0 sees M too thin to be established and copies N; F, where
+    M is the latest update, is repaired on its own, so a reader that sees M at order r
+    there (server 0 back, 5 away) decides it from F's own listed chain, after D's is
+    pruned, and proves no link of D's."""
+    cl = MemCluster()
+    add = Operation("counter.add_all", False, 5, 1)
+    m = send(cl, [0, 1, 2], Request(int(client_id(0)), (D, F), {D: {}, F: {}}, add))[0].lt
+    n = send(cl, [3, 4, 5], Request(DEAD, (D,), {D: {}}, inc(1)))[3].lt
+    assert n > m
+    cl.down = {0}
+    writer = make_client(cl, 1)
+    round_budget(writer, 100)
+    for _ in range(3):
+        await writer.update(D, "counter.increment", 1)
+    assert writer.statistics().behind_repairs == 1
+    f_now = View({F: ohs_of(cl, F, [1, 2, 3, 4, 5])}, cl.th).latest_candidate(F, False)
+    assert f_now is not None and f_now.lt > m and f_now.objects == (F,)
+
+    cl.down = {5}
+    reader = make_client(cl, 2)
+    round_budget(reader, 100)
+    assert (await reader.query(F, "counter.fetch"), await reader.query(D, "counter.fetch")) == (
+        0,
+        4,
+    )
+    assert reader.statistics().link_proofs == 0

@@ -88,6 +88,9 @@ class Attempt:
     widened_for_links: bool = False
     #: The newest complete versions seen at the last backoff (:meth:`progressed`).
     mark: tuple | None = None
+    #: Objects added to a repair because it passes by a candidate of theirs
+    #: (``classify.left_behind``): each once per operation.
+    covered_behind: set[int] = field(default_factory=set)
 
     def answered(self, replies: Mapping[int, Reply]) -> None:
         """Count a round: one answered by fewer than ``q`` servers (whatever they said:

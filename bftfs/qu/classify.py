@@ -428,6 +428,46 @@ def missing_objects(view: View) -> frozenset[int]:
     return frozenset(need - set(view.objects))
 
 
+def passed_over(view: View, oid: int) -> list[Candidate]:
+    """Multi-object candidates a repair of ``oid`` passes by (no copy there carries them)
+    that may stay listed at order ``r`` or more at their other objects: the excluded ones
+    (:meth:`View.excluded`), and those that more than ``b`` servers list but fewer than
+    ``r``.
+
+    The latter are abandoned by the repair (had one been established, ``q`` fresh
+    histories would list it ``r`` times), yet it may still reach ``r``: the servers
+    outside this view that accepted it, up to ``n - q``, are not counted here, and ``b``
+    listings alone may be forged.  At an object where nothing newer came (a file whose
+    create lost at its directory) such a candidate stays the latest, and whoever next
+    uses that object must decide it by this object's chain (:meth:`View.skips`), which
+    pruning removes behind every complete version: one proven link per version since.
+
+    Which candidates are named here costs rounds, never safety: each object a repair
+    covers is classified from its own fresh histories, as any repair's are."""
+    th = view.th
+    excluded = view.excluded()
+    return [
+        c
+        for c in view.candidates(oid)
+        if c.multi and not c.lt.barrier and (c.key in excluded or th.b < view.order(oid, c) < th.r)
+    ]
+
+
+def left_behind(view: View) -> frozenset[int]:
+    """Objects outside ``view`` that a repair of its objects covers too: those of the
+    candidates it passes by (:func:`passed_over`).  A barrier and a copy there while this
+    view decides the skip from listed links leave a complete version there whose own
+    listed chain decides it (:meth:`View.settled`); left alone, the next user of the
+    object walks this object's chain back to the candidate, however far it moved on
+    (1 555 proven links under two PostMarks in one directory, more than a request
+    carries: every node refused it)."""
+    out: set[int] = set()
+    for oid in view.objects:
+        for c in passed_over(view, oid):
+            out.update(c.objects)
+    return frozenset(out - set(view.objects))
+
+
 def established_answer_point(view: View, oid: int) -> Candidate | None:
     """The client-side query rule of L2588-2595.
 

@@ -42,6 +42,7 @@ from bftfs.qu.classify import (
     established_answer_point,
     inline_target,
     missing_objects,
+    passed_over,
     stray_holders,
 )
 from bftfs.qu.history import OHSEntry
@@ -361,18 +362,17 @@ def abandon_alone(view: View, classes: Mapping[int, ObjectClass]) -> tuple[int, 
     objects alone, while the skip is proven, needs no other object to hold still: once a
     complete copy there passes M by, its listed chain decides M (:meth:`View.settled`).
 
-    An object qualifies when it is not METHOD, an excluded candidate listed there is newer
-    than its latest object candidate, and that candidate can be copied there alone (not
-    an incomplete multi-object one, whose copy must cover all its objects).  Likewise
+    An object qualifies when it is not METHOD, a candidate its repair passes over
+    (:func:`~bftfs.qu.classify.passed_over`: an excluded one, or one too thin to be
+    established that may yet reach ``r``) is listed there newer than its latest object
+    candidate, and that candidate can be copied there alone (not an incomplete
+    multi-object one, whose copy must cover all its objects).  Likewise
     when its latest object candidate is such a multi-object candidate that a complete
     version's chain meets at another object (:meth:`View.kept`): established, it is copied
     forward here alone (an established unlink shown at order ``q - 1`` with a node down,
     its directory far on).
     """
-    excluded = view.excluded()
     kept = view.kept()
-    if not excluded and not kept:
-        return ()
     out = []
     for oid in view.objects:
         cl = classes.get(oid)
@@ -385,8 +385,7 @@ def abandon_alone(view: View, classes: Mapping[int, ObjectClass]) -> tuple[int, 
             continue
         floor = obj.lt if obj is not None else None
         if any(
-            c.key in excluded and view.local(oid, c) and (floor is None or c.lt > floor)
-            for c in view.candidates(oid)
+            view.local(oid, c) and (floor is None or c.lt > floor) for c in passed_over(view, oid)
         ):
             out.append(oid)
     return tuple(out)

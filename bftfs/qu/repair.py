@@ -46,18 +46,21 @@ that patience runs out: slow is not unavailable.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 from bftfs.outcome import refused_for_space
 from bftfs.qu import core
 from bftfs.qu.attempt import MAX_SHORT_ROUNDS, Attempt, QUUnavailable
-from bftfs.qu.classify import OpType, QUThresholds, View
+from bftfs.qu.classify import OpType, QUThresholds, View, left_behind
 from bftfs.qu.linkproofs import LinkProofs
 from bftfs.qu.ohscache import HistoryCache
 from bftfs.qu.reply import Reply
 from bftfs.qu.request import Operation, Request
 from bftfs.qu.rounds import QuorumRounds
 from bftfs.qu.timestamp import MAX_OBJECTS, Candidate, Timestamp
+
+log = logging.getLogger(__name__)
 
 #: Candidates one repair splits off inside one another at most (:meth:`Repairer._split`):
 #: each is newer than the one it was split from, so this is never reached while other
@@ -92,7 +95,16 @@ class Repairer:
         self._links = links
         #: What repair did, in ``QUClient.statistics``.
         self.counts = dict.fromkeys(
-            ("barriers", "copies", "backoffs", "backoff_ms", "inline_repairs", "split_repairs"), 0
+            (
+                "barriers",
+                "copies",
+                "backoffs",
+                "backoff_ms",
+                "inline_repairs",
+                "split_repairs",
+                "behind_repairs",
+            ),
+            0,
         )
 
     async def _back_off(self, st: Attempt) -> None:
@@ -237,9 +249,41 @@ class Repairer:
                 if latest > st.seen_latest:  # moved on since the query: ask again
                     st.seen_latest = latest
                     return
+            if await self._repair_behind(view, fresh, st, repairing):
+                continue
             # Objects that only abandon an excluded candidate go alone first, the rest as
             # context (``core.abandon_alone``): a busy object cannot keep them stale.
             await self._barrier_or_copy(nxt.alone or allobjs, view, nxt.type, fresh, st)
+
+    async def _repair_behind(
+        self,
+        view: View,
+        fresh: dict[int, set[int]],
+        st: Attempt,
+        repairing: frozenset[tuple],
+    ) -> bool:
+        """Repair on its own each object outside ``view`` of a candidate a repair of
+        ``view`` passes by (:func:`~bftfs.qu.classify.left_behind`), once per operation,
+        before that repair moves its own objects on; whether there was any.
+
+        While the view's listed links still decide the skip, a single-object copy there
+        passes the candidate by, and its own listed chain decides it from then on
+        (:meth:`View.settled`).  Left listed there, the next user of that object walks
+        the view's chain, pruned meanwhile behind every complete version:
+        1 555 proven links in one directory under two PostMarks, more than a request may
+        carry, and every node refused it.  One object at a time: a copy over several
+        would be a multi-object candidate again, whose next reader may have to deduce it
+        from the others' chains.  Best effort: an object that cannot be repaired now is
+        left to its next user, and this repair goes on."""
+        behind = left_behind(view) - st.covered_behind
+        st.covered_behind |= behind | set(view.objects)
+        for oid in sorted(behind):
+            self.counts["behind_repairs"] += 1
+            try:
+                await self.repair((oid,), set(), fresh, None, st, repairing)
+            except QUUnavailable as e:
+                log.info("object %d, passed by in a repair, not repaired now: %s", oid, e)
+        return bool(behind)
 
     async def _split(
         self,
