@@ -74,6 +74,8 @@ def test_a_stored_request_proves_the_link_and_excludes_the_abandoned_update() ->
     )
     assert v.wanted_links() == frozenset()
     assert any(k[0] == lts["m"]._bytes for k in v.excluded())
+    # What the log names when a walk is too long: M, walked at D from D's newest.
+    assert [(c.lt, oid) for c, oid, _ in v.walked.values()] == [(lts["m"], D)]
 
 
 async def test_a_reader_repairs_the_file_without_splitting_the_update() -> None:

@@ -122,6 +122,9 @@ class View:
         self._chains: dict[int, dict[Timestamp, Timestamp]] = {}
         self._excluded: frozenset | None = None
         self._kept: set[tuple] = set()
+        #: The skips whose decision used proven links, by candidate: ``(candidate, object
+        #: walked, the newer candidate walked from)`` (what a log says of a long walk).
+        self.walked: dict[tuple, tuple[Candidate, int, Candidate]] = {}
         self._orders: dict[tuple, int] = {}
         self._latests: dict[tuple, Candidate | None] = {}
         self._idx = {o: _index(mohs[o], th.n) for o in self.objects}
@@ -346,7 +349,10 @@ class View:
                     # Undecided (None): M stays in for now, and the link is wanted.
                     if y is None or y.lt <= c.lt:
                         continue
+                    used = len(self._used)
                     skipped = self.skips(o2, y, c)
+                    if len(self._used) > used:
+                        self.walked[c.key] = (c, o2, y)
                     if skipped:
                         skip.add(c.key)
                         changed = True

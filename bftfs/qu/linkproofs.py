@@ -45,10 +45,11 @@ class LinkProofs:
             per_object = Counter(oid for oid, _ in used)
             log.warning(
                 "a classification used %d proven links, more than a request carries (%d): "
-                "per object %s",
+                "per object %s; deciding %s",
                 len(used),
                 MAX_LINKS,
                 dict(per_object.most_common()),
+                _walks(view),
             )
         return tuple(
             Link(oid, lt, self.facts[(oid, lt)], self.proofs[(oid, lt)])
@@ -78,3 +79,17 @@ class LinkProofs:
         if any((lk.oid, lk.lt) not in self.proofs for lk in links):
             return None
         return tuple(lk.__class__(*lk.fact(), self.proofs[(lk.oid, lk.lt)]) for lk in links)
+
+
+def _walks(view: View) -> str:
+    """The candidates whose skip a view decided by proven links, for the log: each one's
+    timestamp, objects and order, and where and from what its chain was walked (which
+    update was left incomplete at a quiet object, by whom)."""
+    out = []
+    for c, oid, y in view.walked.values():
+        order = view.order(oid, c)
+        out.append(
+            f"{c.lt!r} over {c.objects} at order {order}, walked at {oid} from {y.lt!r}"
+            f" over {y.objects}"
+        )
+    return "; ".join(out) or "nothing"
