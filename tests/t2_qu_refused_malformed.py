@@ -13,11 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import trio
 from qu_helpers import counting_client
 
 from bftfs.qu.attempt import QUUnavailable
 from bftfs.qu.classify import View
-from bftfs.qu.request import MAX_LINKS, Link
+from bftfs.qu.request import MAX_LINKS, MAX_PROOF, Link
 from bftfs.qu.timestamp import ZERO, Timestamp
 from bftfs.testing.cluster import open_cluster
 
@@ -43,3 +44,26 @@ async def test_a_request_the_nodes_refuse_as_malformed_fails_at_once_with_their_
             await c.update(OID, "counter.increment", 1)
         assert "links must be a short list" in str(e.value)
         assert c.statistics().rounds == before + 1  # not tried again: it would be refused
+
+
+async def test_a_request_over_the_frame_limit_fails_at_once_as_unavailable(
+    tmp_path: Path,
+) -> None:
+    """A request larger than a node reads (a walk's link proofs, megabytes: two PostMarks
+    in one directory) is refused by the endpoint before it is sent; the Q/U client answers
+    it as unavailable, with the reason, as it does the nodes' own refusal.  It escaped as
+    a transport-level error instead, which a listing's nursery carried to the FUSE handler
+    as an "unexpected ExceptionGroup"."""
+    async with open_cluster(tmp_path, clients=1, seed=4) as cl:
+        c = await counting_client(cl, OID)
+        heavy = tuple(
+            Link(OID, Timestamp(k + 1, False, 1, bytes(32)), ZERO, bytes(MAX_PROOF))
+            for k in range(9)
+        )
+
+        def links_for(_view: View) -> tuple[Link, ...]:
+            return heavy
+
+        c._links.links_for = links_for  # type: ignore[method-assign]
+        with trio.fail_after(10), pytest.raises(QUUnavailable, match="over the limit"):
+            await c.update(OID, "counter.increment", 1)

@@ -28,7 +28,7 @@ from typing import Any
 
 import trio
 
-from bftfs.net.errors import TransportError
+from bftfs.net.errors import OversizedRequest, TransportError
 from bftfs.net.quorum import QuorumUnavailable
 from bftfs.outcome import Patience, caught_up, current_patience, refused_for_space
 from bftfs.qu import core
@@ -260,7 +260,9 @@ class QUClient:
                     return await self._run(objects, op)
             async with self._locked(objects):
                 return await self._run(objects, op)
-        except (QuorumUnavailable, TransportError) as e:  # callers see one family only
+        except (QuorumUnavailable, TransportError, OversizedRequest) as e:  # one family
+            # (a request over the frame limit: refused before it is sent, as every node
+            # would refuse it; a walk's link proofs under contention can grow that large)
             raise QUUnavailable(f"objects {objects}: {type(e).__name__}: {e}") from e
         finally:
             self._unlock_idle(objects)
