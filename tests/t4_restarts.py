@@ -166,6 +166,7 @@ def _catch_up(pc: ProcessCluster, node: int, timeout: float = 120.0) -> dict[str
     return _wait(f"a clean catch-up pass of node {node}", timeout, finished, progress)
 
 
+@pytest.mark.timeout(900)
 def test_a_node_away_past_the_retention_window_catches_up_and_a_second_failure_reads(
     tmp_path: Path,
 ) -> None:
@@ -213,10 +214,14 @@ def test_a_node_away_past_the_retention_window_catches_up_and_a_second_failure_r
             # The history the catch-up would replay is gone: the others pruned the versions
             # (and the stored requests) older than keep_seconds.  (They cannot verify and
             # collect blocks meanwhile: a verifier reads the other nodes, one is down.)
-            # (A guard against a hang: 136 s once with three slow-suite workers on 2 cores.)
+            # (A guard against a hang: 136 s once with three slow-suite workers on 2 cores;
+            # over 300 s once in CI's slow suite, whose timeout then cut the test off inside
+            # a trio run and left its worker unusable for three more tests; 28-34 s alone
+            # or beside two busy loops, cause of the stall not found.  The test's own
+            # timeout is above this wait's, so a stall fails here, saying what it waited for.)
             _wait(
                 "the others pruned",
-                300,
+                600,
                 lambda: all(_count(_stats(pc)[i], "qu.pruned") >= 40 for i in up),
             )
             pc.start(away)
