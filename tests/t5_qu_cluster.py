@@ -296,6 +296,13 @@ async def test_dead_preferred_server_is_probed_around(tmp_path: Path) -> None:
         assert progress["failed"] == 0 and progress["done"] == progress["behind"] <= 1
         make_byzantine(cl, 3, "reject_everything")
         await incrementers([a, b], rec, 7, 2)
+        # Every request a and b sent server 3 is refused before it turns honest: a ping
+        # behind them on each client's one connection answers only once the node has read
+        # them and started their handlers.  Without it, a loaded node could read the
+        # refused phase's requests after honest() and accept them in order, current
+        # without a sync (a CI failure, stop 90).
+        for c in (a, b):
+            await c.ep.call(3, "ping", None)
         cl.faults[3].honest()
         synced_before = cl.nodes[3].stats["qu.synced"]  # the catch-up's repair syncs too
         cl.faults[0].crash()  # server 3 is needed for a quorum again
