@@ -114,8 +114,13 @@ def test_an_emptied_block_does_not_stand_for_its_hour() -> None:
 def test_a_history_read_takes_the_newest_value_f_plus_one_nodes_report() -> None:
     old, new = Stored(Stamp(1, 9), b"old"), Stored(Stamp(2, 9), b"new")
     lie = Stored(Stamp(99, 9), b"made up")
-    assert blockregs.pick([new, new, lie], 1) == new
-    assert blockregs.pick([old, old, new, lie], 1) == old  # a lagging node and a copy
+    assert blockregs.pick([new, new, old], 1) == new
+    assert blockregs.pick([new, new, lie], 1) is None  # a newer answer: wait for the rest
+    assert blockregs.pick([new, new, lie, new], 1, everyone=True) == new
+    assert blockregs.pick([old, old, new], 1) is None  # a node that missed new, and a copy
+    assert blockregs.pick([old, old, new, new], 1, everyone=True) == new
+    # Everyone answered and one alone reports it: a lie, or no complete write.
+    assert blockregs.pick([old, old, new, lie], 1, everyone=True) == old
     assert blockregs.pick([old, new, lie], 1) is None  # wait for another answer
     reply = blockregs.past_reply(new)
     assert blockregs.parse_past_reply(reply) == new

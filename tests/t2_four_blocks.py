@@ -20,7 +20,9 @@ import trio
 
 from bftfs.fs.clients.registerblocks import RegisterBlocks
 from bftfs.listeners import blockregs
+from bftfs.listeners import bmessages as bm
 from bftfs.listeners.bnodeside import sync_request
+from bftfs.listeners.stamps import INITIAL_VALUE
 from bftfs.net.server import HandlerError
 from bftfs.node.service import Node
 from bftfs.rw.timestamp import Timestamp
@@ -137,3 +139,42 @@ async def test_a_restarted_node_catches_up_so_another_can_lie(tmp_path: Path) ->
             await _write_round(rb, rng, range(8), want)
             await _check(rb, want)
         assert c.nodes[3].progress["blisteners-sync"]["asked"] == 3
+
+
+async def _no_history(ctx: Any, payload: Any, honest: Any) -> Any:
+    """A ``bl.past`` answered with the empty initial value: "nothing was ever written"."""
+    return blockregs.past_reply(INITIAL_VALUE)
+
+
+async def test_a_past_read_waits_out_a_liar_beside_a_node_that_never_held_the_version(
+    tmp_path: Path,
+) -> None:
+    """Node 3 loses every STORE of block 0's first version (the writer's and the other
+    nodes' forwarding, whenever they come) and takes the second: it never holds the
+    first.  Then node 0
+    answers every history question with the empty value and node 2 answers late: the
+    first three answers for the first version are the liar's empty value, node 3's
+    (empty: it holds nothing that old) and node 1's true one.  Two identical answers
+    vouched for the empty block, and a reader that stopped there read zeros
+    (``t4_four_nodes`` under load); it waits for node 2, and reads the version."""
+    async with open_cluster(tmp_path, t=1, b=1, n=4, engine="fab", map_size=1 << 30) as c:
+        rb = _registers(c, 0)
+        first, second = b"first" * 1000, b"second" * 1000
+
+        async def lose_first(ctx: Any, payload: Any, honest: Any) -> Any:
+            parsed = bm.parse_store_request(payload, tuple(c.config.node_ids))
+            if blockregs.block_of(parsed.write.value.data) == first:
+                return await _lost(ctx, payload, honest)
+            return await honest(ctx, payload)
+
+        c.faults[3].byzantine(bm.KIND_STORE, lose_first)  # whenever it comes
+        t_first = await rb.write_block(0, first)
+        await rb.write_block(0, second)
+        with trio.fail_after(60):  # a quorum took it; node 3 may take it after
+            while not _holds(c.nodes[3], 0, second):  # noqa: ASYNC110 (no event to wait on)
+                await trio.sleep(0.05)
+        c.faults[0].byzantine(blockregs.KIND_PAST, _no_history)
+        c.faults[2].delay(0.3)
+        reader = _registers(c, 1)
+        assert await reader.read_as_of(0, t_first.time) == first
+        assert await reader.read_as_of(0, t_first.time - 1) == b""

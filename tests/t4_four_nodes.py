@@ -75,7 +75,11 @@ def _history(home: Path, first: bytes) -> None:
         capture_output=True,
         timeout=300,
     )
-    assert old.returncode == 0 and old.stdout == first, old.stderr
+    assert old.returncode == 0, old.stderr
+    differs = next(
+        (i for i, (x, y) in enumerate(zip(old.stdout, first, strict=False)) if x != y), None
+    )
+    assert old.stdout == first, (len(old.stdout), len(first), differs, log, old.stderr)
 
 
 def _caught_up(home: Path) -> None:

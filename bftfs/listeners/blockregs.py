@@ -83,8 +83,23 @@ def parse_past_reply(raw: object) -> Stored:
     return value
 
 
-def pick(answers: Iterable[Stored], f: int) -> Stored | None:
-    """The newest value at least ``f + 1`` answers report identically; None if none is."""
+def pick(answers: Iterable[Stored], f: int, *, everyone: bool = False) -> Stored | None:
+    """The newest value at least ``f + 1`` answers report identically, once no answer
+    reports a newer one or ``everyone`` answered; None until then.
+
+    A correct node can lack a version: it missed the write, and its catch-up sent only a
+    later value.  As of that version's moment it reports an older value (the empty one
+    if it held nothing older), and a liar that reports the same makes ``f + 1`` identical
+    answers for it while the true version is one answer away: the block read as zeros
+    (``t4_four_nodes``, under load).  A newer answer is waited for until everyone
+    answered: a complete write is held by a quorum, so by ``f + 1`` correct nodes, and a
+    newer value only one node reports then is a lie, or no complete write."""
+    answers = list(answers)
     counts = Counter(answers)
     vouched = [v for v, c in counts.items() if c >= f + 1]
-    return max(vouched) if vouched else None
+    if not vouched:
+        return None
+    best = max(vouched)
+    if not everyone and any(v > best for v in answers):
+        return None
+    return best

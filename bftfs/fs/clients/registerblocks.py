@@ -10,7 +10,8 @@ over a :class:`~bftfs.listeners.bclient.BListenersClient`: block ``B`` is one re
   PASIS client's hybrid clock).  Its ``Timestamp`` is ``(Time, writer, hash(block))``.
 - ``read_block``: a register read: the latest complete write, decided by a quorum of
   identical answers (at least ``f + 1`` of them correct).
-- ``read_as_of``: ``bl.past`` to every node, the newest value ``f + 1`` report identically.
+- ``read_as_of``: ``bl.past`` to every node, the newest value ``f + 1`` report identically,
+  once no answer reports a newer one or every node answered (``blockregs.pick``).
 - ``prepare``: nothing to encode (whole replicas): the value is made ahead, so that a
   sealed block's seal is still done off the flush's path.
 - ``space``: ``rw.space``, as the PASIS client asks it.
@@ -36,6 +37,7 @@ from bftfs.listeners import blockregs
 from bftfs.listeners.auth import data_hash
 from bftfs.listeners.bclient import BListenersClient
 from bftfs.listeners.stamps import Stored
+from bftfs.net.quorum import QuorumUnavailable
 from bftfs.rw.calls import DEFAULT_CONCURRENCY
 from bftfs.rw.client import RWStatistics, Space, ask_space, largest_block, open_rw_client
 from bftfs.rw.failures import ReadFailed, WriteFailed, outcomes
@@ -197,21 +199,29 @@ class RegisterBlocks:
                 return False
             return True
 
+        def chosen() -> Stored | None:
+            everyone = len(answers) == len(self.regs.nodes)
+            return blockregs.pick(answers.values(), self.sizes.f, everyone=everyone)
+
         def enough(_replies: Mapping[NodeId, Any]) -> bool:
-            return (
-                len(answers) >= self.sizes.quorum
-                and blockregs.pick(answers.values(), self.sizes.f) is not None
-            )
+            return len(answers) >= self.sizes.quorum and chosen() is not None
 
         key = blockregs.name(block)
-        await self.endpoint.quorum_call(
-            self.regs.nodes,
-            blockregs.KIND_PAST,
-            blockregs.past_request(key, time_ns),
-            accept=accept,
-            enough=enough,
-        )
-        got = blockregs.pick(answers.values(), self.sizes.f)
+        try:
+            await self.endpoint.quorum_call(
+                self.regs.nodes,
+                blockregs.KIND_PAST,
+                blockregs.past_request(key, time_ns),
+                accept=accept,
+                enough=enough,
+            )
+        except QuorumUnavailable as e:
+            raise ReadFailed(
+                f"no version of block {block} as of {time_ns} is vouched for by "
+                f"{self.sizes.f + 1} of the {len(answers)} nodes that answered, or a newer "
+                f"one is reported that too few of them hold ({e})"
+            ) from e
+        got = chosen()
         if got is None:  # (enough held)
             raise ReadFailed(f"no version of block {block} as of {time_ns} is vouched for")
         self.stats["past_reads"] += 1
