@@ -37,10 +37,9 @@ from bftfs.listeners import blockregs
 from bftfs.listeners.auth import data_hash
 from bftfs.listeners.bclient import BListenersClient
 from bftfs.listeners.stamps import Stored
-from bftfs.net.quorum import QuorumUnavailable
 from bftfs.rw.calls import DEFAULT_CONCURRENCY
 from bftfs.rw.client import RWStatistics, Space, ask_space, largest_block, open_rw_client
-from bftfs.rw.failures import ReadFailed, WriteFailed, outcomes
+from bftfs.rw.failures import TRANSPORT, ReadFailed, WriteFailed, outcomes
 from bftfs.rw.timestamp import Timestamp
 from bftfs.rw.write import Prepared
 
@@ -215,7 +214,7 @@ class RegisterBlocks:
                 accept=accept,
                 enough=enough,
             )
-        except QuorumUnavailable as e:
+        except TRANSPORT as e:
             raise ReadFailed(
                 f"no version of block {block} as of {time_ns} is vouched for by "
                 f"{self.sizes.f + 1} of the {len(answers)} nodes that answered, or a newer "
