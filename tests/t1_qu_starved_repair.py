@@ -8,7 +8,7 @@ later request naming F must decide whether M is in D's history: a walk down D's 
 pruned behind every complete version, one proven link per version of D.  The winner never
 backs off (its own view of D shows no contention); the loser backs off before every repair,
 and its repair of D and F together was stale at D each time, so each view started the walk
-from a newer version of D.  Past 256 links (``request.MAX_LINKS``) every node refused the
+from a newer version of D.  Past 256 links (``request.MAX_PROVEN`` now) every node refused the
 request as malformed, for good: EIO at the mount.  Here the winner makes a burst of versions
 of D during each backoff of the loser, on in-memory replicas, so the interleaving is exact.
 """
@@ -25,7 +25,7 @@ from bftfs.ids import client_id
 from bftfs.qu.attempt import Attempt
 from bftfs.qu.classify import View
 from bftfs.qu.messages import ReplyStatus
-from bftfs.qu.request import MAX_LINKS, Operation, Request
+from bftfs.qu.request import MAX_PROVEN, Operation, Request
 from bftfs.qu.timestamp import Timestamp
 
 D, F = 7, 6  # a "directory" and a "file" counter (F's preferred quorum: servers 0-4)
@@ -68,7 +68,7 @@ async def test_a_lost_create_is_abandoned_at_the_file_while_the_directory_moves_
             await winner.update(D, "counter.increment", 1)
 
     loser._sleep = winner_runs
-    round_budget(loser, 4 * MAX_LINKS)
+    round_budget(loser, 4 * MAX_PROVEN)
     await loser.update((F, D), "counter.add_all", 1)
     assert bursts[0] >= 1  # the loser did back off while D moved on
     moves = 1 + BURST * bursts[0]  # N, then the winner's bursts
@@ -122,14 +122,14 @@ async def test_a_complete_update_shown_incomplete_by_one_quorum_is_not_walked_to
     )
     assert {r.status for r in send(cl, [0, 1, 2, 3, 4], m_req).values()} == {ReplyStatus.OK}
     five = [0, 1, 2, 3, 4]
-    for seq in range(2, MAX_LINKS + 46):
+    for seq in range(2, MAX_PROVEN + 46):
         req = Request(int(client_id(2)), (d,), {d: ohs_of(cl, d, five)}, inc(seq))
         assert {r.status for r in send(cl, ALL, req).values()} == {ReplyStatus.OK}
     loser = make_client(cl, 0)
-    round_budget(loser, 4 * MAX_LINKS)
+    round_budget(loser, 4 * MAX_PROVEN)
     await loser.update((f, d), "counter.add_all", 1)
     assert await loser.query(f, "counter.fetch") == 5 + 1
-    assert loser.statistics().link_proofs < MAX_LINKS
+    assert loser.statistics().link_proofs < MAX_PROVEN
 
 
 async def test_an_established_update_is_copied_forward_at_the_file_alone() -> None:
@@ -158,6 +158,6 @@ async def test_an_established_update_is_copied_forward_at_the_file_alone() -> No
             await winner.update(d, "counter.increment", 1)
 
     loser._sleep = winner_runs
-    round_budget(loser, 4 * MAX_LINKS)
+    round_budget(loser, 4 * MAX_PROVEN)
     await loser.update((f, d), "counter.add_all", 1)
     assert await loser.query(f, "counter.fetch") == 5 + 1

@@ -77,6 +77,9 @@ class ClientStatistics:
     behind_repairs: int
     #: Conditioned-on links proven from stored requests (deduction behind pruning).
     link_proofs: int
+    #: Links sent without their proofs, past what a request carries: the servers check
+    #: them against the requests they stored (``linkproofs.PROOF_BYTES``).
+    bare_links: int
     excluded_servers: tuple[int, ...]
 
 
@@ -146,6 +149,7 @@ class QUClient:
             rounds=self._rounds.rounds,
             history_fetches=self._rounds.history_fetches,
             link_proofs=self._links.proven,
+            bare_links=self._links.sent_bare,
             excluded_servers=tuple(sorted(self._cache.excluded)),
             **self._n,
             **self._repairer.counts,

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from bftfs.qu.classify import View
-from bftfs.qu.request import MAX_LINKS, Link
+from bftfs.qu.request import MAX_LINKS, MAX_PROVEN, Link
 from bftfs.qu.rounds import QuorumRounds
 from bftfs.qu.timestamp import Timestamp
 
@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 #: Proven links a client keeps before it starts over (each costs a proof of a few KB).
 MAX_FACTS = 4096
+#: Bytes of proofs one request carries at most (a frame holds 8 MiB); past them, and past
+#: ``request.MAX_PROVEN`` proofs, links go without (``LinkProofs._with_some_proofs``).
+PROOF_BYTES = 2 << 20
 
 
 class LinkProofs:
@@ -32,6 +35,8 @@ class LinkProofs:
         #: The proof of each: the packed stored request that made ``lt``.
         self.proofs: dict[tuple[int, Timestamp], bytes] = {}
         self.proven = 0
+        #: Links sent without their proofs, for the servers to check (past the budget).
+        self.sent_bare = 0
 
     def links_for(self, view: View) -> tuple[Link, ...]:
         """The proven links ``view``'s decisions used, with their proofs: the servers must
@@ -40,8 +45,8 @@ class LinkProofs:
             return ()
         used = view.used_links()
         if len(used) > MAX_LINKS:
-            # Every node will refuse the request (issue 39's failure): say which objects'
-            # chains the walks went down, which the nodes' refusal cannot tell.
+            # Every node will refuse the request (issue 39's failure, at 256 then): say
+            # which objects' chains the walks went down, which the refusal cannot tell.
             per_object = Counter(oid for oid, _ in used)
             log.warning(
                 "a classification used %d proven links, more than a request carries (%d): "
@@ -51,10 +56,29 @@ class LinkProofs:
                 dict(per_object.most_common()),
                 _walks(view),
             )
-        return tuple(
-            Link(oid, lt, self.facts[(oid, lt)], self.proofs[(oid, lt)])
-            for oid, lt in sorted(used, key=lambda k: (k[0], k[1].encode()))
-        )
+        return self._with_some_proofs([(oid, lt, self.facts[(oid, lt)]) for oid, lt in used])
+
+    def _with_some_proofs(
+        self, facts: Iterable[tuple[int, Timestamp, Timestamp]]
+    ) -> tuple[Link, ...]:
+        """``facts`` as links, the oldest :data:`MAX_PROVEN` within :data:`PROOF_BYTES`
+        with their proofs and the rest without: each server checks those against the
+        requests it stored itself (``links.verified``), and a walk past a few hundred
+        links fits a request instead of every node refusing it.  The oldest get the
+        proofs: their stored requests are the first a server drops
+        (``retention.drop_requests``)."""
+        budget, kept = PROOF_BYTES, 0
+        out = []
+        for oid, lt, lt_co in sorted(facts, key=lambda f: (f[1], f[0])):
+            proof = self.proofs.get((oid, lt))
+            if kept < MAX_PROVEN and proof is not None and len(proof) <= budget:
+                budget -= len(proof)
+                kept += 1
+            else:
+                proof = None
+            out.append(Link(oid, lt, lt_co, proof))
+        self.sent_bare += len(out) - kept
+        return tuple(sorted(out, key=lambda lk: (lk.oid, lk.lt.encode())))
 
     async def prove(self, wanted: Iterable[tuple[int, Timestamp]]) -> int:
         """Prove conditioned-on links (``bftfs.qu.links``) this client does not know yet.
@@ -74,11 +98,11 @@ class LinkProofs:
         return proven
 
     def with_proofs(self, links: tuple[Link, ...]) -> tuple[Link, ...] | None:
-        """``links`` (stored without proofs) with the proofs this client holds, or None if
-        it lacks one."""
+        """``links`` (stored without proofs) with the proofs this client holds, as far as
+        a request carries them (:meth:`_with_some_proofs`), or None if it lacks one."""
         if any((lk.oid, lk.lt) not in self.proofs for lk in links):
             return None
-        return tuple(lk.__class__(*lk.fact(), self.proofs[(lk.oid, lk.lt)]) for lk in links)
+        return self._with_some_proofs(lk.fact() for lk in links)
 
 
 def _walks(view: View) -> str:

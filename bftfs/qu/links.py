@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from bftfs.qu.canon import canonical
 from bftfs.qu.classify import QUThresholds, View
@@ -90,15 +90,26 @@ def prove(proof: bytes, th: QUThresholds, oid: int, lt: Timestamp) -> Timestamp 
     return got[1][oid]
 
 
-def verified(links: Iterable[Link], th: QUThresholds) -> dict[tuple[int, Timestamp], Timestamp]:
-    """The links of a request as facts, every one checked against its proof.
+def verified(
+    links: Iterable[Link],
+    th: QUThresholds,
+    own: Callable[[Timestamp], bytes | None] = lambda _lt: None,
+) -> dict[tuple[int, Timestamp], Timestamp]:
+    """The links of a request as facts, every one checked against its proof, or, for a
+    link sent without one, against ``own(lt)``: the request this server stored when it
+    accepted ``lt`` itself (packed), as good a proof as any and one nobody had to send.
+    A walk down a long pruned chain needs more proofs than a request carries (thousands
+    of links, megabytes, two PostMarks in one directory: every node refused it); a
+    client sends the links past ``request.MAX_PROVEN`` without proofs, and the servers
+    that stored those requests decide.
 
     Raises:
-        LinkError: a link without proof, or one its proof does not show.
+        LinkError: a link without a proof here, or one its proof does not show.
     """
     out: dict[tuple[int, Timestamp], Timestamp] = {}
     for lk in links:
-        if lk.proof is None or prove(lk.proof, th, lk.oid, lk.lt) != lk.lt_co:
+        proof = lk.proof if lk.proof is not None else own(lk.lt)
+        if proof is None or prove(proof, th, lk.oid, lk.lt) != lk.lt_co:
             raise LinkError(f"link of object {lk.oid} at {lk.lt} is not proven")
         out[(lk.oid, lk.lt)] = lk.lt_co
     return out

@@ -374,7 +374,8 @@ def _set_up(
     links: tuple[Link, ...] = ()
     if req.links:
         try:
-            facts = verified(req.links, th)
+            own = functools.partial(schema.load_request_packed, step.kv)
+            facts = verified(req.links, th, own)
         except LinkError as e:
             return step.reply(ReplyStatus.REFUSED, why=str(e))
         links = tuple(Link(oid, lt, co) for (oid, lt), co in sorted(facts.items()))

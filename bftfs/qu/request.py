@@ -126,7 +126,11 @@ class Link:
 
 
 #: Links one request may carry (a conditioned-on chain walked back past a pruned stretch).
-MAX_LINKS = 256
+#: Past :data:`MAX_PROVEN` of them they go without proofs, and each server checks them
+#: against the requests it stored itself (``links.verified``): ~100 bytes each.
+MAX_LINKS = 4096
+#: Links one request may carry with their proofs (each a stored request, a few KB).
+MAX_PROVEN = 256
 #: Largest proof (a stored request of up to 8 objects' histories).
 MAX_PROOF = 1 << 20
 
@@ -277,6 +281,8 @@ class Request:
         links = tuple(Link.from_wire(x) for x in lk)
         if len({(x.oid, x.lt) for x in links}) != len(links):
             raise MessageError("link repeated")
+        if sum(x.proof is not None for x in links) > MAX_PROVEN:
+            raise MessageError("links must carry few proofs")
         return cls(
             parse_uint(d.get("c"), "client"),
             objects,

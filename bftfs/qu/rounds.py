@@ -176,7 +176,32 @@ class QuorumRounds:
                 for n, why in e.result.errors.items()
                 if refusal_code(why) == "bad-request"
             }
+        self._check_unproven(objects, req, stash)
         return dict(stash)
+
+    def _check_unproven(
+        self, objects: tuple[int, ...], req: Request, stash: Mapping[int, Reply]
+    ) -> None:
+        """More than ``b`` servers refused links the request sent without proofs (past
+        what a request carries, ``linkproofs.PROOF_BYTES``) for want of the stored
+        request that proves them: the same request would be refused again, and asked
+        again it would be for ever.
+
+        Raises:
+            QUUnavailable: the links could not be checked, with a server's reason.
+        """
+        if all(lk.proof is not None for lk in req.links):
+            return
+        unproven = {
+            n: r.why
+            for n, r in stash.items()
+            if r.status is ReplyStatus.REFUSED and "not proven" in (r.why or "")
+        }
+        if len(unproven) > self.th.b:
+            raise QUUnavailable(
+                f"objects {objects}: nodes {sorted(unproven)} hold no stored request to "
+                f"check links sent without proofs ({unproven[min(unproven)]})"
+            )
 
     def _vouched(self, node: int, req: Request, rep: Reply) -> bool:
         """Whether ``rep`` is believed: an OK reply to a method needs the signature

@@ -510,6 +510,12 @@ def delete_request(kv: KV, lt: Timestamp) -> bool:
     return _delete(kv, DB_REQ, lt.encode())
 
 
+def load_request_packed(kv: KV, lt: Timestamp) -> bytes | None:
+    """The stored request body of ``lt`` as stored (packed), or None: a link's proof."""
+    raw = kv.get(DB_REQ, lt.encode())
+    return bytes(raw) if raw is not None else None
+
+
 def load_request(kv: KV, lt: Timestamp) -> Any:
     """The stored request body of ``lt`` (parsed msgpack), or None."""
     raw = kv.get(DB_REQ, lt.encode())
