@@ -30,10 +30,11 @@ from bftfs.kv import MemoryKV
 from bftfs.net.errors import RemoteError, TransportError
 from bftfs.net.quorum import QuorumEngine, QuorumResult, QuorumUnavailable, Verdict
 from bftfs.qu import past
-from bftfs.qu.canon import canonical
+from bftfs.qu.canon import canonical, pack
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.qu.history import OHSEntry
+from bftfs.qu.links import NeedProofs, shows
 from bftfs.qu.messages import (
     KIND_FETCH,
     KIND_HISTORY,
@@ -46,7 +47,7 @@ from bftfs.qu.objsync import SyncVotes, sync_order
 from bftfs.qu.reads import handle_fetch, handle_history, handle_sync
 from bftfs.qu.replica import NeedSync, handle_request
 from bftfs.qu.reply import Reply
-from bftfs.qu.request import Request
+from bftfs.qu.request import Link, Request
 from bftfs.qu.serverconfig import ReplicaConfig, Retention
 from bftfs.qu.timestamp import Timestamp
 from bftfs.testing.byzantine.qu import Behaviour, Withheld
@@ -152,8 +153,12 @@ class MemCluster:
             else:
                 req = Request.from_wire(payload, self.th.n)
             synced: dict = {}
+            fetched: dict | None = None
             for _ in range(3):
-                res = handle_request(kv, cfg, sender, req, synced, self.now_ns)
+                res = handle_request(kv, cfg, sender, req, synced, self.now_ns, fetched=fetched)
+                if isinstance(res, NeedProofs):  # as node/qu_objsync.fetch_proofs
+                    fetched = self.fetch_proofs(server, res.links)
+                    continue
                 if not isinstance(res, NeedSync):
                     return res.wire()
                 for want in res.wants:
@@ -171,6 +176,20 @@ class MemCluster:
         if kind == past.KIND_STATES:
             return past.states_step(kv, *past.parse_states_request(payload))
         raise RemoteError("unknown_kind", kind)
+
+    def fetch_proofs(self, server: int, links: Sequence[Link]) -> dict[Timestamp, bytes]:
+        """The stored requests proving ``links``, each from the first other server whose
+        answer shows it (the node's rule: :func:`bftfs.node.qu_objsync.fetch_proofs`)."""
+        out: dict[Timestamp, bytes] = {}
+        for link in links:
+            for h in sync_order(server, (), self.th.n):
+                if h in self.down:
+                    continue
+                got = handle_fetch(self.kvs[h], link.lt)
+                if got is not None and shows(pack(got), self.th, link):
+                    out[link.lt] = pack(got)
+                    break
+        return out
 
     def sync(
         self, server: int, oid: int, lt: Timestamp, hosts: Sequence[int]

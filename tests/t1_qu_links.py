@@ -13,7 +13,7 @@ from qu_helpers import MemCluster, send
 from t1_qu_client import make_client, round_budget
 
 from bftfs.ids import client_id
-from bftfs.qu import linkproofs, schema
+from bftfs.qu import linkproofs, replica, schema
 from bftfs.qu.attempt import QUUnavailable
 from bftfs.qu.canon import pack
 from bftfs.qu.classify import View
@@ -96,15 +96,16 @@ async def test_a_reader_repairs_the_file_without_splitting_the_update() -> None:
 
 def test_servers_refuse_links_without_a_valid_proof() -> None:
     """A link without its proof is checked against the request the server stored when it
-    accepted that version itself: server 3 took the copy Y (and proves the link by it),
-    server 1 never did (it refuses); a false link is refused with a proof or without."""
+    took that version, or one it fetches from the others (server 1 never took the copy
+    Y); a false link is refused with a proof or without, and so is a true one whose
+    request no server holds any more."""
     cl, lts = abandoned_update_behind_a_pruned_chain()
     mohs = {D: ohs_of(cl, D, list(ALL)), F: ohs_of(cl, F, list(ALL))}
     proof = pack(handle_fetch(cl.kvs[0], lts["y"]))
     bare = Request(C1, (D, F), mohs, None, None, (Link(D, lts["y"], ZERO),))
     lying = Request(C1, (D, F), mohs, None, None, (Link(D, lts["y"], lts["m"], proof),))
     bare_lie = Request(C1, (D, F), mohs, None, None, (Link(D, lts["y"], lts["m"]),))
-    for server, req in ((1, bare), (3, lying), (3, bare_lie)):
+    for server, req in ((3, lying), (3, bare_lie), (1, bare_lie)):
         rep = send(cl, [server], req)[server]
         assert rep.status is ReplyStatus.REFUSED and "not proven" in rep.why
     undecided = send(cl, [3], Request(C1, (D, F), mohs, None))[3]
@@ -112,6 +113,11 @@ def test_servers_refuse_links_without_a_valid_proof() -> None:
     proven = Request(C1, (D, F), mohs, None, None, (Link(D, lts["y"], ZERO, proof),))
     assert send(cl, [3], proven)[3].status is ReplyStatus.OK  # the barrier
     assert send(cl, [4], bare)[4].status is ReplyStatus.OK  # its own stored request
+    assert send(cl, [1], bare)[1].status is ReplyStatus.OK  # one fetched from the others
+    for kv in cl.kvs:
+        schema.delete_request(kv, lts["y"])
+    rep = send(cl, [2], bare)[2]
+    assert rep.status is ReplyStatus.REFUSED and "not proven" in rep.why
 
 
 async def test_links_past_the_proof_budget_go_bare_and_the_servers_check_them(
@@ -119,16 +125,16 @@ async def test_links_past_the_proof_budget_go_bare_and_the_servers_check_them(
 ) -> None:
     """A walk needing more proofs than a request carries (thousands under two PostMarks
     in one directory; every node refused such a request, EIO) sends the links past the
-    budget without proofs: here every link, with a budget of none.  Each server checks a
-    bare link against the request it stored when it took that version: with server 5
-    down, two of the five left (1, which never took the copy Y, and 4 here made to lose
-    Y's request) cannot, and the operation fails at once with their reason instead of
-    being asked again for ever.  Once server 1 holds Y's request too, with server 4 down,
-    a reader repairs as with proofs."""
+    budget without proofs: here every link, with a budget of none.  A server checks a
+    bare link against the request it stored when it took that version, or fetches one.
+    Made to fetch none, with server 5 down, two of the five left cannot (1, which never
+    took the copy Y, and 4 here made to lose Y's request): the operation fails at once
+    with their reason, instead of being asked again for ever.  Fetching, they take it,
+    and a reader repairs as with proofs."""
     monkeypatch.setattr(linkproofs, "MAX_PROVEN", 0)
+    monkeypatch.setattr(replica, "MAX_FETCHED", 0)
     cl, lts = abandoned_update_behind_a_pruned_chain()
-    y_request = schema.load_request_packed(cl.kvs[0], lts["y"])
-    assert y_request is not None and schema.delete_request(cl.kvs[4], lts["y"])
+    assert schema.delete_request(cl.kvs[4], lts["y"])
     cl.down = {5}
     c = make_client(cl, 0)
     round_budget(c, 100)
@@ -136,8 +142,8 @@ async def test_links_past_the_proof_budget_go_bare_and_the_servers_check_them(
         await c.query(F, "counter.fetch")
     assert c.statistics().bare_links >= 1
 
-    schema.store_request(cl.kvs[1], lts["y"], y_request)
-    cl.down = {4}  # five that hold it
+    monkeypatch.undo()
+    monkeypatch.setattr(linkproofs, "MAX_PROVEN", 0)
     c = make_client(cl, 1)
     round_budget(c, 100)
     f, d = await c.query(F, "counter.fetch"), await c.query(D, "counter.fetch")

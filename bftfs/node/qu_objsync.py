@@ -17,16 +17,22 @@ import trio
 
 from bftfs.ids import NodeId, PrincipalId
 from bftfs.net.endpoint import Endpoint
+from bftfs.net.errors import RemoteError, TransportError
 from bftfs.net.quorum import INVALID_REPLY, QuorumResult, QuorumUnavailable
 from bftfs.node.qu_inflight import InFlight
+from bftfs.qu.canon import pack
 from bftfs.qu.classify import QUThresholds
-from bftfs.qu.messages import KIND_SYNC, VERSION
+from bftfs.qu.links import shows
+from bftfs.qu.messages import KIND_FETCH, KIND_SYNC, VERSION
 from bftfs.qu.objsync import SyncVotes, sync_order
 from bftfs.qu.replica import SyncWant
+from bftfs.qu.request import Link
 from bftfs.qu.timestamp import Timestamp
 
 #: Object sync gives up after this long (the request then fails and the client retries).
 SYNC_TIMEOUT = 2.0
+#: Stored requests fetched at once for one request's links sent without proofs.
+PROOFS_AT_ONCE = 8
 
 
 class ObjectSync:
@@ -98,6 +104,38 @@ class ObjectSync:
                 self.inflight.gone((want.oid, want.lt))  # not at b + 1 benign hosts
             return None
         return votes.result()
+
+
+async def fetch_proofs(
+    node_id: NodeId, th: QUThresholds, endpoint: Endpoint, links: Iterable[Link]
+) -> dict[Timestamp, bytes]:
+    """The stored requests that prove ``links`` (sent without proofs; this node did not
+    take those versions), each from the first other server whose answer shows its link
+    (a stored request proves itself: one answer will do, and a liar's is passed over);
+    the links none proves are left out, and the request is refused as unproven."""
+    out: dict[Timestamp, bytes] = {}
+    limit = trio.CapacityLimiter(PROOFS_AT_ONCE)
+
+    async def one(link: Link) -> None:
+        async with limit:
+            for peer in sync_order(int(node_id), (), th.n):
+                body = {"v": VERSION, "lt": link.lt.encode()}
+                try:
+                    raw = await endpoint.call(
+                        PrincipalId(peer), KIND_FETCH, body, timeout=SYNC_TIMEOUT
+                    )
+                except (TransportError, RemoteError):
+                    continue
+                got = raw.get("r") if isinstance(raw, dict) else None
+                proof = pack(got) if got is not None else None
+                if proof is not None and shows(proof, th, link):
+                    out[link.lt] = proof
+                    return
+
+    async with trio.open_nursery() as nursery:
+        for link in links:
+            nursery.start_soon(one, link)
+    return out
 
 
 def every_host_answered(result: QuorumResult, targets: Iterable[PrincipalId]) -> bool:

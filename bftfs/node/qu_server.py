@@ -73,7 +73,7 @@ from bftfs.node.batching import BatchHandler
 from bftfs.node.method_costs import MethodCosts
 from bftfs.node.qu_catchup import CatchUp
 from bftfs.node.qu_inflight import Held, InFlight, Key
-from bftfs.node.qu_objsync import ObjectSync
+from bftfs.node.qu_objsync import ObjectSync, fetch_proofs
 from bftfs.node.qu_pruner import Pruner
 from bftfs.node.snapshots import pinned_moments
 from bftfs.node.store import Store
@@ -81,6 +81,7 @@ from bftfs.policy import RetentionPolicy
 from bftfs.qu import past, pastmany
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.clocks import ClockAhead
+from bftfs.qu.links import NeedProofs
 from bftfs.qu.messages import (
     BATCHED_KINDS,
     KIND_BATCH,
@@ -366,6 +367,8 @@ class QUServer:
         else:
             res = self.store.write_now(step)  # NeedSync wrote nothing
         self.costs.stepped(req, time.thread_time() - cpu)
+        if isinstance(res, NeedProofs):
+            return self._defer(payload, req)
         if isinstance(res, NeedSync):
             # Claimed now, before the read loop takes the client's next update, which may
             # be conditioned on this one's candidate (node/qu_inflight.py).
@@ -394,6 +397,7 @@ class QUServer:
     async def _serve(self, req: Request, sender: int, held: Held) -> Reply:
         cfg = self.replica
         synced: dict[tuple[int, Timestamp], tuple[bytes | None, bytes]] = {}
+        proofs: dict[Timestamp, bytes] | None = None  # fetched for bare links: once
         # A node's own requests are its catch-up: client steps go ahead of them (store.py).
         write = functools.partial(self.store.write, background=is_node(sender))
         # A version synced once may be needed again after a race; waiting for a version
@@ -410,6 +414,7 @@ class QUServer:
                         req=req,
                         synced=synced,
                         moved=self._moved(sender),
+                        fetched=proofs,
                     )
                 )
                 self.costs.stepped(req, time.thread_time() - cpu)
@@ -424,11 +429,17 @@ class QUServer:
                     quota=self._quota_of(sender),
                     max_ahead_ns=DEFAULT_MAX_AHEAD_NS,
                     moved=self._moved(sender),
+                    fetched=proofs,
                 )
                 claiming = functools.partial(self._claiming, step, req, held, trio.current_time())
                 res = await write(claiming)
             if isinstance(res, OverQuota | ClockAhead):
                 raise self._refuse(sender, res)
+            if isinstance(res, NeedProofs):
+                sync = self.objsync
+                proofs = await fetch_proofs(sync.node_id, sync.th, sync.endpoint, res.links)
+                self.stats["qu.proofs_fetched"] += len(proofs)
+                continue
             if not isinstance(res, NeedSync):
                 self.stats[f"qu.{res.status.value}"] += 1
                 self._accepted(req, res)

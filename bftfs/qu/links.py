@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 from bftfs.qu.canon import canonical
 from bftfs.qu.classify import QUThresholds, View
@@ -37,6 +38,30 @@ from bftfs.qu.setup import setup
 from bftfs.qu.timestamp import Timestamp
 
 Facts = Mapping[tuple[int, Timestamp], Timestamp]
+
+#: Stored requests a server fetches from the others for one request's links sent without
+#: proofs (:class:`NeedProofs`); a request lacking more here is refused as unproven.
+MAX_FETCHED = 64
+
+
+@dataclass(frozen=True)
+class NeedProofs:
+    """Result of a step whose request sent links without proofs that this server holds no
+    stored request for (it did not take those versions): the node fetches them from the
+    others (``qu.fetch``; a stored request proves itself, so one answer will do) and runs
+    the step again with them."""
+
+    links: tuple[Link, ...]
+
+
+def unheld(links: Iterable[Link], own: Callable[[Timestamp], bytes | None]) -> tuple[Link, ...]:
+    """The links sent without proofs that ``own`` holds no stored request for."""
+    return tuple(lk for lk in links if lk.proof is None and own(lk.lt) is None)
+
+
+def shows(proof: bytes, th: QUThresholds, link: Link) -> bool:
+    """Whether ``proof`` (a stored request, packed) shows ``link``."""
+    return prove(proof, th, link.oid, link.lt) == link.lt_co
 
 
 class LinkError(ValueError):

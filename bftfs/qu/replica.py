@@ -73,7 +73,7 @@ from bftfs.qu.history import (
     is_initial,
     newest,
 )
-from bftfs.qu.links import LinkError, request_digest, verified
+from bftfs.qu.links import MAX_FETCHED, LinkError, NeedProofs, request_digest, unheld, verified
 from bftfs.qu.messages import ReplyStatus
 from bftfs.qu.objects import MethodRefused
 from bftfs.qu.reads import stored_histories
@@ -248,12 +248,13 @@ def handle_request(
     quota: int | None = None,
     max_ahead_ns: int | None = None,
     moved: bool = False,
-) -> Reply | NeedSync | OverQuota | ClockAhead:
+    fetched: Mapping[Timestamp, bytes] | None = None,
+) -> Reply | NeedSync | NeedProofs | OverQuota | ClockAhead:
     """One ``s_request`` (:func:`_handle_request`); an OK reply to an update of a method
     of the cross-group commit (:attr:`~bftfs.qu.objects.Method.txn`) signed by this node
     (``cfg.signer``) over :func:`~bftfs.qu.reply.signed_statement`: what a certificate is
     made of (docs/layout.md, "Certificates")."""
-    res = _handle_request(kv, cfg, sender, req, synced, now_ns, quota, max_ahead_ns, moved)
+    res = _handle_request(kv, cfg, sender, req, synced, now_ns, quota, max_ahead_ns, moved, fetched)
     op = req.op
     if cfg.signer is None or op is None or op.query or not isinstance(res, Reply):
         return res
@@ -276,7 +277,8 @@ def _handle_request(
     quota: int | None = None,
     max_ahead_ns: int | None = None,
     moved: bool = False,
-) -> Reply | NeedSync | OverQuota | ClockAhead:
+    fetched: Mapping[Timestamp, bytes] | None = None,
+) -> Reply | NeedSync | NeedProofs | OverQuota | ClockAhead:
     """One ``s_request`` inside the caller's write transaction.
 
     Args:
@@ -293,17 +295,18 @@ def _handle_request(
         moved: this server's generation is frozen (``node/generation.py``): a client's
             own update but ``fs.release``, and its own query but the move's reads, are refused
             ``moved``; repairs run.
+        fetched: stored requests fetched for a previous :class:`NeedProofs`.
 
     Returns:
-        The reply, or :class:`NeedSync`, :class:`OverQuota` or :class:`ClockAhead`
-        (nothing was written).
+        The reply, or :class:`NeedSync`, :class:`NeedProofs`, :class:`OverQuota` or
+        :class:`ClockAhead` (nothing was written).
     """
     synced = synced or {}
     mohs, all_culled = cull(cfg, req.mohs)
     culled = tuple(c for oid, c in zip(sorted(mohs), all_culled, strict=True) if oid in req.objects)
     step = _Step(kv, cfg, sender, req, culled)
-    set_up = _set_up(step, mohs)
-    if isinstance(set_up, Reply):
+    set_up = _set_up(step, mohs, fetched)
+    if isinstance(set_up, Reply | NeedProofs):
         return set_up
     su, links = set_up
     early = _refused_repair(step, su) or _not_method(step, su) or _repeated(step, su)
@@ -365,16 +368,25 @@ class _Step:
 
 
 def _set_up(
-    step: _Step, mohs: Mapping[int, Mapping[int, OHSEntry]]
-) -> tuple[Setup, tuple[Link, ...]] | Reply:
+    step: _Step,
+    mohs: Mapping[int, Mapping[int, OHSEntry]],
+    fetched: Mapping[Timestamp, bytes] | None = None,
+) -> tuple[Setup, tuple[Link, ...]] | Reply | NeedProofs:
     """Steps 2-3 (line 1004): the request's links verified, the culled multi-OHS classified
     and the candidate set up; or the reply when a link does not verify, deduction needs
-    more, or logical time ran out."""
+    more, or logical time ran out; or the stored requests to fetch for links sent without
+    proofs (once: ``fetched`` is what was)."""
     req, th = step.req, step.cfg.th
     links: tuple[Link, ...] = ()
     if req.links:
+        got = fetched or {}
+
+        def own(lt: Timestamp) -> bytes | None:
+            return got.get(lt) or schema.load_request_packed(step.kv, lt)
+
+        if fetched is None and 0 < len(missing := unheld(req.links, own)) <= MAX_FETCHED:
+            return NeedProofs(missing)
         try:
-            own = functools.partial(schema.load_request_packed, step.kv)
             facts = verified(req.links, th, own)
         except LinkError as e:
             return step.reply(ReplyStatus.REFUSED, why=str(e))

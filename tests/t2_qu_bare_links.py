@@ -1,0 +1,46 @@
+"""Tier 2: a node fetches the stored request that proves a link sent without its proof
+(``node/qu_objsync.fetch_proofs``), over real sessions (in-process nodes, TCP, LMDB).
+
+A walk's links past what a request carries go without proofs (``linkproofs.PROOF_BYTES``);
+a node that did not take a linked version holds no stored request to check it by, and asks
+the others.  A stored request proves itself, so the first answer that shows the link is
+taken and a false link is shown by none.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qu_helpers import counting_client
+
+from bftfs.ids import NodeId
+from bftfs.node.qu_objsync import fetch_proofs
+from bftfs.qu import schema
+from bftfs.qu.classify import QUThresholds
+from bftfs.qu.links import shows
+from bftfs.qu.request import Link
+from bftfs.qu.timestamp import ZERO
+from bftfs.testing.cluster import open_cluster
+
+OID = 23
+
+
+async def test_a_node_fetches_the_request_that_proves_a_bare_link(tmp_path: Path) -> None:
+    async with open_cluster(tmp_path, clients=1, seed=5) as cl:
+        c = await counting_client(cl, OID)
+        await c.update(OID, "counter.increment", 1)
+        node = cl.nodes[0]
+        th = QUThresholds.from_config(cl.config)
+
+        def newest(kv: object) -> tuple:
+            lt, _ns, _first = next(schema.versions_newest_first(kv, OID))  # type: ignore[arg-type]
+            v = schema.load_version(kv, OID, lt)  # type: ignore[arg-type]
+            assert v is not None and v.lt_co is not None
+            return lt, v.lt_co
+
+        lt, lt_co = node.store.read(newest)
+        assert node.store.write_now(lambda kv: schema.delete_request(kv, lt))
+        true, false = Link(OID, lt, lt_co), Link(OID, lt, ZERO)
+        got = await fetch_proofs(NodeId(0), th, node.endpoint, [true, false])
+        assert list(got) == [lt] and shows(got[lt], th, true)
+        assert not shows(got[lt], th, false)
