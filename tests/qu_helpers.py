@@ -39,12 +39,11 @@ from bftfs.qu.messages import (
     KIND_FETCH,
     KIND_HISTORY,
     KIND_REQUEST,
-    parse_fetch,
     parse_history_request,
 )
 from bftfs.qu.objects import MethodRefused, Registry
 from bftfs.qu.objsync import SyncVotes, sync_order
-from bftfs.qu.reads import handle_fetch, handle_history, handle_sync
+from bftfs.qu.reads import fetch_reply, handle_fetch, handle_history, handle_sync
 from bftfs.qu.replica import NeedSync, handle_request
 from bftfs.qu.reply import Reply
 from bftfs.qu.request import Link, Request
@@ -170,7 +169,7 @@ class MemCluster:
         if kind == KIND_HISTORY:
             return handle_history(kv, cfg, parse_history_request(payload)).wire()
         if kind == KIND_FETCH:
-            return {"r": handle_fetch(kv, parse_fetch(payload))}
+            return fetch_reply(kv, payload)
         if kind == past.KIND_VERSIONS:  # history reads (qu/past.py), as node/qu_server.py
             return past.versions_step(kv, *past.parse_versions_request(payload))
         if kind == past.KIND_STATES:

@@ -8,6 +8,8 @@ scripted client, so the exact interleaving that split an update before is replay
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from qu_helpers import MemCluster, send
 from t1_qu_client import make_client, round_budget
@@ -22,7 +24,7 @@ from bftfs.qu.links import prove
 from bftfs.qu.messages import KIND_FETCH, VERSION, ReplyStatus
 from bftfs.qu.reads import handle_fetch
 from bftfs.qu.request import Link, Operation, Request
-from bftfs.qu.timestamp import ZERO
+from bftfs.qu.timestamp import ZERO, Timestamp
 
 C1, DEAD = int(client_id(1)), int(client_id(3))
 D, F = 1, 2  # a "directory" and a "file" counter
@@ -227,3 +229,39 @@ async def test_a_repair_that_copies_a_sibling_past_an_update_repairs_its_other_o
         4,
     )
     assert reader.statistics().link_proofs == 0
+
+
+def _chain_of_d(cl: MemCluster, versions: int) -> Timestamp:
+    """``versions`` increments of D at every server; the newest one's timestamp."""
+    five = [0, 1, 2, 3, 4]
+    for seq in range(1, versions + 1):
+        reps = send(cl, ALL, Request(C1, (D,), {D: ohs_of(cl, D, five)}, inc(seq)))
+        assert {r.status for r in reps.values()} == {ReplyStatus.OK}
+    return max(c.lt for c in cl.ohs_entry(0, D).rh)
+
+
+async def test_one_fetch_proves_a_stretch_of_a_chain() -> None:
+    """A walk down a pruned chain proved one link a round (thousands of rounds under two
+    PostMarks in one directory).  A fetch naming the object brings the stored requests of
+    the versions before too (``reads.fetch_reply``), each checked like the first: one
+    answer proves 33 links.  A server that slips a wrong request into the chain costs the
+    client only the links from there on."""
+    cl = MemCluster()
+    newest = _chain_of_d(cl, 40)
+    c = make_client(cl, 0)
+    sent = c.ep.sent
+    got = await c._rounds.proof(D, newest, 32)
+    assert c.ep.sent - sent <= cl.th.b + 1
+    assert len(got) == 33 and got[0][0] == newest
+    for (at, co, proof), nxt in zip(got, got[1:] + [None], strict=True):
+        assert prove(proof, cl.th, D, at) == co
+        assert nxt is None or nxt[0] == co
+
+    def swapped(server: int, sender: int, kind: str, payload: Any, honest: Any) -> Any:
+        reply = honest()
+        if kind == KIND_FETCH and reply.get("c"):
+            reply["c"][5], reply["c"][6] = reply["c"][6], reply["c"][5]
+        return reply
+
+    cl.byzantine = {s: swapped for s in ALL}
+    assert len(await c._rounds.proof(D, newest, 32)) == 6  # the first and five before

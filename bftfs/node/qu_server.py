@@ -93,13 +93,13 @@ from bftfs.qu.messages import (
     MAX_BATCH,
     MessageError,
     ReplyStatus,
-    parse_fetch,
+    parse_fetch_chain,
     parse_history_request,
     parse_latest,
     parse_sync,
 )
 from bftfs.qu.objects import ObjectType, Registry
-from bftfs.qu.reads import handle_fetch, handle_history, handle_latest, handle_sync
+from bftfs.qu.reads import fetch_reply, handle_history, handle_latest, handle_sync
 from bftfs.qu.replica import NeedSync, OverQuota, handle_request
 from bftfs.qu.reply import Reply
 from bftfs.qu.request import Request
@@ -493,10 +493,10 @@ class QUServer:
 
     def fetch_now(self, ctx: RequestContext, payload: Any) -> Any:
         try:
-            lt = parse_fetch(payload)
+            parse_fetch_chain(payload)
         except MessageError as e:
             raise HandlerError("bad-request", str(e)) from None
-        return {"r": self.store.read(lambda kv: handle_fetch(kv, lt))}
+        return self.store.read(lambda kv: fetch_reply(kv, payload))
 
     async def on_fetch(self, ctx: RequestContext, payload: Any) -> Any:
         return self.fetch_now(ctx, payload)

@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 #: Proven links a client keeps before it starts over (each costs a proof of a few KB).
 MAX_FACTS = 4096
+#: Versions before a wanted link's whose proofs one fetch asks for too (``reads.MAX_CHAIN``).
+CHAIN = 32
 #: Bytes of proofs one request carries at most (a frame holds 8 MiB); past them, and past
 #: ``request.MAX_PROVEN`` proofs, links go without (``LinkProofs._with_some_proofs``).
 PROOF_BYTES = 2 << 20
@@ -90,11 +92,13 @@ class LinkProofs:
         for oid, lt in sorted(wanted, key=lambda k: (k[0], k[1].encode())):
             if (oid, lt) in self.facts:
                 continue
-            got = await self._rounds.proof(oid, lt)
-            if got is not None:
-                self.facts[(oid, lt)], self.proofs[(oid, lt)] = got
-                self.proven += 1
-                proven += 1
+            # The versions before ``lt`` come along (a walk goes down that chain next):
+            # dozens of links a round instead of one.
+            for at, co, proof in await self._rounds.proof(oid, lt, CHAIN):
+                if (oid, at) not in self.facts:
+                    self.facts[(oid, at)], self.proofs[(oid, at)] = co, proof
+                    self.proven += 1
+                    proven += 1
         return proven
 
     def with_proofs(self, links: tuple[Link, ...]) -> tuple[Link, ...] | None:

@@ -127,6 +127,18 @@ def parse_fetch(v: Any) -> Timestamp:
     return parse_lt(parse_map(v, "fetch").get("lt"))
 
 
+def parse_fetch_chain(v: Any) -> tuple[Timestamp, int | None, int]:
+    """``(lt, oid, n)`` of a ``qu.fetch`` body: the chain before ``lt`` in object
+    ``oid``'s history is asked for too when ``oid`` is given (``n`` requests at most)."""
+    d = parse_map(v, "fetch")
+    oid = d.get("oid")
+    return (
+        parse_lt(d.get("lt")),
+        None if oid is None else parse_uint(oid, "object id"),
+        parse_uint(d.get("n", 0), "count"),
+    )
+
+
 def parse_latest(v: Any) -> tuple[int | None, int]:
     """``(after, limit)`` of a ``qu.latest`` body (limit capped at :data:`MAX_LATEST`)."""
     d = parse_map(v, "latest")

@@ -13,10 +13,10 @@ from bftfs.kv import KV
 from bftfs.qu import schema
 from bftfs.qu.canon import unpack
 from bftfs.qu.history import OHSEntry, make_authenticator, newest
-from bftfs.qu.messages import ReplyStatus
+from bftfs.qu.messages import ReplyStatus, parse_fetch_chain
 from bftfs.qu.reply import Reply
 from bftfs.qu.serverconfig import ReplicaConfig
-from bftfs.qu.timestamp import Timestamp
+from bftfs.qu.timestamp import ZERO, Timestamp
 
 
 def stored_histories(kv: KV, cfg: ReplicaConfig, objects: tuple[int, ...]) -> tuple[OHSEntry, ...]:
@@ -57,6 +57,40 @@ def handle_latest(kv: KV, after: int | None, limit: int) -> dict:
 def handle_fetch(kv: KV, lt: Timestamp) -> Any:
     """The stored request that made candidate ``lt`` (for inline repair), or None."""
     return schema.load_request(kv, lt)
+
+
+#: Stored requests one ``qu.fetch`` of a chain answers at most, and their bytes.
+MAX_CHAIN, CHAIN_BYTES = 32, 1 << 20
+
+
+def fetch_reply(kv: KV, payload: Any) -> dict:
+    """A ``qu.fetch`` answer: the stored request of ``lt`` (``r``), and, when the body
+    names an object (``oid``) and a count (``n``), the stored requests of the versions
+    before it in that object's conditioned-on chain (``c``), as far as this server holds
+    them, at most :data:`MAX_CHAIN` or :data:`CHAIN_BYTES`.  A client walking a pruned
+    chain proves a link a round; each of these proves itself (``links.prove``), so one
+    answer lets it prove dozens.
+
+    Raises:
+        MessageError: a malformed body.
+    """
+    lt, oid, n = parse_fetch_chain(payload)
+    first = schema.load_request(kv, lt)
+    chain: list[Any] = []
+    if first is None or oid is None:
+        return {"r": first}
+    size = 0
+    while len(chain) < min(n, MAX_CHAIN) and size < CHAIN_BYTES:
+        v = schema.load_version(kv, oid, lt)
+        if v is None or v.lt_co is None or v.lt_co == ZERO:
+            break
+        lt = v.lt_co
+        raw = schema.load_request_packed(kv, lt)
+        if raw is None:
+            break
+        size += len(raw)
+        chain.append(unpack(raw))
+    return {"r": first, "c": chain}
 
 
 def handle_sync(kv: KV, oid: int, lt: Timestamp) -> dict | None:

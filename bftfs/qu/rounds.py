@@ -272,31 +272,42 @@ class QuorumRounds:
             )
         return stash
 
-    async def proof(self, oid: int, lt: Timestamp) -> tuple[Timestamp, bytes] | None:
-        """The conditioned-on timestamp of version ``lt`` of ``oid`` and its proof: the
-        stored request that made it, from any one server (the timestamp hash binds it, so
-        no server need be believed), or None if no server has one that checks."""
-        got: list[tuple[Timestamp, bytes]] = []
+    async def proof(
+        self, oid: int, lt: Timestamp, chain: int = 0
+    ) -> list[tuple[Timestamp, Timestamp, bytes]]:
+        """``(lt, lt_co, proof)`` of version ``lt`` of ``oid``: its conditioned-on
+        timestamp and the stored request that made it, from any one server (the
+        timestamp hash binds it, so no server need be believed), then of up to ``chain``
+        versions before it in ``oid``'s conditioned-on chain from the same answer
+        (``reads.fetch_reply``), each checked the same way, as far as they check; empty if
+        no server has one for ``lt`` that checks."""
+        got: list[tuple[Timestamp, Timestamp, bytes]] = []
 
         def accept(_node: int, raw: Any) -> bool:
             body = raw.get("r") if isinstance(raw, dict) else None
             if body is None or got:
                 return False
-            try:
-                proof = pack(body)
-            except (TypeError, ValueError):
-                return False
-            co = prove(proof, self.th, oid, lt)
-            if co is None:
-                return False
-            got.append((co, proof))
-            return True
+            at = lt
+            for item in [body, *(raw.get("c") or [])][: chain + 1]:
+                try:
+                    proof = pack(item)
+                except (TypeError, ValueError):
+                    break
+                co = prove(proof, self.th, oid, at)
+                if co is None:
+                    break
+                got.append((at, co, proof))
+                at = co
+            return bool(got)
 
+        body: dict[str, Any] = {"v": VERSION, "lt": lt.encode()}
+        if chain:
+            body.update(oid=oid, n=chain)
         with suppress(QuorumUnavailable):
             await self.ep.quorum_call(
                 core.preferred_order(oid, self.th.n),
                 KIND_FETCH,
-                {"v": VERSION, "lt": lt.encode()},
+                body,
                 enough=lambda valid: len(valid) >= 1,
                 accept=accept,
                 initial=self.th.b + 1,
@@ -304,7 +315,7 @@ class QuorumRounds:
                 timeout=self.timeout,
                 batch=self._batch,
             )
-        return got[0] if got else None
+        return got
 
     async def original(self, hosts: list[int], target: Candidate) -> Request | None:
         """The request that made ``target``, fetched from the first of ``hosts`` whose
