@@ -287,8 +287,9 @@ class QuorumRounds:
             body = raw.get("r") if isinstance(raw, dict) else None
             if body is None or got:
                 return False
+            before = raw.get("c")
             at = lt
-            for item in [body, *(raw.get("c") or [])][: chain + 1]:
+            for item in [body, *(before if isinstance(before, list) else [])][: chain + 1]:
                 try:
                     proof = pack(item)
                 except (TypeError, ValueError):
