@@ -1,7 +1,7 @@
 """A mount's operations across groups (issue 66, ``fs/clients/crossing.py``,
 ``fsobjects/halves.py``): three in-memory groups (``qu_helpers.MemCluster``, the node's
 own request handling) whose nodes serve the file system's types and the ``txn`` type as
-a node of a cluster of groups does (``layout/nodetxn.txn_type``), signing by their
+a node of a cluster of groups does (``layout/nodetxn.LiveTxn``), signing by their
 long-term keys; the mount's router (``GroupedQU``) runs a rename, link or mkdir whose
 objects span groups as one transaction, in trio's virtual time.  Each check fails on the
 router without the crossing (``crossing=False``: EXDEV), as main had it."""
@@ -25,7 +25,7 @@ from bftfs.fsobjects import OBJECT_TYPES, RENAME_EXCHANGE, ROOT, entries
 from bftfs.fsobjects.txnsign import sign
 from bftfs.ids import client_id
 from bftfs.layout.model import Group, Layout, LayoutNode, check
-from bftfs.layout.nodetxn import txn_type
+from bftfs.layout.nodetxn import LiveTxn
 from bftfs.layout.txn import Abandon, Part
 from bftfs.qu.client import QUClient
 from bftfs.qu.objects import MethodRefused, Registry
@@ -56,10 +56,11 @@ class Groups:
         groups = tuple(Group(gi, tuple(range(6 * gi, 6 * gi + 6))) for gi in range(count))
         table = tuple(p % count for p in range(16))
         self.layout = check(Layout(3, 16, 1, 1, nodes, groups, table, table))
-        reg = Registry([*OBJECT_TYPES, txn_type(self.layout, OBJECT_TYPES)])
+        #: Each group's ``txn`` type, switched to another layout as a node's is.
+        self.lives = [LiveTxn(self.layout, OBJECT_TYPES) for _ in range(count)]
         self.clusters: list[MemCluster] = []
-        for s, rs in zip(seeds, rings, strict=True):
-            c = MemCluster(seed=s, reg=reg)
+        for s, rs, live in zip(seeds, rings, self.lives, strict=True):
+            c = MemCluster(seed=s, reg=Registry([*OBJECT_TYPES, live.type]))
             c.cfgs = [
                 dataclasses.replace(cfg, signer=_signer(r.me.private))
                 for cfg, r in zip(c.cfgs, rs, strict=True)
@@ -322,5 +323,43 @@ def test_removals_across_groups() -> None:
         seen = g.mount(2)
         assert set(await names(seen, ROOT)) == {b"b"} and await names(seen, b) == {}
         assert (await seen.query(ROOT, "fs.stat"))["nl"] == 3
+
+    virtual(main)
+
+
+@pytest.mark.parametrize("ahead", ["mount", "nodes", "coordinator"])
+def test_a_layout_taken_at_different_times_is_waited_out(ahead: str) -> None:
+    """A new layout (a node replaced elsewhere) reaches the mount and the groups' nodes at
+    different times: a cross-group mkdir meanwhile is refused ``txn-layout`` (by the
+    coordinator's begin, or by the other participant's prepare, so aborted) and is made
+    again until all hold it, 3 s later; it is not answered EIO, and it is made once."""
+    g = Groups(seed=6)
+    newer = dataclasses.replace(g.layout, version=g.layout.version + 1)
+
+    async def main() -> None:
+        qu = g.mount(0)
+        a, _, f = await tree(g, qu)
+        assert qu.crossing is not None
+        groups = sorted({g.layout.group_of_object(a), g.layout.group_of_object(ROOT)})
+        if ahead != "nodes":
+            qu.switch(newer)
+        if ahead != "mount":
+            for gi, live in enumerate(g.lives):
+                if ahead == "nodes" or gi == groups[0]:
+                    live.switch(newer)
+
+        async def catch_up() -> None:
+            await trio.sleep(3)
+            qu.switch(newer)
+            for live in g.lives:
+                live.switch(newer)
+
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(catch_up)
+            d = await mkdir(g, qu, a, b"d", g.layout.group_of_object(ROOT))
+        assert trio.current_time() - start >= 3
+        assert qu.crossing.layouts_waited > 0
+        assert await names(g.mount(1), a) == {b"f": f, b"d": d}
 
     virtual(main)

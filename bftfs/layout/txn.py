@@ -112,6 +112,9 @@ class Abandon(Exception):
 #: the client still saw: "link count already zero", EINVAL, found by the checker over
 #: three groups).
 OUT_OF_DATE = frozenset({"stale", "not-found"})
+#: The refusal of a descriptor made under another layout version than the node holds
+#: (``fsobjects/txn.parse_txn``): the client or the node has not taken the newest yet.
+LAYOUT_REFUSAL = "txn-layout"
 
 
 @dataclass
@@ -218,14 +221,21 @@ class Driver:
     async def finish(self, desc: dict, decision: dict) -> None:
         """``txn.finish`` on every participant of ``desc``, in parallel."""
 
+        refused: list[MethodRefused] = []
+
         async def one(i: int) -> None:
             g, objs = desc["p"][i][0], desc["p"][i][1]
             arg = {"T": desc, "i": i, "dc": decision, "lt": self.clock()}
-            await self.groups[g].update_signed(objs, "txn.finish", arg)
+            try:
+                await self.groups[g].update_signed(objs, "txn.finish", arg)
+            except MethodRefused as e:  # the others still finish (not cancelled by it)
+                refused.append(e)
 
         async with trio.open_nursery() as nursery:
             for i in range(len(desc["p"])):
                 nursery.start_soon(one, i)
+        if refused:
+            raise refused[0]
 
     async def resolve(self, group: int, objects: Sequence[int], code: str) -> bool:
         """Resolve the transaction whose intent refused us on ``objects`` of ``group``:

@@ -32,7 +32,7 @@ from bftfs.fs.clients.atonce import at_once
 from bftfs.fsobjects import DIR_TYPE, MAX_OID, ROOT
 from bftfs.fsobjects.leases import MOUNT, tag_query
 from bftfs.layout.model import Layout
-from bftfs.layout.txn import Driver, Part, group_keys, vouch_for
+from bftfs.layout.txn import LAYOUT_REFUSAL, Driver, Outcome, Part, group_keys, vouch_for
 from bftfs.qu.client import QUClient
 from bftfs.qu.objects import MethodRefused
 from bftfs.qu.reply import Reply
@@ -88,9 +88,11 @@ class Crossing:
             for g, c in enumerate(clients)
         ]
         self.driver = Driver(groups, self.keys, clients[0].client_id, clock, self.rng, sleep)
-        #: Transactions committed, and other transactions' intents met.
+        #: Transactions committed, other transactions' intents met, and transactions
+        #: made again because a group's nodes held another layout version.
         self.committed = 0
         self.met = 0
+        self.layouts_waited = 0
 
     def _vouch(self, group: int) -> Callable[[int, Request, Reply], bool]:
         """Group ``group``'s reply check under the keys of the layout held when a reply
@@ -187,12 +189,7 @@ class Crossing:
         else:
             half, whole = "fsx.rename", await self._rename_arg(query, objects, arg)
             changed = [x for x in (arg["sp"], arg["dp"], arg["o"], arg.get("t")) if x]
-        by_group: dict[int, list[int]] = {}
-        for oid in objects:
-            by_group.setdefault(self.layout.group_of_object(oid), []).append(oid)
-        parts = [Part(g, tuple(sorted(ids)), half, whole) for g, ids in sorted(by_group.items())]
-        coordinator = parts[0].group
-        out = await self.driver.run(parts, coordinator, self.record(coordinator))
+        out = await self._across_layouts(objects, half, whole)
         if not out.committed:
             why = out.why if out.why and not out.why.startswith("intent") else "stale"
             raise MethodRefused("stale" if why == "contention" else why.split()[0])
@@ -203,6 +200,34 @@ class Crossing:
         if method != "fs.rename":
             return [stats[arg["o"]], stats[arg["p"]]]
         return {str(k): s for k, s in stats.items() if s is not None}
+
+    async def _across_layouts(self, objects: list[int], half: str, whole: Any) -> Outcome:
+        """The transaction of ``half`` on ``objects``, one part per group of the layout
+        held.  A refusal for another layout version (``txn-layout``: a layout the mount
+        took that a group's nodes have not yet, or the reverse) is waited out: the
+        tracker sends a node behind the held layout and fetches a newer one, so the
+        transaction is made again under the layout held then, after a pause."""
+        pause = _FIRST_PAUSE
+        for _ in range(_RESOLVE_TRIES):
+            by_group: dict[int, list[int]] = {}
+            for oid in objects:
+                by_group.setdefault(self.layout.group_of_object(oid), []).append(oid)
+            parts = [
+                Part(g, tuple(sorted(ids)), half, whole) for g, ids in sorted(by_group.items())
+            ]
+            coordinator = parts[0].group
+            try:
+                out = await self.driver.run(parts, coordinator, self.record(coordinator))
+            except MethodRefused as e:
+                if e.code != LAYOUT_REFUSAL:
+                    raise
+            else:
+                if not out.why.startswith(LAYOUT_REFUSAL):
+                    return out
+            self.layouts_waited += 1
+            await self.sleep(pause * (1 + self.rng.random()))
+            pause = min(pause * 2, _MAX_PAUSE)
+        raise MethodRefused("busy", "the groups' nodes did not come to the mount's layout")
 
     async def _rename_arg(
         self, query: Callable[..., Awaitable[Any]], objects: list[int], arg: Any
