@@ -29,6 +29,7 @@ from bftfs.ids import NodeId, client_id
 from bftfs.kv import MemoryKV
 from bftfs.net.errors import RemoteError, TransportError
 from bftfs.net.quorum import QuorumEngine, QuorumResult, QuorumUnavailable, Verdict
+from bftfs.node.qu_objsync import MAX_PROOF_CALLS
 from bftfs.qu import past
 from bftfs.qu.canon import canonical, pack
 from bftfs.qu.classify import QUThresholds
@@ -178,12 +179,17 @@ class MemCluster:
 
     def fetch_proofs(self, server: int, links: Sequence[Link]) -> dict[Timestamp, bytes]:
         """The stored requests proving ``links``, each from the first other server whose
-        answer shows it (the node's rule: :func:`bftfs.node.qu_objsync.fetch_proofs`)."""
+        answer shows it, in at most ``MAX_PROOF_CALLS`` calls (the node's rule:
+        :func:`bftfs.node.qu_objsync.fetch_proofs`)."""
         out: dict[Timestamp, bytes] = {}
+        calls = 0
         for link in links:
             for h in sync_order(server, (), self.th.n):
                 if h in self.down:
                     continue
+                if calls >= MAX_PROOF_CALLS:
+                    return out
+                calls += 1
                 got = handle_fetch(self.kvs[h], link.lt)
                 if got is not None and shows(pack(got), self.th, link):
                     out[link.lt] = pack(got)

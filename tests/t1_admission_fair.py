@@ -169,3 +169,26 @@ def test_a_client_that_used_the_node_lately_still_finds_a_flooder_capped() -> No
     assert pool.release(FLOODER, t) == "f2"
     later = 10.0 + 2 * RECENT
     assert pool.request(FLOODER, "f3", later)  # the client is gone: a flooder alone
+
+
+def test_work_charged_to_a_client_delays_its_next_request_not_anothers() -> None:
+    """A node's calls to other nodes on a client's behalf (proofs of links it sent bare,
+    ``qu_server``) are charged to that client's request rate: its next request waits for
+    the debt; another client's does not."""
+
+    async def main() -> None:
+        limits = Limits(
+            max_inflight=10, requests_per_second=100, bytes_per_second=0, burst_seconds=1
+        )
+        adm = Admission(limits, exempt=is_node)
+        await adm.admit(FLOODER, 1, 100)
+        adm.release(FLOODER)
+        adm.charge(FLOODER, 299)  # 300 tokens taken of a burst of 100: 2 s of debt
+        start = trio.current_time()
+        await adm.admit(CORRECT, 1, 100)
+        assert trio.current_time() == start
+        await adm.admit(FLOODER, 1, 100)
+        assert trio.current_time() - start == pytest.approx(2.01)
+        assert adm.statistics()[int(FLOODER)]["charged"] == 299
+
+    _run(main)

@@ -14,12 +14,12 @@ from pathlib import Path
 from qu_helpers import counting_client
 
 from bftfs.ids import NodeId
-from bftfs.node.qu_objsync import fetch_proofs
+from bftfs.node.qu_objsync import MAX_PROOF_CALLS, fetch_proofs
 from bftfs.qu import schema
 from bftfs.qu.classify import QUThresholds
-from bftfs.qu.links import shows
+from bftfs.qu.links import MAX_FETCHED, shows
 from bftfs.qu.request import Link
-from bftfs.qu.timestamp import ZERO
+from bftfs.qu.timestamp import ZERO, Timestamp
 from bftfs.testing.cluster import open_cluster
 
 OID = 23
@@ -42,5 +42,24 @@ async def test_a_node_fetches_the_request_that_proves_a_bare_link(tmp_path: Path
         assert node.store.write_now(lambda kv: schema.delete_request(kv, lt))
         true, false = Link(OID, lt, lt_co), Link(OID, lt, ZERO)
         got = await fetch_proofs(NodeId(0), th, node.endpoint, [true, false])
-        assert list(got) == [lt] and shows(got[lt], th, true)
-        assert not shows(got[lt], th, false)
+        assert list(got.found) == [lt] and shows(got.found[lt], th, true)
+        assert not shows(got.found[lt], th, false)
+        assert 2 <= got.calls <= 2 * (cl.config.n - 1)
+
+
+async def test_links_no_node_stored_cost_at_most_the_budget_of_calls(tmp_path: Path) -> None:
+    """A client naming versions no node stored (a Byzantine one: each would cost a call to
+    every other node) costs the node at most ``MAX_PROOF_CALLS`` calls a request, and
+    proves nothing."""
+    async with open_cluster(tmp_path, clients=1, seed=6) as cl:
+        c = await counting_client(cl, OID)
+        await c.update(OID, "counter.increment", 1)
+        node, th = cl.nodes[0], QUThresholds.from_config(cl.config)
+        never = [
+            Link(OID, Timestamp(10**9 + i, False, 1, bytes(32)), ZERO) for i in range(MAX_FETCHED)
+        ]
+        assert MAX_FETCHED * (cl.config.n - 1) > MAX_PROOF_CALLS  # the budget binds
+        got = await fetch_proofs(NodeId(0), th, node.endpoint, never)
+        assert got.found == {} and got.calls == MAX_PROOF_CALLS
+        few = await fetch_proofs(NodeId(0), th, node.endpoint, never[:2], budget=3)
+        assert few.found == {} and few.calls == 3

@@ -323,6 +323,15 @@ class Admission:
         p = self._principals.get(pid)
         return 0 if p is None else self.limits.max_inflight - p.slots.value
 
+    def charge(self, pid: PrincipalId, requests: int) -> None:
+        """Take ``requests`` more of ``pid``'s request tokens, without waiting: work a node
+        did on its behalf beyond its request (calls to other nodes for it).  The debt is
+        paid before its next request is admitted, so what a request makes a node do
+        counts against its sender's rate, however little it sent."""
+        p = self._principal(pid)
+        p.requests.take(trio.current_time(), requests)
+        p.counters["charged"] += requests
+
     def note(self, pid: PrincipalId, key: str, n: int = 1) -> None:
         """Add ``n`` to one of ``pid``'s counters (the node's quota refusals)."""
         self._principal(pid).counters[key] += n

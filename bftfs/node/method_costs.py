@@ -40,6 +40,9 @@ class MethodCost:
     #: time, so a wait for the interpreter lock held by the node's loop is not counted; a
     #: step re-run after a sync counts each time).
     cpu_seconds: float = 0.0
+    #: Transaction steps run: above ``requests`` by the re-runs after an object sync or a
+    #: wait for a version this node was making.
+    steps: int = 0
 
 
 class MethodCosts:
@@ -65,7 +68,9 @@ class MethodCosts:
 
     def stepped(self, req: Request, seconds: float) -> None:
         """A transaction step of ``req`` took ``seconds`` of CPU."""
-        self._cost(self.key(req)).cpu_seconds += seconds
+        cost = self._cost(self.key(req))
+        cost.cpu_seconds += seconds
+        cost.steps += 1
 
     def snapshot(self) -> dict[str, dict[str, float]]:
         """Plain values for ``bftfs status --json`` and the metrics, by method."""
@@ -74,6 +79,7 @@ class MethodCosts:
                 "requests": c.requests,
                 "seconds": round(c.seconds, 6),
                 "cpu_seconds": round(c.cpu_seconds, 6),
+                "steps": c.steps,
             }
             for name, c in sorted(list(self._costs.items()))  # (a copy: two threads add)
         }

@@ -119,7 +119,7 @@ def _requests(node: Node) -> list[Family]:
 
 def _methods(node: Node) -> list[Family]:
     """What each Q/U method cost the node (``node/method_costs.py``): requests answered,
-    seconds to answer them and CPU seconds of their transaction steps, by method."""
+    seconds to answer them, CPU seconds of their transaction steps and the steps, by method."""
     if node.method_costs is None:
         return []
     families = {
@@ -128,6 +128,7 @@ def _methods(node: Node) -> list[Family]:
             ("requests", "requests_total", "Q/U requests answered, by method"),
             ("seconds", "seconds_total", "Seconds from a Q/U request's start to its answer"),
             ("cpu_seconds", "cpu_seconds_total", "CPU seconds of Q/U transaction steps"),
+            ("steps", "steps_total", "Q/U transaction steps run (re-runs after a sync too)"),
         )
     }
     for method, cost in node.method_costs.snapshot().items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -22,7 +23,7 @@ from bftfs.net.quorum import INVALID_REPLY, QuorumResult, QuorumUnavailable
 from bftfs.node.qu_inflight import InFlight
 from bftfs.qu.canon import pack
 from bftfs.qu.classify import QUThresholds
-from bftfs.qu.links import shows
+from bftfs.qu.links import MAX_FETCHED, shows
 from bftfs.qu.messages import KIND_FETCH, KIND_SYNC, VERSION
 from bftfs.qu.objsync import SyncVotes, sync_order
 from bftfs.qu.replica import SyncWant
@@ -33,6 +34,20 @@ from bftfs.qu.timestamp import Timestamp
 SYNC_TIMEOUT = 2.0
 #: Stored requests fetched at once for one request's links sent without proofs.
 PROOFS_AT_ONCE = 8
+#: Calls to other servers one request's links sent without proofs may cost, in all: a
+#: link no server stored costs a call to each (a client naming 64 of them would cost
+#: ``64 (n - 1)`` calls); a link a correct server took costs one or two.
+MAX_PROOF_CALLS = 2 * MAX_FETCHED
+
+
+@dataclass
+class Proofs:
+    """What :func:`fetch_proofs` got (the stored requests by link time) and the calls it
+    made to other servers for them: the work done on the sender's behalf, charged to it
+    (``net/admission.Admission.charge``)."""
+
+    found: dict[Timestamp, bytes] = field(default_factory=dict)
+    calls: int = 0
 
 
 class ObjectSync:
@@ -107,18 +122,26 @@ class ObjectSync:
 
 
 async def fetch_proofs(
-    node_id: NodeId, th: QUThresholds, endpoint: Endpoint, links: Iterable[Link]
-) -> dict[Timestamp, bytes]:
+    node_id: NodeId,
+    th: QUThresholds,
+    endpoint: Endpoint,
+    links: Iterable[Link],
+    budget: int = MAX_PROOF_CALLS,
+) -> Proofs:
     """The stored requests that prove ``links`` (sent without proofs; this node did not
     take those versions), each from the first other server whose answer shows its link
-    (a stored request proves itself: one answer will do, and a liar's is passed over);
-    the links none proves are left out, and the request is refused as unproven."""
-    out: dict[Timestamp, bytes] = {}
+    (a stored request proves itself: one answer will do, and a liar's is passed over),
+    in at most ``budget`` calls in all; the links none proves are left out, and the
+    request is refused as unproven."""
+    out = Proofs()
     limit = trio.CapacityLimiter(PROOFS_AT_ONCE)
 
     async def one(link: Link) -> None:
         async with limit:
             for peer in sync_order(int(node_id), (), th.n):
+                if out.calls >= budget:
+                    return
+                out.calls += 1
                 body = {"v": VERSION, "lt": link.lt.encode()}
                 try:
                     raw = await endpoint.call(
@@ -129,7 +152,7 @@ async def fetch_proofs(
                 got = raw.get("r") if isinstance(raw, dict) else None
                 proof = pack(got) if got is not None else None
                 if proof is not None and shows(proof, th, link):
-                    out[link.lt] = proof
+                    out.found[link.lt] = proof
                     return
 
     async with trio.open_nursery() as nursery:

@@ -437,8 +437,13 @@ class QUServer:
                 raise self._refuse(sender, res)
             if isinstance(res, NeedProofs):
                 sync = self.objsync
-                proofs = await fetch_proofs(sync.node_id, sync.th, sync.endpoint, res.links)
+                got = await fetch_proofs(sync.node_id, sync.th, sync.endpoint, res.links)
+                proofs = got.found
                 self.stats["qu.proofs_fetched"] += len(proofs)
+                self.stats["qu.proof_calls"] += got.calls
+                if self.admission is not None and self.admission.limited(PrincipalId(sender)):
+                    # The calls were the sender's work: they come out of its request rate.
+                    self.admission.charge(PrincipalId(sender), got.calls)
                 continue
             if not isinstance(res, NeedSync):
                 self.stats[f"qu.{res.status.value}"] += 1
