@@ -35,7 +35,7 @@ from bftfs.qu.canon import canonical, pack
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.qu.history import OHSEntry
-from bftfs.qu.links import NeedProofs, shows
+from bftfs.qu.links import NeedProofs, prove
 from bftfs.qu.messages import (
     KIND_FETCH,
     KIND_HISTORY,
@@ -44,7 +44,7 @@ from bftfs.qu.messages import (
 )
 from bftfs.qu.objects import MethodRefused, Registry
 from bftfs.qu.objsync import SyncVotes, sync_order
-from bftfs.qu.reads import fetch_reply, handle_fetch, handle_history, handle_sync
+from bftfs.qu.reads import MAX_CHAIN, fetch_reply, handle_history, handle_sync
 from bftfs.qu.replica import NeedSync, handle_request
 from bftfs.qu.reply import Reply
 from bftfs.qu.request import Link, Request
@@ -178,22 +178,40 @@ class MemCluster:
         raise RemoteError("unknown_kind", kind)
 
     def fetch_proofs(self, server: int, links: Sequence[Link]) -> dict[Timestamp, bytes]:
-        """The stored requests proving ``links``, each from the first other server whose
-        answer shows it, in at most ``MAX_PROOF_CALLS`` calls (the node's rule:
-        :func:`bftfs.node.qu_objsync.fetch_proofs`)."""
+        """The stored requests proving ``links``, by the node's rule
+        (:func:`bftfs.node.qu_objsync.fetch_proofs`): per object, the newest link not yet
+        proven asked with a chain of the versions before it, from each other server in
+        turn until one proves it, in at most ``MAX_PROOF_CALLS`` calls."""
         out: dict[Timestamp, bytes] = {}
         calls = 0
+        by_object: dict[int, set[Timestamp]] = {}
         for link in links:
-            for h in sync_order(server, (), self.th.n):
-                if h in self.down:
-                    continue
-                if calls >= MAX_PROOF_CALLS:
-                    return out
-                calls += 1
-                got = handle_fetch(self.kvs[h], link.lt)
-                if got is not None and shows(pack(got), self.th, link):
-                    out[link.lt] = pack(got)
-                    break
+            by_object.setdefault(link.oid, set()).add(link.lt)
+        for oid, wanted in by_object.items():
+            while wanted:
+                lt = max(wanted)
+                for h in sync_order(server, (), self.th.n):
+                    if h in self.down:
+                        continue
+                    if calls >= MAX_PROOF_CALLS:
+                        return out
+                    calls += 1
+                    body = {"v": 1, "lt": lt.encode(), "oid": oid, "n": MAX_CHAIN}
+                    got = fetch_reply(self.kvs[h], body)
+                    at: Timestamp | None = lt
+                    for item in [got["r"], *got.get("c", [])]:
+                        if item is None or at is None:
+                            break
+                        co = prove(pack(item), self.th, oid, at)
+                        if co is None:
+                            break
+                        if at in wanted:
+                            out[at] = pack(item)
+                            wanted.discard(at)
+                        at = co
+                    if lt in out:
+                        break
+                wanted.discard(lt)
         return out
 
     def sync(

@@ -23,9 +23,10 @@ from bftfs.net.quorum import INVALID_REPLY, QuorumResult, QuorumUnavailable
 from bftfs.node.qu_inflight import InFlight
 from bftfs.qu.canon import pack
 from bftfs.qu.classify import QUThresholds
-from bftfs.qu.links import MAX_FETCHED, shows
+from bftfs.qu.links import prove
 from bftfs.qu.messages import KIND_FETCH, KIND_SYNC, VERSION
 from bftfs.qu.objsync import SyncVotes, sync_order
+from bftfs.qu.reads import MAX_CHAIN
 from bftfs.qu.replica import SyncWant
 from bftfs.qu.request import Link
 from bftfs.qu.timestamp import Timestamp
@@ -35,9 +36,9 @@ SYNC_TIMEOUT = 2.0
 #: Stored requests fetched at once for one request's links sent without proofs.
 PROOFS_AT_ONCE = 8
 #: Calls to other servers one request's links sent without proofs may cost, in all: a
-#: link no server stored costs a call to each (a client naming 64 of them would cost
-#: ``64 (n - 1)`` calls); a link a correct server took costs one or two.
-MAX_PROOF_CALLS = 2 * MAX_FETCHED
+#: link no server stored costs a call to each (a client naming many would cost ``n - 1``
+#: calls for each); a stretch of links a correct server took costs a call per 33.
+MAX_PROOF_CALLS = 128
 
 
 @dataclass
@@ -129,35 +130,63 @@ async def fetch_proofs(
     budget: int = MAX_PROOF_CALLS,
 ) -> Proofs:
     """The stored requests that prove ``links`` (sent without proofs; this node did not
-    take those versions), each from the first other server whose answer shows its link
-    (a stored request proves itself: one answer will do, and a liar's is passed over),
-    in at most ``budget`` calls in all; the links none proves are left out, and the
-    request is refused as unproven."""
+    take those versions), in at most ``budget`` calls to other servers in all.
+
+    A walk's links run down one object's conditioned-on chain, so each call names the
+    newest link of an object not yet proven with the object and a count
+    (``reads.fetch_reply``): the answer brings that version's stored request and those of
+    up to :data:`~bftfs.qu.reads.MAX_CHAIN` versions before it, each checked in turn by
+    what it proves (``links.prove``: a stored request proves itself, so one answer will
+    do and a liar's is passed over, from the first entry that does not check).  A node
+    that missed a stretch of versions proves it in a call per 33 links, not one per link.
+    The links none proves are left out, and the request is refused as unproven."""
     out = Proofs()
     limit = trio.CapacityLimiter(PROOFS_AT_ONCE)
+    by_object: dict[int, set[Timestamp]] = {}
+    for link in links:
+        by_object.setdefault(link.oid, set()).add(link.lt)
 
-    async def one(link: Link) -> None:
+    async def ask(peer: int, oid: int, lt: Timestamp, wanted: set[Timestamp]) -> bool:
+        """One call: whether it proved ``lt`` (and whatever before it it proved too)."""
+        out.calls += 1
+        body = {"v": VERSION, "lt": lt.encode(), "oid": oid, "n": MAX_CHAIN}
+        try:
+            raw = await endpoint.call(PrincipalId(peer), KIND_FETCH, body, timeout=SYNC_TIMEOUT)
+        except (TransportError, RemoteError):
+            return False
+        first = raw.get("r") if isinstance(raw, dict) else None
+        before = raw.get("c") if isinstance(raw, dict) else None
+        at: Timestamp | None = lt
+        for item in [first, *(before if isinstance(before, list) else [])]:
+            if item is None or at is None:
+                break
+            try:
+                proof = pack(item)
+            except (TypeError, ValueError):
+                break
+            co = prove(proof, th, oid, at)
+            if co is None:
+                break
+            if at in wanted:
+                out.found[at] = proof
+                wanted.discard(at)
+            at = co
+        return lt in out.found
+
+    async def one(oid: int, wanted: set[Timestamp]) -> None:
         async with limit:
-            for peer in sync_order(int(node_id), (), th.n):
-                if out.calls >= budget:
-                    return
-                out.calls += 1
-                body = {"v": VERSION, "lt": link.lt.encode()}
-                try:
-                    raw = await endpoint.call(
-                        PrincipalId(peer), KIND_FETCH, body, timeout=SYNC_TIMEOUT
-                    )
-                except (TransportError, RemoteError):
-                    continue
-                got = raw.get("r") if isinstance(raw, dict) else None
-                proof = pack(got) if got is not None else None
-                if proof is not None and shows(proof, th, link):
-                    out.found[link.lt] = proof
-                    return
+            while wanted:
+                lt = max(wanted)
+                for peer in sync_order(int(node_id), (), th.n):
+                    if out.calls >= budget:
+                        return
+                    if await ask(peer, oid, lt, wanted):
+                        break
+                wanted.discard(lt)  # proved, or no server would: the rest go on
 
     async with trio.open_nursery() as nursery:
-        for link in links:
-            nursery.start_soon(one, link)
+        for oid, wanted in by_object.items():
+            nursery.start_soon(one, oid, wanted)
     return out
 
 

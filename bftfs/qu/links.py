@@ -33,15 +33,17 @@ from bftfs.qu.canon import canonical
 from bftfs.qu.classify import QUThresholds, View
 from bftfs.qu.history import MultiOHS, multi_ohs_digest
 from bftfs.qu.messages import MessageError
-from bftfs.qu.request import Link, Request
+from bftfs.qu.request import MAX_LINKS, Link, Request
 from bftfs.qu.setup import setup
 from bftfs.qu.timestamp import Timestamp
 
 Facts = Mapping[tuple[int, Timestamp], Timestamp]
 
-#: Stored requests a server fetches from the others for one request's links sent without
-#: proofs (:class:`NeedProofs`); a request lacking more here is refused as unproven.
-MAX_FETCHED = 64
+#: Links sent without proofs whose stored requests a server fetches from the others for
+#: one request (:class:`NeedProofs`): as many as a request carries (``request.MAX_LINKS``;
+#: a server that missed a stretch of versions lacks them all).  The calls that costs are
+#: bounded and charged to the sender (``node/qu_objsync.fetch_proofs``).
+MAX_FETCHED = MAX_LINKS
 
 
 @dataclass(frozen=True)
