@@ -327,11 +327,15 @@ class Repairer:
         Raises:
             QUUnavailable: :data:`MAX_SHORT_ROUNDS` passes in a row proved nothing.
         """
+        wanted = list(wanted)
         if await self._links.prove(wanted):
             return
         st.short += 1
         if st.short >= MAX_SHORT_ROUNDS:
-            raise QUUnavailable(f"objects {objects}: no server proves a link")
+            named = ", ".join(f"{oid} at {lt!r}" for oid, lt in wanted[:3])
+            raise QUUnavailable(
+                f"objects {objects}: no server proves a link ({len(wanted)} wanted: {named})"
+            )
         await self._back_off(st)
 
     async def _barrier_or_copy(
