@@ -46,8 +46,9 @@ async def test_every_node_counts_each_methods_requests_time_and_steps(
                 if cost["requests"]:
                     # A step is part of the answer's time, and never free.
                     assert 0 < cost["cpu_seconds"] <= cost["seconds"], (method, cost)
-                    # One client, one update at a time: a step each, a re-run rarely.
-                    assert cost["requests"] <= cost["steps"] <= 2 * cost["requests"], cost
+                    # A step each at least; a re-run after a sync at most three more
+                    # (qu_server._serve's loop).
+                    assert cost["requests"] <= cost["steps"] <= 4 * cost["requests"], cost
             families = {f.name: f for f in node_metrics(node)}
             samples = dict(families["bftfs_node_qu_method_requests_total"].samples)
             assert samples == {(m,): c["requests"] for m, c in costs.items()}

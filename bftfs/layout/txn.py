@@ -134,6 +134,9 @@ class Driver:
     #: or one slow between its steps).
     at_step: Callable[[str], Awaitable[None]] | None = None
     resolved: int = 0
+    #: Decided transactions a participant refused to finish (its intent stays until
+    #: whoever meets it finishes it from the record: the decision stands).
+    unfinished: int = 0
 
     def descriptor(self, parts: Sequence[Part], coordinator: int, record: int) -> dict:
         """A new descriptor (a fresh id, the deadline ``span`` from now)."""
@@ -204,7 +207,10 @@ class Driver:
         arg = {"T": desc, "v": want, "c": certs, "lt": self.clock()}
         a, lt, sigs = await self.groups[coord].update_signed(rec, "txn.decide", arg)
         await self._step("decided")
-        await self.finish(desc, certificate(lt, a, sigs))
+        try:
+            await self.finish(desc, certificate(lt, a, sigs))
+        except MethodRefused:  # decided all the same: a commit is not undone, nor made twice
+            self.unfinished += 1
         if every and a[2] == ABORT:  # every yes, yet aborted: another client, at the deadline
             return ABORT, "intent: aborted by another client"
         # A no vote is final; an intent met is worth another attempt.  Of several refusals,
