@@ -31,11 +31,11 @@ from bftfs.net.errors import RemoteError, TransportError
 from bftfs.net.quorum import QuorumEngine, QuorumResult, QuorumUnavailable, Verdict
 from bftfs.node.qu_objsync import MAX_PROOF_CALLS
 from bftfs.qu import past
-from bftfs.qu.canon import canonical, pack
+from bftfs.qu.canon import canonical
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.qu.history import OHSEntry
-from bftfs.qu.links import NeedProofs, prove
+from bftfs.qu.links import NeedProofs, proven_chain
 from bftfs.qu.messages import (
     KIND_FETCH,
     KIND_HISTORY,
@@ -198,17 +198,10 @@ class MemCluster:
                     calls += 1
                     body = {"v": 1, "lt": lt.encode(), "oid": oid, "n": MAX_CHAIN}
                     got = fetch_reply(self.kvs[h], body)
-                    at: Timestamp | None = lt
-                    for item in [got["r"], *got.get("c", [])]:
-                        if item is None or at is None:
-                            break
-                        co = prove(pack(item), self.th, oid, at)
-                        if co is None:
-                            break
+                    for at, _co, proof in proven_chain(got, self.th, oid, lt, MAX_CHAIN):
                         if at in wanted:
-                            out[at] = pack(item)
+                            out[at] = proof
                             wanted.discard(at)
-                        at = co
                     if lt in out:
                         break
                 wanted.discard(lt)

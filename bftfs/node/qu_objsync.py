@@ -21,9 +21,8 @@ from bftfs.net.endpoint import Endpoint
 from bftfs.net.errors import RemoteError, TransportError
 from bftfs.net.quorum import INVALID_REPLY, QuorumResult, QuorumUnavailable
 from bftfs.node.qu_inflight import InFlight
-from bftfs.qu.canon import pack
 from bftfs.qu.classify import QUThresholds
-from bftfs.qu.links import prove
+from bftfs.qu.links import proven_chain
 from bftfs.qu.messages import KIND_FETCH, KIND_SYNC, VERSION
 from bftfs.qu.objsync import SyncVotes, sync_order
 from bftfs.qu.reads import MAX_CHAIN
@@ -154,24 +153,12 @@ async def fetch_proofs(
             raw = await endpoint.call(PrincipalId(peer), KIND_FETCH, body, timeout=SYNC_TIMEOUT)
         except (TransportError, RemoteError):
             return False
-        first = raw.get("r") if isinstance(raw, dict) else None
-        before = raw.get("c") if isinstance(raw, dict) else None
-        at: Timestamp | None = lt
-        for item in [first, *(before if isinstance(before, list) else [])]:
-            if item is None or at is None:
-                break
-            try:
-                proof = pack(item)
-            except (TypeError, ValueError):
-                break
-            co = prove(proof, th, oid, at)
-            if co is None:
-                break
+        chain = proven_chain(raw, th, oid, lt, MAX_CHAIN)
+        for at, _co, proof in chain:
             if at in wanted:
                 out.found[at] = proof
                 wanted.discard(at)
-            at = co
-        return lt in out.found
+        return bool(chain)
 
     async def one(oid: int, wanted: set[Timestamp]) -> None:
         async with limit:

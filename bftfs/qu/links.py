@@ -28,8 +28,9 @@ import functools
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from bftfs.qu.canon import canonical
+from bftfs.qu.canon import canonical, pack
 from bftfs.qu.classify import QUThresholds, View
 from bftfs.qu.history import MultiOHS, multi_ohs_digest
 from bftfs.qu.messages import MessageError
@@ -115,6 +116,35 @@ def prove(proof: bytes, th: QUThresholds, oid: int, lt: Timestamp) -> Timestamp 
     if got is None or got[0] != lt:
         return None
     return got[1][oid]
+
+
+def proven_chain(
+    raw: Any, th: QUThresholds, oid: int, lt: Timestamp, most: int
+) -> list[tuple[Timestamp, Timestamp, bytes]]:
+    """``(lt, lt_co, proof)`` of version ``lt`` of ``oid`` and of up to ``most`` versions
+    before it down its conditioned-on chain, from one ``qu.fetch`` answer
+    (``reads.fetch_reply``: ``r`` the stored request of ``lt``, ``c`` those before it),
+    each checked by what it proves, as far as they check (a liar's entry ends the
+    stretch); empty if the answer proves nothing about ``lt``.  What a client's walk
+    (``QuorumRounds.proof``) and a node fetching for bare links (``fetch_proofs``)
+    take from an answer."""
+    first = raw.get("r") if isinstance(raw, dict) else None
+    if first is None:
+        return []
+    before = raw.get("c")
+    out: list[tuple[Timestamp, Timestamp, bytes]] = []
+    at = lt
+    for item in [first, *(before if isinstance(before, list) else [])][: most + 1]:
+        try:
+            proof = pack(item)
+        except (TypeError, ValueError):
+            break
+        co = prove(proof, th, oid, at)
+        if co is None:
+            break
+        out.append((at, co, proof))
+        at = co
+    return out
 
 
 def verified(

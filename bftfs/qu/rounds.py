@@ -21,9 +21,8 @@ from bftfs.net.errors import RemoteError, TransportError, refusal_code
 from bftfs.net.quorum import QuorumUnavailable
 from bftfs.qu import core
 from bftfs.qu.attempt import QUUnavailable
-from bftfs.qu.canon import pack
 from bftfs.qu.classify import QUThresholds
-from bftfs.qu.links import prove
+from bftfs.qu.links import proven_chain
 from bftfs.qu.messages import (
     KIND_BATCH,
     KIND_FETCH,
@@ -284,21 +283,9 @@ class QuorumRounds:
         got: list[tuple[Timestamp, Timestamp, bytes]] = []
 
         def accept(_node: int, raw: Any) -> bool:
-            body = raw.get("r") if isinstance(raw, dict) else None
-            if body is None or got:
+            if got:
                 return False
-            before = raw.get("c")
-            at = lt
-            for item in [body, *(before if isinstance(before, list) else [])][: chain + 1]:
-                try:
-                    proof = pack(item)
-                except (TypeError, ValueError):
-                    break
-                co = prove(proof, self.th, oid, at)
-                if co is None:
-                    break
-                got.append((at, co, proof))
-                at = co
+            got.extend(proven_chain(raw, self.th, oid, lt, chain))
             return bool(got)
 
         body: dict[str, Any] = {"v": VERSION, "lt": lt.encode()}
