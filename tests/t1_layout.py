@@ -8,11 +8,12 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
+import msgpack
 import pytest
 
 from bftfs.crypto import AdminKey
 from bftfs.layout import codec
-from bftfs.layout.builder import assign, build, grow, make_groups
+from bftfs.layout.builder import assign, build, finish_move, grow, make_groups
 from bftfs.layout.diff import diff
 from bftfs.layout.model import (
     Group,
@@ -220,3 +221,34 @@ def test_small_groups_and_a_node_in_two_groups_are_refused() -> None:
     g1b = Group(1, tuple(twin if layout.node(m).domain == dom else m for m in g1.members))
     with pytest.raises(LayoutError, match=f"node {twin} is in groups 0 and 1"):
         check(replace(layout, groups=(g0, g1b)))
+
+
+def test_a_grown_layout_moves_from_the_held_maps_and_finishing_drops_them() -> None:
+    key = admin(4)
+    v1 = build(nodes(18, 6), 2, partitions=64)
+    v2 = grow(v1, 1)
+    assert v2.moving and (v2.from_objects, v2.from_blocks) == (v1.objects, v1.blocks)
+    # Every id whose partition changed group names its source; the others none.
+    for oid in range(200):
+        src = v2.source_of_object(oid)
+        assert src == (v1.group_of_object(oid) if v2.group_of_object(oid) == 2 else None)
+        blk = v2.source_of_block(oid)
+        assert blk == (v1.group_of_block(oid) if v2.group_of_block(oid) == 2 else None)
+    assert v2.moving_out(0) and v2.moving_out(1) and not v2.moving_out(2)
+    assert v2.moving_in(2) and not v2.moving_in(0)
+    # Signed and read back with the maps it moves from; a layout moving nothing keeps
+    # its eight fields (every layout signed before stays byte for byte the same).
+    assert codec.decode(codec.sign(v2, key), key.public) == v2
+    assert len(msgpack.unpackb(codec.encode_body(v1))) == 8
+    assert len(msgpack.unpackb(codec.encode_body(v2))) == 10
+    with pytest.raises(LayoutError, match="still moving"):
+        grow(v2, 1)
+    v3 = finish_move(v2)
+    assert (v3.version, v3.objects, v3.moving) == (3, v2.objects, False)
+    assert v3.source_of_object(1) is None
+    with pytest.raises(LayoutError, match="moves no partitions"):
+        finish_move(v3)
+    with pytest.raises(LayoutError, match="both objects and blocks"):
+        check(replace(v2, from_blocks=()))
+    with pytest.raises(LayoutError, match="from_objects map has 3 entries"):
+        check(replace(v2, from_objects=(0, 1, 0)))

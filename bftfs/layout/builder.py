@@ -133,6 +133,11 @@ def grow(
         every[n.id] = n
     grouped = {m for g in old.groups for m in g.members}
     free = [n for n in every.values() if n.id not in grouped]
+    if old.moving:
+        raise LayoutError(
+            f"layout {old.version} is still moving partitions: finish that move first "
+            "(bftfs group move, then bftfs group finish)"
+        )
     made = make_groups(free, new_groups, size, first_id=len(old.groups))
     total = len(old.groups) + new_groups
     return check(
@@ -143,8 +148,22 @@ def grow(
             groups=old.groups + made,
             objects=assign(old.partitions, total, old.objects),
             blocks=assign(old.partitions, total, old.blocks),
+            from_objects=old.objects,
+            from_blocks=old.blocks,
         )
     )
+
+
+def finish_move(layout: Layout) -> Layout:
+    """The next version of a moving ``layout`` with the move done: the same maps, no maps
+    moved from (source groups then hold nothing of the moved partitions for anyone).
+
+    Raises:
+        LayoutError: ``layout`` moves nothing.
+    """
+    if not layout.moving:
+        raise LayoutError(f"layout {layout.version} moves no partitions")
+    return check(replace(layout, version=layout.version + 1, from_objects=(), from_blocks=()))
 
 
 def replace_node(old: Layout, leaving: int, newcomer: LayoutNode) -> Layout:

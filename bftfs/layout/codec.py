@@ -51,6 +51,8 @@ def encode_body(layout: Layout) -> bytes:
         list(layout.objects),
         list(layout.blocks),
     ]
+    if layout.moving:  # a layout moving nothing keeps the eight fields it always had
+        body += [list(layout.from_objects), list(layout.from_blocks)]
     return msgpack.packb(body, use_bin_type=True)
 
 
@@ -102,7 +104,11 @@ def _group_of(row: Any) -> Group:
 
 
 def _layout_of(body: Any) -> Layout:
-    version, parts, t, b, nodes, groups, objects, blocks = _list(body, "the body", 8)
+    fields = _list(body, "the body")
+    if len(fields) not in (8, 10):
+        raise LayoutError("layout: the body must be a list of 8 fields, or 10 while moving")
+    version, parts, t, b, nodes, groups, objects, blocks = fields[:8]
+    moving = fields[8:]
     return Layout(
         version=_int(version, "version"),
         partitions=_int(parts, "partitions"),
@@ -112,6 +118,12 @@ def _layout_of(body: Any) -> Layout:
         groups=tuple(_group_of(r) for r in _list(groups, "groups")),
         objects=tuple(_int(g, "a map entry") for g in _list(objects, "objects")),
         blocks=tuple(_int(g, "a map entry") for g in _list(blocks, "blocks")),
+        from_objects=tuple(_int(g, "a map entry") for g in _list(moving[0], "from"))
+        if moving
+        else (),
+        from_blocks=tuple(_int(g, "a map entry") for g in _list(moving[1], "from"))
+        if moving
+        else (),
     )
 
 

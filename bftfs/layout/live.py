@@ -10,9 +10,12 @@ it, so the newcomer's address and key come from the layout (:func:`live_group_co
 as a view's newcomer comes from the view.
 
 What a running process follows (:func:`unsupported_change`): nodes replaced inside their
-groups and nodes given another address.  What it does not yet (refused, so that a node
-never runs on a layout it cannot serve): other thresholds, other partition maps or groups
-(the partition mover is not built), a held node moved to another group or index.
+groups, nodes given another address, groups added, and partition maps that change by a
+move (docs/layout.md, "Moving partitions": a moving layout names the held maps as the
+ones it moves from; a finished or later one may name any maps, the move being done).
+What it does not (refused, so that a node never runs on a layout it cannot serve): other
+thresholds or partition counts, groups removed, a held node moved to another group or
+index.
 """
 
 from __future__ import annotations
@@ -32,16 +35,21 @@ NODE_LAYOUT_FILE = "layout.signed"
 
 
 def unsupported_change(old: Layout, new: Layout) -> str | None:
-    """Why a process running on ``old`` cannot follow ``new`` (None: it can): only nodes
-    replaced in their groups, or moved to another address, are followed while running."""
+    """Why a process running on ``old`` cannot follow ``new`` (None: it can; module
+    docstring)."""
     if (new.t, new.b) != (old.t, old.b):
         return f"thresholds t = {new.t}, b = {new.b} differ from t = {old.t}, b = {old.b}"
-    if new.partitions != old.partitions or (new.objects, new.blocks) != (old.objects, old.blocks):
-        return "its partition maps differ (moving partitions is not built yet)"
-    if [g.id for g in new.groups] != [g.id for g in old.groups]:
-        return "its groups differ (adding groups is not built yet)"
+    if new.partitions != old.partitions:
+        return f"{new.partitions} partitions, not {old.partitions} (the count never changes)"
+    if [g.id for g in new.groups[: len(old.groups)]] != [g.id for g in old.groups]:
+        return "it removes groups (groups are only added)"
+    if new.moving and (new.from_objects, new.from_blocks) not in (
+        (old.objects, old.blocks),
+        (old.from_objects, old.from_blocks),
+    ):
+        return "it moves partitions from maps other than the held layout's"
     staying = {n.id for n in new.nodes}
-    for g_old, g_new in zip(old.groups, new.groups, strict=True):
+    for g_old, g_new in zip(old.groups, new.groups[: len(old.groups)], strict=True):
         if len(g_old.members) != len(g_new.members):
             return f"group {g_old.id} has {len(g_new.members)} nodes, not {len(g_old.members)}"
         for i, (a, b) in enumerate(zip(g_old.members, g_new.members, strict=True)):

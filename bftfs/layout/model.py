@@ -71,6 +71,14 @@ class Layout:
     objects: tuple[int, ...]
     #: ``blocks[p]``: the group holding PASIS blocks of partition ``p``.
     blocks: tuple[int, ...]
+    #: While partitions move (docs/layout.md, "Moving partitions"): the maps they move
+    #: from, each as long as ``objects``; empty when nothing moves.  A partition whose
+    #: entry differs here from ``objects``/``blocks`` is *moving*: its source group's
+    #: nodes keep what they hold of it but take no client's new operation on it (they are
+    #: frozen for it), its target group serves it, and what the target lacks is moved
+    #: there on first touch and by the mover.
+    from_objects: tuple[int, ...] = ()
+    from_blocks: tuple[int, ...] = ()
 
     def node(self, node_id: int) -> LayoutNode:
         """The node with global id ``node_id``.
@@ -95,13 +103,48 @@ class Layout:
         """The group a PASIS block lives on."""
         return self.blocks[block_partition(block, self.partitions)]
 
+    @property
+    def moving(self) -> bool:
+        """Whether partitions are moving (the layout names the maps they move from)."""
+        return bool(self.from_objects)
+
+    def source_of_object(self, oid: int) -> int | None:
+        """The group object ``oid`` moves from, or None when its partition does not move."""
+        if not self.from_objects:
+            return None
+        p = object_partition(oid, self.partitions)
+        return self.from_objects[p] if self.from_objects[p] != self.objects[p] else None
+
+    def source_of_block(self, block: int) -> int | None:
+        """The group block ``block`` moves from, or None when its partition does not move."""
+        if not self.from_blocks:
+            return None
+        p = block_partition(block, self.partitions)
+        return self.from_blocks[p] if self.from_blocks[p] != self.blocks[p] else None
+
+    def moving_out(self, group: int) -> bool:
+        """Whether some partition of either map moves away from ``group``."""
+        return any(
+            a == group and a != b
+            for old, new in ((self.from_objects, self.objects), (self.from_blocks, self.blocks))
+            for a, b in zip(old, new, strict=False)
+        )
+
+    def moving_in(self, group: int) -> bool:
+        """Whether some partition of either map moves to ``group``."""
+        return any(
+            b == group and a != b
+            for old, new in ((self.from_objects, self.objects), (self.from_blocks, self.blocks))
+            for a, b in zip(old, new, strict=False)
+        )
+
     def describe(self) -> str:
         """One line for logs and messages."""
         sizes = sorted({len(g.members) for g in self.groups})
         return (
             f"layout {self.version}: {len(self.groups)} groups of {'/'.join(map(str, sizes))} "
             f"nodes over {len(self.nodes)} nodes, {self.partitions} partitions, "
-            f"t={self.t} b={self.b}"
+            f"t={self.t} b={self.b}" + (", partitions moving" if self.moving else "")
         )
 
 
@@ -194,7 +237,17 @@ def check(layout: Layout) -> Layout:
                     f"layout: node {nid} is in groups {placed[nid]} and {g.id} (one group each)"
                 )
             placed[nid] = g.id
-    for name, table in (("objects", layout.objects), ("blocks", layout.blocks)):
+    if bool(layout.from_objects) != bool(layout.from_blocks):
+        raise LayoutError("layout: a move names the maps of both objects and blocks or none")
+    for name, table in (
+        ("objects", layout.objects),
+        ("blocks", layout.blocks),
+        *(
+            (("from_objects", layout.from_objects), ("from_blocks", layout.from_blocks))
+            if layout.moving
+            else ()
+        ),
+    ):
         if len(table) != p:
             raise LayoutError(f"layout: the {name} map has {len(table)} entries, not {p}")
         if any(not 0 <= gid < len(layout.groups) for gid in table):
