@@ -16,8 +16,8 @@ import pytest
 from bftfs.cli.main import main
 from bftfs.config import ClusterConfig
 from bftfs.crypto import AdminKey
+from bftfs.fs.generations.groupfollow import group_pushes
 from bftfs.fs.leases.votes import RecallVotes
-from bftfs.fs.session import group_pushes
 from bftfs.layout import codec
 from bftfs.layout.builder import build, nodes_of
 from bftfs.layout.groups import (
@@ -210,10 +210,10 @@ def test_a_recall_counts_only_from_nodes_of_the_objects_group(cluster: ClusterCo
         believed.extend(votes.count(node, body, held.__contains__))
 
     for g in (1, 2):
-        group_pushes(push, layout, g)(0, {"recall": [oid, "junk"]})
+        group_pushes(push, lambda: layout, g)(0, {"recall": [oid, "junk"]})
     assert believed == [] and not votes.believed(oid)
     assert votes.take_stats()["pushes_malformed"] == 2  # (still counted as malformed)
-    own = group_pushes(push, layout, 0)
+    own = group_pushes(push, lambda: layout, 0)
     own(0, {"recall": [oid]})
     own(1, {"recall": [oid]})
     assert believed == [oid]

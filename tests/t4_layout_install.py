@@ -7,7 +7,7 @@ docs/layout.md "Installing a layout on running processes"), with real node proce
   learns it from the nodes' pushes and reaches the newcomer, which catches up;
 - a node that was down at the push learns it at its first handshake with a peer;
 - nodes refuse an older layout, one not signed by the administrator, another layout with
-  the held version and one moving partitions;
+  the held version and one moving partitions from maps they never held;
 - with another node of the regrouped group stopped, the group serves only with the
   newcomer: the mount writes and reads there, and a fresh mount reads everything back.
 """
@@ -114,7 +114,12 @@ async def _refusals(cfg: ClusterConfig, layout: Layout, key: AdminKey) -> list[s
         codec.sign(replace(layout, version=1), key),  # older
         codec.sign(replace(layout, version=9), AdminKey(bytes(32))),  # not the admin's
         codec.sign(replace(layout, objects=layout.objects[::-1]), key),  # same version
-        codec.sign(replace(layout, version=9, objects=layout.objects[::-1]), key),  # moves
+        codec.sign(  # a move from maps it never held
+            replace(
+                layout, version=9, from_objects=layout.objects[::-1], from_blocks=layout.blocks
+            ),
+            key,
+        ),
     ]
     codes = []
     async with open_client(group_config(cfg, layout, 0), "client1") as ep:

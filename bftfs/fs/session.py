@@ -24,6 +24,7 @@ from bftfs.fs.clients.groups import GroupedQU, GroupedRW
 from bftfs.fs.clients.registerblocks import open_block_client
 from bftfs.fs.filesystem import FileSystem, open_file_system
 from bftfs.fs.generations import Generations
+from bftfs.fs.generations.groupfollow import GroupFollower
 from bftfs.fs.history import FabPast, Past
 from bftfs.layout.groups import group_config, layout_path, load_layout, placed_config
 from bftfs.layout.model import Layout
@@ -189,22 +190,22 @@ async def open_grouped_session(
                 part, KeyRing(client_identity(part, client), part.node_public_keys())
             )
             ep = await stack.enter_async_context(open_client(part, client))
-            eps.append((ep, part.node_ids))
+            eps.append(ep)
             qus.append(metadata_client(part, ep))
             rws.append(await stack.enter_async_context(open_rw_client(ep, part)))
         qu, rw = GroupedQU(layout, qus), GroupedRW(layout, rws)
         tracker = ClientLayout(config, layout, layout_path(config).read_bytes())
-        for (ep, _ids), g in zip(eps, layout.groups, strict=True):
-            tracker.attach(ep, g.id)  # newer layouts taken while mounted
         tracker.on_change += [lambda _old, new: qu.switch(new), lambda _old, new: rw.switch(new)]
+        # Groups a newer layout adds are held by tasks of this nursery (left last).
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        stack.callback(nursery.cancel_scope.cancel)
+        follower = GroupFollower(config, client, qu, rw, tracker, nursery)
+        follower.start(eps)  # newer layouts taken while mounted
         fs = await stack.enter_async_context(
             open_file_system(qu, rw, placed_config(config, layout), **options)
         )
         leases = fs.meta.leases
-        if leases is not None:  # recalls pushed by each group's nodes
-            for (ep, ids), g in zip(eps, layout.groups, strict=True):
-                leases.listen(ep, ids)
-                ep.on_push = group_pushes(ep.on_push, layout, g.id)
+        follower.listen(leases)  # recalls pushed by each group's nodes
         session = Session(fs, qu, rw)
         try:
             yield session
@@ -263,30 +264,6 @@ async def write_back_at_end(fs: FileSystem, *, stalled_after: float = WRITE_BACK
             lost,
         )
     return lost
-
-
-def group_pushes(push: Any, layout: Layout, group: int) -> Any:
-    """A push handler for group ``group``'s connections: told each node's global id, not
-    its index in the group (the ``b + 1`` pushes that make a recall believed come from
-    distinct nodes of the cluster), and only the recalls of objects that live on that
-    group.  A node is trusted about its own group's objects only: counted for objects of
-    other groups, liars in two groups (one each, as the layout allows) would together
-    make ``b + 1`` pushes and a recall believed that no correct node sent."""
-    members = next(g.members for g in layout.groups if g.id == group)
-
-    def on_push(node: int, body: Any) -> None:
-        recall = body.get("recall") if isinstance(body, dict) else None
-        if isinstance(recall, list):  # (a malformed one goes on, to be counted as such)
-            mine = [o for o in recall if not _an_oid(o) or layout.group_of_object(o) == group]
-            body = dict(body, recall=mine)
-        push(members[int(node)], body)
-
-    return on_push
-
-
-def _an_oid(o: Any) -> bool:
-    """Whether ``o`` can name an object (anything else is left for the votes to count)."""
-    return isinstance(o, int) and not isinstance(o, bool)
 
 
 @asynccontextmanager

@@ -76,17 +76,7 @@ class Crossing:
         self.clock = clock
         self.sleep = sleep
         self._vouches = [vouch_for(self.keys, g) for g in range(len(clients))]
-        groups = [
-            QUClient(
-                c.ep,
-                c.th,
-                client_id=c.client_id,
-                rng=random.Random(self.rng.getrandbits(64)),
-                seq_start=_SEQ_BASE + time.time_ns(),
-                vouch=self._vouch(g),
-            )
-            for g, c in enumerate(clients)
-        ]
+        groups = [self._group_client(g, c) for g, c in enumerate(clients)]
         self.driver = Driver(groups, self.keys, clients[0].client_id, clock, self.rng, sleep)
         #: Transactions committed, other transactions' intents met, and transactions
         #: made again because a group's nodes held another layout version.
@@ -103,6 +93,12 @@ class Crossing:
 
         return vouch
 
+    def add_group(self, client: QUClient) -> None:
+        """The next group a newer layout added: its client for transactions' parts."""
+        g = len(self.driver.groups)
+        self.driver.groups = [*self.driver.groups, self._group_client(g, client)]
+        self._vouches.append(vouch_for(self.keys, g))
+
     def switch(self, layout: Layout) -> None:
         """Run under ``layout`` (a newer version taken while mounted, ``layout/tracker.py``):
         its nodes' keys check replies and certificates, its version goes in descriptors."""
@@ -110,6 +106,18 @@ class Crossing:
         self.keys = group_keys(layout)
         self._vouches = [vouch_for(self.keys, g) for g in range(len(self._vouches))]
         self.driver.keys = self.keys
+
+    def _group_client(self, g: int, c: QUClient) -> QUClient:
+        """Group ``g``'s client for transactions: ``c``'s endpoint and thresholds, its
+        own request ids and the group's vouch."""
+        return QUClient(
+            c.ep,
+            c.th,
+            client_id=c.client_id,
+            rng=random.Random(self.rng.getrandbits(64)),
+            seq_start=_SEQ_BASE + time.time_ns(),
+            vouch=self._vouch(g),
+        )
 
     def record(self, group: int) -> Callable[[], int]:
         """Fresh record object ids on ``group`` (random, in its partitions)."""

@@ -32,11 +32,13 @@ from typing import Any
 
 from bftfs.fs.clients.atonce import at_once
 from bftfs.fs.clients.crossing import REMOVALS, Crossing
+from bftfs.fs.clients.grouproutes import GroupRoutes
 from bftfs.fs.clients.protocols import BlockClient, EngineClient, Objects
 from bftfs.fs.errors import CrossDevice
 from bftfs.fsobjects import RENAME_EXCHANGE
 from bftfs.fsobjects.leases import INHERIT, tag_query, untag_query
 from bftfs.layout.model import Layout
+from bftfs.outcome import GenerationMoved
 from bftfs.qu.client import ClientStatistics, QUClient
 from bftfs.qu.objects import MethodRefused
 from bftfs.qu.timestamp import Timestamp
@@ -70,9 +72,10 @@ def _ids(objects: Objects) -> list[int]:
 def _faults(
     counters: Sequence[Counter[tuple[int, str]]], members: Sequence[Sequence[int]]
 ) -> Counter[tuple[int, str]]:
-    """The groups' fault counters under the nodes' global ids."""
+    """The groups' fault counters under the nodes' global ids (of the groups whose
+    clients are open: a group a newer layout added may be opening still)."""
     out: Counter[tuple[int, str]] = Counter()
-    for counter, ids in zip(counters, members, strict=True):
+    for counter, ids in zip(counters, members[: len(counters)], strict=True):
         for (node, kind), count in counter.items():
             out[(ids[int(node)], kind)] += count
     return out
@@ -87,7 +90,13 @@ class GroupedQU:
         if len(clients) != len(layout.groups):
             raise ValueError(f"{len(clients)} clients for {len(layout.groups)} groups")
         self.layout = layout
-        self.clients = list(clients)
+        #: Each group's client, and its stand-in while partitions move to it.
+        self.routes: GroupRoutes[EngineClient] = GroupRoutes(clients)
+        #: Brings the moving objects of a cross-group transaction to their targets
+        #: before it runs (the session sets it while partitions move).
+        self.bring: Callable[[list[int], Any], Awaitable[None]] | None = None
+        #: Calls run again because nodes refused them ``moved`` (a newer layout).
+        self.rerouted = 0
         #: Calls refused because their objects span groups.
         self.crossed = 0
         qus = [c for c in clients if isinstance(c, QUClient)]
@@ -103,8 +112,21 @@ class GroupedQU:
         self.layout = layout
         if self.crossing is not None:
             self.crossing.switch(layout)
+        self.routes.changed()
         for hook in self.switched:
             hook(layout)
+
+    @property
+    def clients(self) -> list[EngineClient]:
+        """Each open group's own client."""
+        return self.routes.plain
+
+    def add_group(self, client: EngineClient) -> None:
+        """The client of the next group a newer layout added is open."""
+        if self.crossing is not None:
+            assert isinstance(client, QUClient)
+            self.crossing.add_group(client)
+        self.routes.add(client)
 
     def spans(self, objects: Objects) -> bool:
         """Whether ``objects`` live on several groups."""
@@ -127,8 +149,22 @@ class GroupedQU:
             )
         return groups.pop()
 
-    def _for(self, objects: Objects) -> EngineClient:
-        return self.clients[self.group_of(objects)]
+    async def _rerouted(self, objects: Objects, call: Callable[[EngineClient], Any]) -> Any:
+        """``call`` on the client of the group holding ``objects``, resolving other
+        transactions' intents it meets (:class:`Crossing`), and run again routed by a
+        newer layout when the nodes refuse it ``moved`` (``fs/clients/grouproutes.py``)."""
+        while True:
+            version = self.layout.version
+            client = await self.routes.get(self.group_of(objects))
+            try:
+                return await self._resolving(objects, functools.partial(call, client))
+            except MethodRefused as e:
+                if e.code != "moved" or not await self.routes.newer(self._version, version):
+                    raise
+            self.rerouted += 1
+
+    def _version(self) -> int:
+        return self.layout.version
 
     @property
     def client_id(self) -> int:
@@ -148,7 +184,7 @@ class GroupedQU:
             if f.name == "excluded_servers":
                 totals[f.name] = tuple(
                     g.members[int(i)]
-                    for s, g in zip(stats, self.layout.groups, strict=True)
+                    for s, g in zip(stats, self.layout.groups[: len(stats)], strict=True)
                     for i in getattr(s, f.name)
                 )
             else:
@@ -169,8 +205,7 @@ class GroupedQU:
     async def query(self, objects: Objects, method: str, arg: Any = None) -> Any:
         if method in PER_OBJECT | {"fs.lookupstat"} and self.spans(objects):
             return await self._split_query(_ids(objects), method, arg)
-        client = self._for(objects)
-        return await self._resolving(objects, lambda: client.query(objects, method, arg))
+        return await self._rerouted(objects, lambda c: c.query(objects, method, arg))
 
     async def _split_query(self, ids: list[int], method: str, arg: Any) -> Any:
         """A query of objects on several groups that answers per object (``statmany``,
@@ -214,13 +249,21 @@ class GroupedQU:
             exchange = method == "fs.rename" and arg.get("flags", 0) & RENAME_EXCHANGE
             if exchange or (method == "fs.mkdir" and INHERIT in arg):
                 self.group_of(objects)  # raises CrossGroup: not split (docs/layout.md)
-            return await self.crossing.run(self.query, _ids(objects), method, arg)
+            version = self.layout.version
+            try:
+                if self.bring is not None:
+                    await self.bring(_ids(objects), arg)
+                return await self.crossing.run(self.query, _ids(objects), method, arg)
+            except MethodRefused as e:
+                if e.code != "moved" or not await self.routes.newer(self._version, version):
+                    raise
+            self.rerouted += 1
+            return await self.update(objects, method, arg, seq=seq)
         if method in PER_OBJECT_UPDATES and self.spans(objects):
             return await self._split_update(_ids(objects), method, arg)
-        client = self._for(objects)
         if seq is None:
-            return await self._resolving(objects, lambda: client.update(objects, method, arg))
-        return await self._resolving(objects, lambda: client.update(objects, method, arg, seq=seq))
+            return await self._rerouted(objects, lambda c: c.update(objects, method, arg))
+        return await self._rerouted(objects, lambda c: c.update(objects, method, arg, seq=seq))
 
     async def _split_update(self, ids: list[int], method: str, arg: Any) -> Any:
         """A :data:`PER_OBJECT_UPDATES` update of objects on several groups: each group's
@@ -238,12 +281,10 @@ class GroupedQU:
         return [item for a in lists for item in a] if lists else None
 
     async def settle(self, objects: Objects) -> None:
-        client = self._for(objects)
-        await self._resolving(objects, lambda: client.settle(objects))
+        await self._rerouted(objects, lambda c: c.settle(objects))
 
     async def query_at(self, oid: int, method: str, arg: Any = None) -> tuple[Any, Timestamp]:
-        client = self._for(oid)
-        return await self._resolving(oid, lambda: client.query_at(oid, method, arg))
+        return await self._rerouted(oid, lambda c: c.query_at(oid, method, arg))
 
     async def query_many_at(
         self, objects: Iterable[int], method: str, arg: Any = None
@@ -263,8 +304,7 @@ class GroupedQU:
 
             await GroupedRW._each(one, split)
             return answer, times
-        client = self._for(ids)
-        return await self._resolving(ids, lambda: client.query_many_at(ids, method, arg))
+        return await self._rerouted(ids, lambda c: c.query_many_at(ids, method, arg))
 
 
 class GroupedRW:
@@ -274,14 +314,40 @@ class GroupedRW:
         if len(clients) != len(layout.groups):
             raise ValueError(f"{len(clients)} clients for {len(layout.groups)} groups")
         self.layout = layout
-        self.clients = list(clients)
+        #: Each group's client, and its stand-in while partitions move to it.
+        self.routes: GroupRoutes[BlockClient] = GroupRoutes(clients)
+        #: Calls run again because nodes refused them ``moved`` (a newer layout).
+        self.rerouted = 0
 
     def switch(self, layout: Layout) -> None:
         """Route by ``layout`` from now on (:meth:`GroupedQU.switch`)."""
         self.layout = layout
+        self.routes.changed()
 
-    def _for(self, block: int) -> BlockClient:
-        return self.clients[self.layout.group_of_block(block)]
+    @property
+    def clients(self) -> list[BlockClient]:
+        """Each open group's own client."""
+        return self.routes.plain
+
+    def add_group(self, client: BlockClient) -> None:
+        """The client of the next group a newer layout added is open."""
+        self.routes.add(client)
+
+    async def _for(self, block: int) -> BlockClient:
+        return await self.routes.get(self.layout.group_of_block(block))
+
+    async def _rerouted(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        """``call()`` (which routes by the layout held when it runs), run again routed by
+        a newer layout when the nodes refuse a write ``moved``
+        (``fs/clients/grouproutes.py``)."""
+        while True:
+            version = self.layout.version
+            try:
+                return await call()
+            except GenerationMoved:
+                if not await self.routes.newer(lambda: self.layout.version, version):
+                    raise
+            self.rerouted += 1
 
     def _split(self, blocks: Iterable[int]) -> dict[int, list[int]]:
         out: dict[int, list[int]] = {}
@@ -304,7 +370,10 @@ class GroupedRW:
         return RWStatistics(dict(total))
 
     async def write_block(self, block: int, data: bytes, *, after: int = 0) -> BlockTime:
-        return await self._for(block).write_block(block, data, after=after)
+        return await self._rerouted(lambda: self._write_block(block, data, after=after))
+
+    async def _write_block(self, block: int, data: bytes, *, after: int) -> BlockTime:
+        return await (await self._for(block)).write_block(block, data, after=after)
 
     async def write_blocks(
         self,
@@ -319,13 +388,17 @@ class GroupedRW:
         async def one(g: int, ids: list[int]) -> None:
             mine = {b: blocks[b] for b in ids}
             ready = None if prepared is None else {b: prepared[b] for b in ids if b in prepared}
+            client = await self.routes.get(g)
             out.update(
-                await self.clients[g].write_blocks(
+                await client.write_blocks(
                     mine, concurrency=concurrency, after=after, prepared=ready
                 )
             )
 
-        await self._each(one, self._split(blocks))
+        async def all_left() -> None:
+            await self._each(one, self._split(b for b in blocks if b not in out))
+
+        await self._rerouted(all_left)
         return out
 
     async def prepare(
@@ -336,10 +409,10 @@ class GroupedRW:
         *,
         into: tuple[int, Callable[[memoryview], None]] | None = None,
     ) -> Prepared:
-        return await self._for(block).prepare(block, data, before, into=into)
+        return await (await self._for(block)).prepare(block, data, before, into=into)
 
     async def read_block(self, block: int) -> bytes | bytearray:
-        return await self._for(block).read_block(block)
+        return await (await self._for(block)).read_block(block)
 
     async def read_blocks(
         self, blocks: Iterable[int], *, concurrency: int = DEFAULT_CONCURRENCY
@@ -347,13 +420,14 @@ class GroupedRW:
         out: dict[int, bytes | bytearray] = {}
 
         async def one(g: int, ids: list[int]) -> None:
-            out.update(await self.clients[g].read_blocks(ids, concurrency=concurrency))
+            client = await self.routes.get(g)
+            out.update(await client.read_blocks(ids, concurrency=concurrency))
 
         await self._each(one, self._split(blocks))
         return out
 
     async def read_as_of(self, block: int, time_ns: int) -> bytes | bytearray:
-        return await self._for(block).read_as_of(block, time_ns)
+        return await (await self._for(block)).read_as_of(block, time_ns)
 
     async def space(self) -> Space:
         """The fullest group's answer (the least free disk): what fills first."""

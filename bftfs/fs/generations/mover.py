@@ -258,8 +258,6 @@ class Mover:
         self.default_bs = default_bs
         self.rate = ByteRate(bytes_per_second)
         self.limit = trio.Semaphore(max(concurrency, 1))
-        th = new_rw.th
-        self.m, self.n = int(th.m), int(th.n)
 
     async def objects(
         self, state: MoveState, oids: Iterable[int], done: Callable[[], None]
@@ -311,19 +309,29 @@ class Mover:
                 nursery.start_soon(one, block)
 
     async def block(self, state: MoveState, block: BlockId) -> None:
-        if not (await self.new_rw.read_version(block)).absent:
-            state.count("blocks", "present")
-            return
-        got = await self.old_rw.read_version(block)
-        if got.absent:
-            state.count("blocks", "missing")
-            return
-        await self.rate.spend(len(got.data))
-        enc = await trio.to_thread.run_sync(erasure.encode, got.data, self.m, self.n)
-        ts = make_timestamp(got.ts.time, got.ts.writer, enc.verifier)
-        await self.new_rw.do_write(block, ts, enc.fragments, enc.cross_checksum, moved=True)
-        state.count("blocks", "copied")
-        state.bytes += len(got.data)
+        await copy_block(state, block, self.new_rw, self.old_rw, self.rate)
+
+
+async def copy_block(
+    state: MoveState, block: BlockId, new_rw: RWClient, old_rw: RWClient, rate: ByteRate
+) -> None:
+    """Copy ``block``'s latest version from ``old_rw``'s nodes to ``new_rw``'s as a
+    *moved* version (its own Time and writer, re-encoded for the new thresholds) when
+    the new ones hold none; counted in ``state`` (``copied``, ``present``, ``missing``)."""
+    if not (await new_rw.read_version(block)).absent:
+        state.count("blocks", "present")
+        return
+    got = await old_rw.read_version(block)
+    if got.absent:
+        state.count("blocks", "missing")
+        return
+    await rate.spend(len(got.data))
+    th = new_rw.th
+    enc = await trio.to_thread.run_sync(erasure.encode, got.data, int(th.m), int(th.n))
+    ts = make_timestamp(got.ts.time, got.ts.writer, enc.verifier)
+    await new_rw.do_write(block, ts, enc.fragments, enc.cross_checksum, moved=True)
+    state.count("blocks", "copied")
+    state.bytes += len(got.data)
 
 
 async def move_generation(

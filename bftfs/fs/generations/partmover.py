@@ -22,10 +22,31 @@ from them, and the move is complete when every group's cursor is
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
+from typing import Any
 
-from bftfs.fs.generations.mover import MoveState
+import trio
+
+from bftfs.fs.clients import EngineClient
+from bftfs.fs.generations.mover import (
+    DEFAULT_CONCURRENCY,
+    MoveState,
+    Progress,
+    copy_block,
+    file_blocks,
+)
+from bftfs.fs.generations.partitions import PartitionRouters
+from bftfs.fs.generations.routers import NOT_SEEN
+from bftfs.fsobjects.moves import unpack_state
 from bftfs.layout.model import Layout
+from bftfs.rate import ByteRate
+from bftfs.rw.client import RWClient
+from bftfs.rw.messages import BlockId
+
+#: ``list_group(group, after)``: one page of the union of a group's object listings
+#: after an id, and where the next starts (``mover.list_page`` bound to the group).
+ListGroup = Callable[[int, int | None], Awaitable[tuple[list[int], int | None]]]
 
 
 def cursor_dir(home: Path, version: int) -> Path:
@@ -75,3 +96,128 @@ def describe_move(home: Path, layout: Layout) -> str:
         else:
             parts.append(f"group {g}: stopped after object {s.after} ({s.summary()})")
     return "; ".join(parts)
+
+
+class PartitionMover:
+    """One run of the walk (module docstring); :func:`move_partitions` drives it."""
+
+    def __init__(
+        self,
+        layout: Layout,
+        routers: PartitionRouters,
+        qu_of: Callable[[int], EngineClient],
+        rw_of: Callable[[int], RWClient],
+        *,
+        default_bs: int,
+        bytes_per_second: int = 0,
+        concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> None:
+        self.layout = layout
+        self.routers = routers
+        self.qu_of, self.rw_of = qu_of, rw_of
+        self.default_bs = default_bs
+        self.rate = ByteRate(bytes_per_second)
+        self.limit = trio.Semaphore(max(concurrency, 1))
+
+    async def objects(
+        self, state: MoveState, group: int, oids: Iterable[int], done: Callable[[], None]
+    ) -> None:
+        """Each of ``oids`` (listed by ``group``): moved when it moves away from
+        ``group``, its blocks copied where they move; ``concurrency`` at a time."""
+        before = self.routers.moves()
+
+        async def one(oid: int) -> None:
+            async with self.limit:
+                packed = await self._state(state, group, oid)
+            if packed is not None:
+                blocks = file_blocks(unpack_state(packed), self.default_bs)
+                await self.blocks(state, (b for b in blocks if self._moves(b)))
+            done()
+
+        async with trio.open_nursery() as nursery:
+            for oid in oids:
+                nursery.start_soon(one, oid)
+        after = self.routers.moves()
+        for key in ("moved", "here", "raced", "absent"):
+            n = after[key] - before[key]
+            if n:
+                state.count("objects", "here" if key == "raced" else key, n)
+
+    async def _state(self, state: MoveState, group: int, oid: int) -> Any:
+        """``oid``'s packed state where it lives now (moved first when it moves away
+        from ``group``); None for an object listed by a group that neither holds nor
+        gives it (it moved before, or a node made it up)."""
+        where = self.routers.moving(oid)
+        if where is not None and where[0] == group:
+            packed = await self.routers.pair(*where).move(oid)
+            if packed is NOT_SEEN:
+                packed = await self.qu_of(where[1]).query(oid, "fs.state")
+            return packed
+        if self.layout.group_of_object(oid) == group:
+            state.count("objects", "stays")
+            return await self.qu_of(group).query(oid, "fs.state")
+        state.count("objects", "elsewhere")
+        return None
+
+    def _moves(self, block: BlockId) -> bool:
+        return self.layout.source_of_block(int(block)) is not None
+
+    async def blocks(self, state: MoveState, blocks: Iterable[BlockId]) -> None:
+        """Copy each of ``blocks`` (all moving) from its source group to its target when
+        the target holds no version; ``concurrency`` at once, taken as slots free."""
+
+        async def one(block: BlockId) -> None:
+            try:
+                source = self.layout.source_of_block(int(block))
+                assert source is not None
+                target = self.layout.group_of_block(int(block))
+                await self.routers.gate.wait(source)  # the source's versions are final
+                await copy_block(state, block, self.rw_of(target), self.rw_of(source), self.rate)
+            finally:
+                self.limit.release()
+
+        async with trio.open_nursery() as nursery:
+            for block in blocks:
+                await self.limit.acquire()
+                nursery.start_soon(one, block)
+
+
+async def move_partitions(
+    mover: PartitionMover,
+    list_group: ListGroup,
+    home: Path | None,
+    *,
+    on_progress: Progress | None = None,
+) -> dict[int, MoveState]:
+    """Walk every group :func:`walked_groups` names for ``mover.layout`` (module
+    docstring), each from its saved cursor on; the cursors, complete, each saved after
+    every page under ``home`` (None: kept in memory only).
+
+    Raises:
+        MoveError: too few of a group's nodes list (run again: it resumes).
+    """
+    layout = mover.layout
+    states: dict[int, MoveState] = {}
+    seen = {"walked": 0, "listed": 0}
+    for group in walked_groups(layout):
+        path = None if home is None else cursor_path(home, layout.version, group)
+        state = MoveState.load(path) if path is not None else None
+        if state is None or state.view != layout.version or state.source != group:
+            state = MoveState(layout.version, group)
+        states[group] = state
+
+        def done(state: MoveState = state) -> None:
+            seen["walked"] += 1
+            state.count("objects", "walked")
+            if on_progress is not None:
+                on_progress(state, seen["walked"], seen["listed"])
+
+        while not state.complete:
+            oids, cut = await list_group(group, state.after)
+            seen["listed"] += len(oids)
+            await mover.objects(state, group, oids, done)
+            state.after = cut if cut is not None else state.after
+            state.complete = cut is None
+            if path is not None:
+                state.save(path)
+    return states

@@ -251,7 +251,7 @@ class GenerationalQU:
     async def query(self, objects: int | Iterable[int], method: str, arg: Any = None) -> Any:
         """``QUClient.query`` on ``new``, its objects moved first."""
         objs = _objs(objects)
-        await self._move_all(objs, _query_mount(arg))
+        await self._move_all(objs, query_mount(arg))
         return await self.new.query(objects if isinstance(objects, int) else objs, method, arg)
 
     async def update(
@@ -263,7 +263,7 @@ class GenerationalQU:
         objs = _objs(objects)
         if method == RELEASE:
             return await self._release(objs, arg)
-        await self._move_all(objs, _update_mount(arg))
+        await self._move_all(objs, update_mount(arg))
         target = objects if isinstance(objects, int) else objs
         return await self.new.update(target, method, arg, seq=seq)
 
@@ -277,7 +277,7 @@ class GenerationalQU:
         for it.  Moving it first would wait for every other mount's lease on it, while
         those mounts' moves wait for this one's: holders recalled by the freeze would hold
         each other up until their leases ended."""
-        self._learn_mount(_update_mount(arg))
+        self._learn_mount(update_mount(arg))
         here: list[int] = []
         there: list[int] = []
         for oid in objs:
@@ -300,7 +300,7 @@ class GenerationalQU:
     async def query_at(self, oid: int, method: str, arg: Any = None) -> tuple[Any, Timestamp]:
         """``QUClient.query_at`` on ``new``, the object moved first (history starts at the
         move: the versions before it are g's)."""
-        await self._move_all((oid,), _query_mount(arg))
+        await self._move_all((oid,), query_mount(arg))
         return await self.new.query_at(oid, method, arg)
 
     async def query_many_at(
@@ -308,7 +308,7 @@ class GenerationalQU:
     ) -> tuple[Any, dict[int, Timestamp]]:
         """``QUClient.query_many_at`` on ``new``, its objects moved first."""
         objs = _objs(objects)
-        await self._move_all(objs, _query_mount(arg))
+        await self._move_all(objs, query_mount(arg))
         return await self.new.query_many_at(objs, method, arg)
 
     # Moving ----------------------------------------------------------------------------------
@@ -438,13 +438,13 @@ def _objs(objects: int | Iterable[int]) -> tuple[int, ...]:
     return (objects,) if isinstance(objects, int) else tuple(objects)
 
 
-def _update_mount(arg: Any) -> int | None:
+def update_mount(arg: Any) -> int | None:
     """The mount an update's argument names (``fs/clients/mounttag.py``), or None."""
     got = arg.get(MOUNT) if isinstance(arg, Mapping) else None
     return got if isinstance(got, int) and not isinstance(got, bool) else None
 
 
-def _query_mount(arg: Any) -> int | None:
+def query_mount(arg: Any) -> int | None:
     """The mount a query's envelope names, or None."""
     _, mount = untag_query(arg)
     return mount or None

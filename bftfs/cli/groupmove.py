@@ -1,0 +1,136 @@
+"""``bftfs group move [--bytes-per-second N] [--as CLIENT]``: the partition mover
+(issue 66; docs/layout.md, "Moving partitions").
+
+After ``bftfs group add`` issued a layout that moves partitions to new groups, this walks
+every old group's objects and moves to its target what mounts did not touch yet,
+copying the blocks of moving block partitions (``fs/generations/partmover.py``), with a
+progress bar.  Killed, or stopped by the cluster (exit 4, the first cause named), it
+resumes from its cursors when run again; once complete, ``bftfs group finish`` ends the
+move.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from contextlib import AsyncExitStack
+from typing import Any
+
+import trio
+
+from bftfs.cli.common import EXIT_CLUSTER, QuietError, cluster_of, with_cluster, with_identity
+from bftfs.config import ClusterConfig
+from bftfs.layout.model import Layout
+
+
+def add_move_parser(actions: argparse._SubParsersAction) -> None:
+    """``bftfs group move``'s options."""
+    text = "copy what a grown layout moves to the new groups (the partition mover; resumable)"
+    ap = actions.add_parser("move", help=text, description=text)
+    ap.add_argument(
+        "--bytes-per-second",
+        type=int,
+        default=0,
+        metavar="N",
+        help="pace of the block data copied (default 0: no limit)",
+    )
+    with_identity(ap, default=None, help="the client the move speaks as")
+    with_cluster(ap)
+
+
+def run_move(args: argparse.Namespace) -> int:
+    """Run the mover to the end (module docstring); 0 once every group was walked."""
+    from bftfs.cli.progress import progress
+    from bftfs.fs.generations import MoveError
+    from bftfs.fs.generations.partmover import describe_move, move_complete
+    from bftfs.layout.groups import load_layout
+    from bftfs.membership import admin
+
+    cfg, _ = cluster_of(args)
+    layout = load_layout(cfg)
+    if layout is None or not layout.moving:
+        what = "a cluster of one group" if layout is None else f"layout {layout.version}"
+        raise QuietError(
+            f"{what} moves no partitions: nothing to move (`bftfs group add` starts a move)", 2
+        )
+    if move_complete(cfg.home, layout):
+        print(f"the move of layout {layout.version} is complete: {describe_move(cfg.home, layout)}")
+        return 0
+    who = args.as_client or admin.pusher(cfg)
+    print(f"moving partitions of layout {layout.version} to groups {_targets(layout)}")
+    with progress(f"moving to layout {layout.version}") as update:
+        try:
+            trio.run(lambda: _move(cfg, layout, who, args.bytes_per_second, update))
+        except MoveError as e:
+            raise QuietError(f"{e}: run `bftfs group move` again", EXIT_CLUSTER) from None
+        except Exception as e:  # a quorum lost, a read or write failed: resumable
+            raise QuietError(
+                f"the move stopped ({_first(e)}): run `bftfs group move` again, it resumes "
+                "from its last page",
+                EXIT_CLUSTER,
+            ) from None
+    print(f"  {describe_move(cfg.home, layout)}")
+    print("  complete: `bftfs group finish` ends the move")
+    return 0
+
+
+def _targets(layout: Layout) -> list[int]:
+    return sorted({g for g in range(len(layout.groups)) if layout.moving_in(g)})
+
+
+def _first(e: BaseException) -> str:
+    """What went wrong, from the first leaf of a group (the mover's nurseries)."""
+    while isinstance(e, BaseExceptionGroup) and e.exceptions:
+        e = e.exceptions[0]
+    return f"{type(e).__name__}: {e}"
+
+
+async def _move(cfg: ClusterConfig, layout: Layout, who: str, rate: int, update: Any) -> None:
+    """Open every group's clients as client ``who`` and run the mover."""
+    from bftfs.connect import open_client
+    from bftfs.fs.generations.groupfollow import held_version
+    from bftfs.fs.generations.mover import list_page
+    from bftfs.fs.generations.partitions import FrozenGate, PartitionRouters
+    from bftfs.fs.generations.partmover import PartitionMover, move_partitions
+    from bftfs.layout.groups import group_config
+    from bftfs.qu.classify import QUThresholds
+    from bftfs.qu.client import QUClient
+    from bftfs.rw.client import open_rw_client
+
+    assert cfg.admin_key is not None  # a layout is loaded with one
+    admin_key = cfg.admin_key
+    async with AsyncExitStack() as stack:
+        eps, qus, rws = [], [], []
+        for g in layout.groups:
+            part = group_config(cfg, layout, g.id)
+            ep = await stack.enter_async_context(open_client(part, who))
+            eps.append(ep)
+            qus.append(QUClient(ep, QUThresholds.from_config(part), client_id=ep.pid))
+            rws.append(await stack.enter_async_context(open_rw_client(ep, part)))
+
+        async def ask(group: int, index: int) -> int | None:
+            return await held_version(eps[group], index, admin_key)
+
+        gate = FrozenGate(lambda: layout, ask)
+        routers = PartitionRouters(lambda: layout, qus.__getitem__, gate)
+        mover = PartitionMover(
+            layout,
+            routers,
+            qus.__getitem__,
+            rws.__getitem__,
+            default_bs=cfg.block_size,
+            bytes_per_second=rate,
+        )
+
+        async def list_group(group: int, after: int | None) -> tuple[list[int], int | None]:
+            n = len(layout.groups[group].members)
+            await gate.wait(group)  # its nodes list to clients once they hold the move
+            page = functools.partial(list_page, eps[group], list(range(n)), n - layout.t)
+            return await page(after)
+
+        await move_partitions(
+            mover,
+            list_group,
+            cfg.home,
+            on_progress=lambda _state, walked, listed: update(walked, listed),
+        )
