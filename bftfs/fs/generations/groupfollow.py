@@ -35,7 +35,7 @@ from bftfs.fs.generations.partitions import FrozenGate, MovingQU, MovingRW, Part
 from bftfs.fs.generations.routers import update_mount
 from bftfs.ids import NodeId
 from bftfs.layout import codec
-from bftfs.layout.groups import group_config
+from bftfs.layout.live import live_group_config
 from bftfs.layout.model import Layout, LayoutError
 from bftfs.layout.tracker import ClientLayout
 from bftfs.membership.levelling import LAYOUT
@@ -156,7 +156,8 @@ class GroupFollower:
 
     async def _hold_group(self, g: int, *, task_status: trio.TaskStatus[None]) -> None:
         """Open group ``g``'s endpoint and clients and hold them while the session runs."""
-        part = group_config(self.config, self.qu.layout, g)
+        # (from the layout: a mount's cluster.toml may predate the group's nodes)
+        part = live_group_config(self.config, self.qu.layout, g)
         await check_identity(
             part, KeyRing(client_identity(part, self.client), part.node_public_keys())
         )
