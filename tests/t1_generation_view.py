@@ -32,7 +32,7 @@ from bftfs.membership.view import (
     unsupported_change,
 )
 from bftfs.membership.viewkeys import AdminChains, load_node_chain
-from bftfs.node.generation import leased_objects
+from bftfs.node.recalls import leased_objects
 from bftfs.qu import schema
 from bftfs.qu.canon import canonical
 from bftfs.qu.timestamp import DIGEST_SIZE, ZERO, Timestamp
@@ -188,7 +188,7 @@ def test_generation_helpers_and_the_configuration_of_each_generation(tmp_path: P
 
 
 def test_the_leases_a_freezing_node_recalls_are_found_page_by_page() -> None:
-    """``node/generation.leased_objects``: each holder of a lease live now, on objects in
+    """``node/recalls.leased_objects``: each holder of a lease live now, on objects in
     their newest stored state (a barrier above is skipped, an absent object has none),
     a page at a time."""
     kv = MemoryKV()

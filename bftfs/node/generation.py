@@ -32,22 +32,14 @@ generation, "frozen": bool, "retired": bool, "view": the number held}``.
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import trio.lowlevel
-
-from bftfs.fsobjects.leases import MAX_RECALLED, live
-from bftfs.ids import PrincipalId
-from bftfs.kv import KV
 from bftfs.membership.view import CURRENT, PREVIOUS, View
 from bftfs.membership.viewkeys import replace_durably
 from bftfs.net.server import HandlerError
-from bftfs.qu import schema
-from bftfs.qu.canon import unpack
+from bftfs.node.recalls import recall_stored
 
 if TYPE_CHECKING:
     from bftfs.node.service import Node, RequestContext
@@ -60,8 +52,6 @@ GENERATION_FILE = "generation"
 RETIRED_ANSWERS = frozenset({"view.get", "gen.status"})
 #: The request asking a node where it stands.
 KIND_STATUS = "gen.status"
-#: Objects looked at per read transaction for the recall at the freeze.
-PAGE = 256
 
 ACTIVE = "active"
 FROZEN = "frozen"
@@ -231,41 +221,6 @@ class NodeGeneration:
 
     async def recall_leases(self) -> None:
         """Push a recall of every object on which a lease stored here is live to its
-        holders (the freeze: module docstring), a page of objects per read transaction."""
-        node = self._node
-        assert node is not None
-        now = node.now_ns()
-        held: dict[int, list[int]] = defaultdict(list)
-        after: int | None = -1
-        while after is not None:
-            step = functools.partial(leased_objects, now_ns=now, start=after + 1, limit=PAGE)
-            page, after = node.store.read(step)
-            for holder, oids in page.items():
-                held[holder] += oids
-            await trio.lowlevel.checkpoint()
-        for holder, oids in sorted(held.items()):
-            for i in range(0, len(oids), MAX_RECALLED):
-                sent = node.server.push(PrincipalId(holder), {"recall": oids[i : i + MAX_RECALLED]})
-                node.stats["gen.recalls.pushed" if sent else "gen.recalls.unconnected"] += 1
-
-
-def leased_objects(
-    kv: KV, now_ns: int, start: int = 0, limit: int = PAGE
-) -> tuple[dict[int, list[int]], int | None]:
-    """Each client holding a lease live at ``now_ns`` on one of the first ``limit`` objects
-    stored here from id ``start`` on (in its newest stored state), and those objects in id
-    order; and the last object id looked at (None: no more)."""
-    out: dict[int, list[int]] = defaultdict(list)
-    oid: int | None = None
-    for n, (key, _raw) in enumerate(kv.scan(schema.DB_RH, schema.oid_key(start), schema.OID_END)):
-        if n == limit:
-            return dict(out), oid
-        oid = int.from_bytes(bytes(key), "big")
-        for v in schema.iter_versions(kv, oid, reverse=True):
-            if v.kind == schema.BARRIER:
-                continue
-            if v.state is not None:
-                for holder in {h[0] for h in live(unpack(v.state), now_ns)}:
-                    out[holder].append(oid)
-            break
-    return dict(out), None
+        holders (the freeze: module docstring)."""
+        assert self._node is not None
+        await recall_stored(self._node, lambda oid: True, "gen.recalls")

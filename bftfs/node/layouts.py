@@ -25,6 +25,14 @@ under the new keys (``node/rekey.py``), the placement guard and the ``txn`` type
 are the new layout's; the node's clients are told the new version (a push: mounts fetch
 it), and the layout is forwarded once to the other nodes of the group.  A node the
 layout leaves out (replaced) keeps running, refused by every correct node, and says so.
+
+A moving layout (docs/layout.md, "Moving partitions") also sets what the node does for
+the partitions moving out of its group and into it (``node/moves.py``); when it moves
+objects out of the group that did not move out before, the node pushes a recall of the
+leases stored here on them to their holders (``node/recalls.recall_stored``), as a
+generation's freeze does.  So does a node starting on such a layout, once it listens (it
+reaches the holders connected by then; the others' leases end with their terms).  The
+finished layout moves nothing: the node then serves only its group's partitions.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ from bftfs.membership.signed import Verdict
 from bftfs.net.server import HandlerError
 from bftfs.net.session import Session
 from bftfs.node.placement import guard
+from bftfs.node.recalls import recall_stored
 from bftfs.qu.objects import ObjectType
 
 if TYPE_CHECKING:
@@ -57,6 +66,8 @@ log = logging.getLogger(__name__)
 
 #: Longest a forward, fetch or send of a layout to one peer may take.
 PEER_TIMEOUT = 10.0
+#: The recall of leases on objects moving out: its counters' prefix, its ``finished`` name.
+RECALLS = "layout.recalls"
 
 
 class NodeLayouts:
@@ -95,7 +106,9 @@ class NodeLayouts:
         node.register("layout.get", self._get, inline=True)
         node.register("layout.install", self._install)
         node.views.when_started.append(self.started)
-        node.progress["layout"] = {"version": self.number, "group": self.group}
+        if node.moves.hold(self.layout, self.group):  # started on a layout moving objects out
+            node.when_serving.append(self._recall)
+        node.progress["layout"] = self._progress()
 
     def started(self, node: Node) -> None:
         """The endpoint is open: say our version to peers, level with theirs."""
@@ -196,7 +209,7 @@ class NodeLayouts:
         if node.endpoint is not None:
             node.endpoint.view_number = layout.version
         self.txn.switch(layout)
-        node.progress["layout"] = {"version": layout.version, "group": self.group}
+        node.progress["layout"] = self._progress()
         if config is None:  # this node was replaced: every correct party refuses it now
             node.progress["layout"]["state"] = "replaced"
             node.log.warning(
@@ -210,6 +223,9 @@ class NodeLayouts:
         node.keyring.replace_peers(config.public_keys())
         node.config = config
         node.placement = guard(layout, self.group)
+        if node.moves.hold(layout, self.group):
+            self._recall(node)
+        node.progress["layout"] = self._progress()
         closed = node.server.end_sessions(ended)
         for pid in ended:
             spec = config.node(NodeId(pid))
@@ -229,6 +245,30 @@ class NodeLayouts:
             closed,
             sorted(ended) or "none",
         )
+
+    def _recall(self, node: Node) -> None:
+        """Objects move out of the group: recall the leases stored here on them."""
+        node.log.info(
+            "node %s: layout %d moves partitions out of group %d: clients' own new "
+            "operations on them are refused `moved` (reads and repairs go on); recalling "
+            "their leases",
+            self.global_id,
+            self.layout.version,
+            self.group,
+        )
+        done = node.finished[RECALLS] = trio.Event()  # (tests wait on it)
+        node.spawn(self._recalling, node, done)
+
+    async def _recalling(self, node: Node, done: trio.Event) -> None:
+        await recall_stored(node, node.moves.object_out, RECALLS)
+        done.set()
+
+    def _progress(self) -> dict[str, Any]:
+        """What ``bftfs status`` shows of the held layout (``progress.layout``)."""
+        out: dict[str, Any] = {"version": self.layout.version, "group": self.group}
+        if self._node is not None and self.layout.moving:
+            out["moving"] = {"out": self._node.moves.moving_out, "in": self._node.moves.moving_in}
+        return out
 
     def _rekeyed(self, old: ClusterConfig, new: ClusterConfig, version: int) -> set[int]:
         """The group's node indices ``new`` gives another key or address than ``old``;

@@ -15,7 +15,8 @@ import logging
 import os
 import signal
 from collections.abc import Sequence
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import trio
 
@@ -84,10 +85,8 @@ def run(
         LayoutError: the layout is bad, or puts the node in no group (exit 3).
         StartError: the node's port or its metrics port cannot be bound.
     """
-    cfg, node_id, placement, layouts = _in_group(cfg, node_id, extra_object_types)
-    if layouts is not None:  # the cross-group commit's methods (layout/nodetxn.py)
-        extra_object_types = (*extra_object_types, layouts.txn.type)
-    spec = cfg.node(node_id)
+    where = in_group(cfg, node_id, extra_object_types)
+    spec = where.config.node(where.index)
     ident = load_identity(spec)
     if batch_sched:
         # A local cluster shares its cores with the client: SCHED_BATCH stops a node that
@@ -96,16 +95,7 @@ def run(
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
 
     async def main() -> None:
-        node = Node(
-            cfg,
-            ident,
-            faults=faults,
-            extra_object_types=extra_object_types,
-            serve_registers=serve_registers,
-        )
-        node.placement = placement
-        if layouts is not None:  # newer layouts taken while running (node/layouts.py)
-            layouts.attach(node)
+        node = where.node(ident, extra_object_types, faults=faults, serve_registers=serve_registers)
         metrics = None
         port_file = spec.data_dir / "metrics.port"
         port_file.unlink(missing_ok=True)  # an earlier run's: not this one's address
@@ -139,25 +129,50 @@ def run(
     log.info("node %s stopped", spec.id)
 
 
-def _in_group(
-    cfg: ClusterConfig, node_id: int, types: Sequence[ObjectType]
-) -> tuple[ClusterConfig, int, Check | None, NodeLayouts | None]:
-    """The configuration and id node ``node_id`` runs as, the check of what it holds and
-    the layout it holds (serving ``types`` and the file system's in its transactions):
-    with a layout (the newer of the cluster's and the node's own copy), its group's and its
-    index there (``layout/groups.place_node``), refusing other groups' ids
-    (``node/placement.py``); else ``cfg`` and ``node_id``, no check."""
+@dataclass(frozen=True)
+class InGroup:
+    """Where node ``node_id`` of a cluster runs (:func:`in_group`): the configuration and
+    id it runs as, the check of what it holds and the layout it holds (None, None: a
+    cluster of one group)."""
+
+    config: ClusterConfig
+    index: int
+    placement: Check | None
+    layouts: NodeLayouts | None
+
+    def node(
+        self, ident: Identity, extra_object_types: Sequence[ObjectType] = (), **options: Any
+    ) -> Node:
+        """The :class:`Node` (``options`` are its own) serving ``extra_object_types``
+        besides the file system's, the ``txn`` type of the layout it holds, and refusing
+        what its group does not hold; a new :func:`in_group` for each start (it holds a
+        layout once)."""
+        if self.layouts is not None:  # the cross-group commit's methods (layout/nodetxn.py)
+            extra_object_types = (*extra_object_types, self.layouts.txn.type)
+        node = Node(self.config, ident, extra_object_types=extra_object_types, **options)
+        node.placement = self.placement
+        if self.layouts is not None:  # newer layouts taken while running (node/layouts.py)
+            self.layouts.attach(node)
+        return node
+
+
+def in_group(cfg: ClusterConfig, node_id: int, types: Sequence[ObjectType]) -> InGroup:
+    """Where node ``node_id`` runs, serving ``types`` and the file system's in its
+    transactions: with a layout (the newer of the cluster's and the node's own copy), as
+    its index in its group's configuration (``layout/groups.place_node``: a group added by
+    a moving layout is a group as any), refusing other groups' ids (``node/placement.py``);
+    else as ``node_id`` of ``cfg``, no check."""
     data_dir = cfg.node(node_id).data_dir
     types = (*types, *PRODUCTION_TYPES)
     placed = place_node(cfg, node_id, data_dir)
     if placed is None:
-        return cfg, node_id, None, None
+        return InGroup(cfg, node_id, None, None)
     log.info(
         "node %s runs as node %s of group %s (%s)",
         node_id, placed.index, placed.group, placed.layout.describe(),
     )  # fmt: skip
     layouts = NodeLayouts(cfg, placed, node_id, data_dir, types)
-    return placed.config, placed.index, guard(placed.layout, placed.group), layouts
+    return InGroup(placed.config, placed.index, guard(placed.layout, placed.group), layouts)
 
 
 def _listen_error(e: BaseException, spec: NodeSpec) -> BaseException:

@@ -11,6 +11,13 @@ Checked: the ids a client's request names (``qu.request``, ``qu.history``, each 
 ``qu.batch``, ``qu.sync`` between nodes; the block of ``rw.write``, ``rw.read_latest``,
 ``rw.read_prev``, ``rw.time``).  A body that does not parse is left to the protocol's own
 parser, which refuses it with its own code.
+
+While the held layout moves partitions (docs/layout.md, "Moving partitions"), an id whose
+partition moves *from* ``g`` is ``g``'s too: its source keeps serving the reads of what it
+holds (the moves' reads, a mount's reads of blocks the target lacks), and refuses a
+client's own new operations on it ``moved`` (``node/moves.py``), not ``misplaced``.  The
+layout finishing the move (``builder.finish_move``) names no source: the moved ids are
+then ``misplaced`` here.
 """
 
 from __future__ import annotations
@@ -59,7 +66,8 @@ def _block(payload: Any) -> int | None:
 
 
 def guard(layout: Layout, group: int) -> Check:
-    """The check of a node of ``group`` in ``layout`` (module docstring)."""
+    """The check of a node of ``group`` in ``layout``: an id mapped to ``group``, or moving
+    from it (module docstring)."""
 
     def misplaced(what: str, ident: int, where: int) -> HandlerError:
         return HandlerError(
@@ -71,7 +79,10 @@ def guard(layout: Layout, group: int) -> Check:
     def check(kind: str, payload: Any) -> None:
         if kind in _RW_BLOCKS:
             block = _block(payload)
-            if block is not None and (g := layout.group_of_block(block)) != group:
+            if block is None:
+                return
+            g = layout.group_of_block(block)
+            if g != group and layout.source_of_block(block) != group:
                 raise misplaced("block", block, g)
             return
         if kind == "qu.batch":
@@ -82,7 +93,10 @@ def guard(layout: Layout, group: int) -> Check:
             return
         if kind in _QU_OBJECTS or kind == "qu.sync":
             for oid in _objects(kind, payload):
-                if 0 <= oid < 1 << 128 and (g := layout.group_of_object(oid)) != group:
+                if not 0 <= oid < 1 << 128:
+                    continue
+                g = layout.group_of_object(oid)
+                if g != group and layout.source_of_object(oid) != group:
                     raise misplaced("object", oid, g)
 
     return check

@@ -28,7 +28,8 @@ it from a node's parts, registers its methods and starts the background work
   where their walks start (:mod:`bftfs.qu.pastmany`).
 - ``qu.latest``: the newest timestamp of each object this node holds, a page at a time, in
   object-id order; only other nodes may ask (what a restarted node's catch-up compares),
-  and clients of a frozen node (the background mover, ``fs/generations/mover.py``).
+  and clients of a frozen node (the background mover, ``fs/generations/mover.py``) or of a
+  node whose layout moves partitions (the partition mover, ``node/moves.py``).
 
 When a step needs a conditioned-on version this node lacks, the handler performs **object
 sync** (L2599-2607, :mod:`bftfs.node.qu_objsync`): it asks the host servers named by the
@@ -172,7 +173,10 @@ def register(
         costs=MethodCosts(lambda name: cfg.registry.get(name) is not None),
     )
     node.method_costs = server.costs
-    server.frozen = lambda: node.views.generation.frozen
+    # Frozen for a request: the node's generation is, or one of its objects moves out of
+    # the node's group (node/moves.py).
+    server.frozen = lambda oids: node.views.generation.frozen or node.moves.objects_out(oids)
+    server.listing = lambda: node.views.generation.frozen or node.moves.moving
     server.register_with(node)
     if catch_up:
 
@@ -246,10 +250,13 @@ class QUServer:
         self.inflight = InFlight(stats)
         #: Object sync, the asking side (``node/qu_objsync.py``).
         self.objsync = ObjectSync(self.node_id, self.th, endpoint, self.inflight, stats)
-        #: Whether this node's generation is frozen (``node/generation.py``): clients' own
-        #: updates but ``fs.release``, and their queries but the move's reads, are refused
-        #: ``moved``.
-        self.frozen: Callable[[], bool] = lambda: False
+        #: Whether this node is frozen for a request naming these objects (its
+        #: generation frozen, ``node/generation.py``, or one of them moving out of its
+        #: group, ``node/moves.py``): clients' own updates but ``fs.release``, and their
+        #: queries but the move's reads, are refused ``moved``.
+        self.frozen: Callable[[Iterable[int]], bool] = lambda oids: False
+        #: Whether clients may list this node's objects (``qu.latest``): a mover walks them.
+        self.listing: Callable[[], bool] = lambda: False
 
     def register_with(self, node: Node) -> None:
         """Route the ``qu.*`` kinds of ``node`` to this server's methods."""
@@ -282,9 +289,10 @@ class QUServer:
         )
         node.register(KIND_BATCH, batch, fast=batch.fast)
 
-    def _moved(self, sender: int) -> bool:
-        """Whether ``sender``'s own updates are refused ``moved`` (a client, while frozen)."""
-        return not is_node(sender) and self.frozen()
+    def _moved(self, sender: int, objects: Iterable[int]) -> bool:
+        """Whether ``sender``'s own operations on ``objects`` are refused ``moved`` (a
+        client, while frozen for them)."""
+        return not is_node(sender) and self.frozen(objects)
 
     def _quota_of(self, sender: int) -> int | None:
         """What ``sender``'s updates here may grow its charges to: a node's, anything; a
@@ -353,7 +361,7 @@ class QUServer:
         now_ns = self.clock_ns()
         quota = self._quota_of(sender)
 
-        moved = self._moved(sender)
+        moved = self._moved(sender, req.objects)
 
         def step(kv: Any) -> Any:
             return handle_request(
@@ -413,7 +421,7 @@ class QUServer:
                         sender=sender,
                         req=req,
                         synced=synced,
-                        moved=self._moved(sender),
+                        moved=self._moved(sender, req.objects),
                         fetched=proofs,
                     )
                 )
@@ -428,7 +436,7 @@ class QUServer:
                     now_ns=now_ns,
                     quota=self._quota_of(sender),
                     max_ahead_ns=DEFAULT_MAX_AHEAD_NS,
-                    moved=self._moved(sender),
+                    moved=self._moved(sender, req.objects),
                     fetched=proofs,
                 )
                 claiming = functools.partial(self._claiming, step, req, held, trio.current_time())
@@ -516,10 +524,10 @@ class QUServer:
         return self.store.read(lambda kv: handle_sync(kv, oid, lt))
 
     async def on_latest(self, ctx: RequestContext, payload: Any) -> Any:
-        if not is_node(ctx.sender) and not self.frozen():
+        if not is_node(ctx.sender) and not self.listing():
             # A frozen node lists its objects to clients too: the background mover walks
-            # every object of the old generation (fs/generations/mover.py).  The ids are all
-            # it learns.
+            # every object of the old generation (fs/generations/mover.py), the partition
+            # mover every group's (node/moves.py).  The ids are all it learns.
             raise HandlerError("forbidden", "listing objects is between nodes")
         try:
             after, limit = parse_latest(payload)

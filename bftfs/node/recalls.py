@@ -18,23 +18,39 @@ A lock update that frees something answers the waiters of each lock object it wo
 (``{"w": [[oid, [client, ...]], ...]}``); the node pushes ``{"unlocked": [oid, ...]}`` to
 each.  A wake-up is only a hint to ask for the lock again (the servers decide), so a
 waiter believes any one node; one withheld costs the waiter its polling interval.
+
+A node whose objects leave it (its generation frozen, ``node/generation.py``; partitions
+moving out of its group, ``node/moves.py``) pushes a recall of every lease stored here on
+them, unasked (:func:`recall_stored`): their holders write back what they buffered and
+release, so the objects can move.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import functools
+from collections import Counter, defaultdict
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bftfs.fsobjects.leases import MAX_RECALLED
+import trio.lowlevel
+
+from bftfs.fsobjects.leases import MAX_RECALLED, live
 from bftfs.ids import PrincipalId
+from bftfs.kv import KV
+from bftfs.qu import schema
+from bftfs.qu.canon import unpack
 from bftfs.qu.reply import Reply
 from bftfs.qu.request import Request
+
+if TYPE_CHECKING:
+    from bftfs.node.service import Node
 
 #: The method whose answer names the holders to push to.
 RECALL = "fs.recall"
 #: The lock updates whose answers name waiters to wake (``fsobjects/locks.py``).
 LOCK_WAKES = frozenset({"fs.setlk", "fs.unlockowner", "fs.renewlk"})
+#: Objects looked at per read transaction by :func:`recall_stored`.
+PAGE = 256
 
 
 class Recalls:
@@ -90,3 +106,47 @@ def _per_client(items: Any) -> dict[int, list[int]]:
                 if isinstance(c, int) and not isinstance(c, bool):
                     out.setdefault(c, []).append(oid)
     return out
+
+
+async def recall_stored(node: Node, keep: Callable[[int], bool], stat: str) -> None:
+    """Push a recall of every object ``keep`` selects on which a lease stored here is live
+    to its holders, a page of objects per read transaction; counted as
+    ``<stat>.pushed`` or ``<stat>.unconnected`` (a holder with no connection open here:
+    its lease ends with its term).  The freeze of a generation (``node/generation.py``:
+    every object) and of partitions moving out of a group (``node/moves.py``: the objects
+    moving out) both run it."""
+    now = node.now_ns()
+    held: dict[int, list[int]] = defaultdict(list)
+    after: int | None = -1
+    while after is not None:
+        step = functools.partial(leased_objects, now_ns=now, start=after + 1, limit=PAGE)
+        page, after = node.store.read(step)
+        for holder, oids in page.items():
+            held[holder] += [o for o in oids if keep(o)]
+        await trio.lowlevel.checkpoint()
+    for holder, oids in sorted(held.items()):
+        for i in range(0, len(oids), MAX_RECALLED):
+            sent = node.server.push(PrincipalId(holder), {"recall": oids[i : i + MAX_RECALLED]})
+            node.stats[f"{stat}.pushed" if sent else f"{stat}.unconnected"] += 1
+
+
+def leased_objects(
+    kv: KV, now_ns: int, start: int = 0, limit: int = PAGE
+) -> tuple[dict[int, list[int]], int | None]:
+    """Each client holding a lease live at ``now_ns`` on one of the first ``limit`` objects
+    stored here from id ``start`` on (in its newest stored state), and those objects in id
+    order; and the last object id looked at (None: no more)."""
+    out: dict[int, list[int]] = defaultdict(list)
+    oid: int | None = None
+    for n, (key, _raw) in enumerate(kv.scan(schema.DB_RH, schema.oid_key(start), schema.OID_END)):
+        if n == limit:
+            return dict(out), oid
+        oid = int.from_bytes(bytes(key), "big")
+        for v in schema.iter_versions(kv, oid, reverse=True):
+            if v.kind == schema.BARRIER:
+                continue
+            if v.state is not None:
+                for holder in {h[0] for h in live(unpack(v.state), now_ns)}:
+                    out[holder].append(oid)
+            break
+    return dict(out), None

@@ -28,7 +28,9 @@ and the sweep name such blocks too; ``rw.forgotten.unverified`` counts them.
 While a move between generations runs (issue 35), a node of the new generation forgets
 nothing (``held``, ``NodeGeneration.moving``): a reader finding no version of a block in
 g + 1 reads it in g (``fs/generations/routers.py``), so forgetting a block given back in g + 1 would
-bring back the contents g held before.  The blocks due meanwhile are counted
+bring back the contents g held before.  So does a node of a group partitions move to
+(``node/moves.py``: a mount reads the source group of a block its target lacks).  The
+blocks due meanwhile are counted
 (``rw.forget.held``) and dropped from the queue; the hourly sweep finds them again once
 the move is finished.
 
@@ -76,7 +78,7 @@ class Forgetter:
         self._due: dict[int, int] = {}
         self._backoff = Backoff()
         self._wake = trio.Event()
-        #: Whether forgetting is held (a move to this node's generation runs).
+        #: Whether forgetting is held (a move to this node's generation or group runs).
         self.held: Callable[[], bool] = lambda: False
 
     def given_back(self, block: int, ts: Timestamp | None = None) -> None:

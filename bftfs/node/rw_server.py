@@ -34,6 +34,11 @@ charged to the writer it names (as it was in g, and as a repair is) and never re
 quota; a node that is not moving
 treats it as the repair it looks like (``unproven``).  The fragment is checked against the
 cross checksum as for every write (docs/threat-model.md says what this lets a client do).
+
+The same per block while the held layout moves partitions (``node/moves.py``): a node takes
+moved versions of the blocks whose partition moves to its group, refuses a client's own
+new version of a block whose partition moves out of it (``moved``), and forgets no
+given-back block while anything moves in.
 """
 
 from __future__ import annotations
@@ -108,7 +113,9 @@ def register(
     verifier = Verifier(node) if verify else None
     node.verifier = verifier
     if verifier is not None:  # nothing given back is forgotten while objects move here
-        verifier.collection.forgetter.held = node.views.generation.moving
+        verifier.collection.forgetter.held = lambda: (
+            node.views.generation.moving() or node.moves.moving_in
+        )
     server = RWServer(
         node_id=node.id,
         config=node.config,
@@ -123,8 +130,8 @@ def register(
         history=history,
         max_ahead_ns=max_ahead_ns,
     )
-    server.moved = node.views.generation.moved
-    server.moving = node.views.generation.moving
+    server.moved = lambda block: node.views.generation.moved() or node.moves.block_out(block)
+    server.moving = lambda block: node.views.generation.moving() or node.moves.block_in(block)
     server.register_with(node)
     if catch_up and "catchup" not in skips:
         catch_up_blocks = functools.partial(catchup.run, node, max_ahead_ns=max_ahead_ns)
@@ -190,11 +197,13 @@ class RWServer:
         self.data_limit = config.verification.data_fraction * config.map_size
         #: From this many bytes in use the node is short of space (its history goes).
         self.pool_limit = config.verification.pool_fraction * config.map_size
-        #: Why a client's own new version is refused ``moved`` (its generation frozen,
-        #: ``node/generation.py``), or None.
-        self.moved: Callable[[], str | None] = lambda: None
-        #: Whether this node takes moved versions (``NodeGeneration.moving``).
-        self.moving: Callable[[], bool] = lambda: False
+        #: Why a client's own new version of a block is refused ``moved`` (the node's
+        #: generation frozen, ``node/generation.py``, or the block's partition moving out
+        #: of its group, ``node/moves.py``), or None.
+        self.moved: Callable[[int], str | None] = lambda block: None
+        #: Whether this node takes moved versions of a block (``NodeGeneration.moving``, or
+        #: the block's partition moving to its group).
+        self.moving: Callable[[int], bool] = lambda block: False
         #: NOTIFY entries received per sending node: its verification work as this node
         #: saw it (``node/contributions.py``).
         self.notified_by: Counter[int] = Counter()
@@ -282,7 +291,7 @@ class RWServer:
         if here is True:
             self.stats["rw.write.duplicate"] += 1
             return replica.WriteReply(new=False).to_wire()
-        moved = self.moved()
+        moved = self.moved(req.block)
         if moved is not None and not is_node(ctx.sender) and req.ts.writer == int(ctx.sender):
             self.stats["rw.refused.moved"] += 1
             raise HandlerError("moved", moved)
@@ -337,7 +346,7 @@ class RWServer:
         """Who a new version is charged to, and their quota (None: never refused)."""
         owner = int(ctx.sender)
         limit: int | None = self.client_quota
-        if req.moved and self.moving():
+        if req.moved and self.moving(req.block):
             # The mover's copy of a version of the previous generation: its writer pays, as
             # there and as for a repair (the mover's own writes stay its own), never
             # refused (the move must finish); no peer can prove it yet.

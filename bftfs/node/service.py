@@ -31,6 +31,7 @@ from bftfs.net.server import FastHandler, FaultHooks, HandlerError, Server
 from bftfs.node import limits, rejoin
 from bftfs.node.findings import Findings
 from bftfs.node.method_costs import MethodCosts
+from bftfs.node.moves import PartitionMoves
 from bftfs.node.protocols import register_all
 from bftfs.node.recalls import Recalls
 from bftfs.node.store import Store, StoreFull
@@ -60,6 +61,13 @@ class Node:
 
     #: What each Q/U method costs here (``node/method_costs.py``), once Q/U is served.
     method_costs: MethodCosts | None = None
+    #: The check of the ids a request names (``node/placement.py``; None: every id).
+    placement: Callable[[str, Any], None] | None = None
+    #: The partitions the held layout moves out of and into this node's group
+    #: (``node/moves.py``; nothing without a layout), which the protocol servers ask.
+    moves: PartitionMoves
+    #: Called once the node listens (its store open, its nursery running).
+    when_serving: list[Callable[[Node], None]]
 
     def __init__(
         self,
@@ -114,7 +122,7 @@ class Node:
         #: Lease recalls pushed to their holders (node/recalls.py).
         self.recalls = Recalls(self.server.push, self.stats)
         self._listeners = listeners
-        self.placement: Callable[[str, Any], None] | None = None  # node/placement.py
+        self.moves, self.when_serving = PartitionMoves(), []
         self._endpoint_options = endpoint_options or {}
         self._nursery: trio.Nursery | None = None
         self.store: Store = None  # type: ignore[assignment]  # set in run()
@@ -223,6 +231,8 @@ class Node:
                     port = listeners[0].socket.getsockname()[1]
                     await nursery.start(trio.serve_listeners, self.server.serve, listeners)
                     self.log.info("node %s listening on %s:%s", self.id, self.spec.host, port)
+                    for hook in self.when_serving:
+                        hook(self)
                     task_status.started(port)
         finally:
             self._nursery = None

@@ -292,9 +292,9 @@ def _handle_request(
         quota: bytes ``sender`` may keep here (None: no quota; nodes have none).
         max_ahead_ns: how far past ``now_ns`` the clock a client's own update declares
             may be (None: not checked).
-        moved: this server's generation is frozen (``node/generation.py``): a client's
-            own update but ``fs.release``, and its own query but the move's reads, are refused
-            ``moved``; repairs run.
+        moved: this server is frozen for the request's objects (``node/generation.py``,
+            ``node/moves.py``): a client's own update but ``fs.release``, and its own query
+            but the move's reads, are refused ``moved``; repairs run.
         fetched: stored requests fetched for a previous :class:`NeedProofs`.
 
     Returns:
