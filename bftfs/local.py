@@ -264,7 +264,7 @@ def remove_cluster(home: Path) -> list[int]:
     """Stop the nodes of the cluster in ``home`` and delete its configuration, keys and
     data (``bftfs init --force``: new keys must not meet old databases); the nodes that
     were running.  Mounts are the caller's to unmount first."""
-    from bftfs.layout import pending
+    from bftfs.layout import grow, pending
 
     cfg = load_cluster(home)
     stopped = stop_nodes(cfg)
@@ -275,9 +275,14 @@ def remove_cluster(home: Path) -> list[int]:
     if cut is not None:
         before = pending.with_machine(cfg, cut.node, cut.old)
         stopped += [cut.node] if stop_node(before, cut.node) else []
+    try:  # a `group add` cut short: its new nodes' directories go too
+        growing = grow.read_intent(cfg)
+    except ConfigError:
+        growing = None
     dirs = [s.data_dir for s in cfg.nodes] + (
         [] if cut is None else [cut.old.data_dir, cut.new.data_dir]
     )
+    dirs += [] if growing is None else [n.data_dir for n in growing.nodes]
     for data_dir in dirs:
         shutil.rmtree(data_dir, ignore_errors=True)
     for name in ("clients", "mounts", "volume", "admin", "bundles"):
@@ -285,6 +290,7 @@ def remove_cluster(home: Path) -> list[int]:
     cfg.view_path.unlink(missing_ok=True)
     (cfg.home / "layout.signed").unlink(missing_ok=True)  # layout/groups.LAYOUT_FILE
     pending.pending_path(cfg).unlink(missing_ok=True)
+    grow.growing_path(cfg).unlink(missing_ok=True)
     config_path(cfg.home).unlink(missing_ok=True)
     return stopped
 

@@ -46,6 +46,9 @@ def help_of(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
         (("node", "run"), "--test-objects", "--address"),
         (("node", "stop"), "--byzantine", "--test-objects"),
         (("node", "replace"), "--address", "--test-objects"),
+        (("group", "add"), "--domain", "--force"),
+        (("group", "finish"), "--force", "--domain"),
+        (("group", "show"), "--json", "--offline"),
     ],
 )
 def test_each_action_has_its_own_help(
@@ -132,7 +135,7 @@ ACTING = [
     "snapshot create", "snapshot list", "snapshot delete", "snapshot auto",
     "client add", "client revoke", "client rotate", "view push", "view keys",
     "generation new", "generation show", "generation move", "generation finish",
-    "node replace", "node add", "node remove",
+    "node replace", "node add", "node remove", "group add", "group finish",
 ]  # fmt: skip
 
 

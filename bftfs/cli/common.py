@@ -128,13 +128,15 @@ def config_of(args: argparse.Namespace) -> Path:
 
 def cluster_of(args: argparse.Namespace) -> tuple[ClusterConfig, Path]:
     """The configuration :func:`config_of` finds, loaded, and its path; a ``bftfs node
-    replace`` interrupted after its commit point is completed first (``cli/layouts.py``)."""
+    replace`` or ``bftfs group add`` interrupted after its commit point is completed first
+    (``cli/layouts.py``, ``cli/growing.py``)."""
     from bftfs import config as cfgmod
-    from bftfs.cli import groups, layouts
+    from bftfs.cli import groups, growing, layouts
 
     path = config_of(args)
     cfg = cfgmod.load(path)
     cfg = layouts.complete_interrupted(cfg, path)  # a `node replace` cut short (layout.md)
+    cfg = growing.complete_interrupted(cfg, path, getattr(args, "command", None))  # `group add`
     groups.refuse(args, cfg)  # what several groups do not run yet: exit 3
     return cfg, path
 

@@ -4,9 +4,10 @@ do yet (docs/layout.md, "Placement").
 ``init --groups G`` makes ``G`` groups of ``n`` nodes (``local.init_cluster``) and the
 first signed layout; ``up``, ``down`` and ``node start|stop`` work on every node by its
 global id, each node process running as a member of its group (``node/main.py``).  What
-changes membership or moves data between node sets (views, generations, node
-replacement, client changes online) is refused with exit 3 on such a cluster: a group's
-membership is the layout's, and moving partitions is a later step.
+changes membership or moves data between node sets the view's way (views, generations,
+client changes online) is refused with exit 3 on such a cluster: a group's membership is
+the layout's, changed by ``bftfs node replace`` (``cli/layouts.py``) and grown by ``bftfs
+group add`` (``cli/growing.py``).
 """
 
 from __future__ import annotations
@@ -79,11 +80,13 @@ def refuse(args: argparse.Namespace, cfg: ClusterConfig) -> None:
 
 
 def layout_json(layout: Layout) -> dict[str, Any]:
-    """The layout as ``bftfs status --json`` shows it: version, thresholds, and each group's
-    nodes, their trust domains and the partitions of each map it holds."""
+    """The layout as ``bftfs status --json`` shows it: version, whether partitions move
+    (``bftfs group show`` says what), thresholds, and each group's nodes, their trust
+    domains and the partitions of each map it holds."""
     domains = {n.id: n.domain for n in layout.nodes}
     return {
         "version": layout.version,
+        "moving": layout.moving,
         "partitions": layout.partitions,
         "t": layout.t,
         "b": layout.b,

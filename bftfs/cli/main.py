@@ -4,7 +4,8 @@ Each command group registers its own parsers: :mod:`~bftfs.cli.cluster` (``init`
 ``down``, ``bundle``, ``client``), :mod:`~bftfs.cli.status`, :mod:`~bftfs.cli.mounts`
 (``mount``, ``umount``), :mod:`~bftfs.cli.history` (``log``, ``cat``, ``restore``,
 ``diff``, ``changes``, ``revert``, ``snapshot``), :mod:`~bftfs.cli.nodes` (``node``,
-``verify``), :mod:`~bftfs.cli.quorums` (``quorums``), :mod:`~bftfs.cli.completion`.
+``verify``), :mod:`~bftfs.cli.quorums` (``quorums``), :mod:`~bftfs.cli.generations`
+(``generation``), :mod:`~bftfs.cli.growing` (``group``), :mod:`~bftfs.cli.completion`.
 
 One grammar (issue 67): a command that does several things takes them as actions, each its
 own parser (``bftfs client add NAME``, ``bftfs generation show --json``); the identity a
@@ -26,6 +27,7 @@ from bftfs.cli import (
     cluster,
     completion,
     generations,
+    growing,
     history,
     keys,
     mounts,
@@ -61,6 +63,7 @@ _COMMANDS = (
     cluster.add_client,
     views.add_view,
     generations.add_generation,
+    growing.add_group,
     cluster.add_rotate_key,
     keys.add_keys,
     mounts.add_umount,

@@ -10,10 +10,12 @@ a node counts them apart from the connections it refuses (``probes``)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import trio
 
 from bftfs.cli.common import EXIT_CLUSTER, QuietError
-from bftfs.config import ClusterConfig
+from bftfs.config import ClusterConfig, NodeSpec
 
 #: Seconds the nodes' ports are tried before the command gives up.
 DIAL_TIMEOUT = 2.0
@@ -35,6 +37,18 @@ async def accepting(cfg: ClusterConfig, timeout: float = DIAL_TIMEOUT) -> set[in
             if len(up) >= need:
                 return up
             await trio.sleep(RETRY)  # refused at once: try again shortly, within the budget
+    return up
+
+
+async def listening(nodes: Sequence[NodeSpec], timeout: float = DIAL_TIMEOUT) -> set[int]:
+    """The nodes of ``nodes`` whose port accepts a connection now: one try each, at once
+    (a push skips the others rather than wait out its retries: ``bftfs group add`` on a
+    cluster not running returns at once; they learn the layout later)."""
+    up: set[int] = set()
+    with trio.move_on_after(timeout):
+        async with trio.open_nursery() as nursery:
+            for spec in nodes:
+                nursery.start_soon(_try, spec.id, spec.host, spec.port, up)
     return up
 
 

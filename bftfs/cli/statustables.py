@@ -439,6 +439,7 @@ def print_groups(layout: dict[str, Any], health: list[dict[str, Any]]) -> None:
     print(
         f"layout {layout['version']}: {len(layout['groups'])} groups, "
         f"{layout['partitions']} partitions, t={layout['t']} b={layout['b']}"
+        + (", partitions moving (bftfs group show)" if layout.get("moving") else "")
     )
     print(
         f"  {'group':>5}  {'state':11}  {'up':>5}  {'objects':>7}  {'blocks':>6}  nodes (domains)"

@@ -84,3 +84,13 @@ def diff(old: Layout, new: Layout) -> LayoutDiff:
         added=tuple(range(len(old.groups), len(new.groups))),
         partitions=old.partitions,
     )
+
+
+def in_move(layout: Layout) -> tuple[tuple[Move, ...], tuple[Move, ...]]:
+    """The object and block partitions a moving ``layout`` is moving: those whose group in
+    the maps it moves from is not the one of its own maps (``bftfs group show``, and a
+    rerun of ``bftfs group add``, which has no older layout at hand); nothing when it
+    moves nothing."""
+    if not layout.moving:
+        return (), ()
+    return _moves(layout.from_objects, layout.objects), _moves(layout.from_blocks, layout.blocks)

@@ -124,7 +124,12 @@ def remove(cfg: ClusterConfig) -> None:
     """Forget the intent, the replacement being complete (its directory fsync'd, so a
     crash never brings back an intent whose old process was stopped: harmless, but
     said again)."""
-    path = pending_path(cfg)
+    unlink_durably(pending_path(cfg))
+
+
+def unlink_durably(path: Path) -> None:
+    """Remove ``path`` (if there) and fsync its directory: an intent removed stays removed
+    across a crash (``layout/grow.py``'s too)."""
     path.unlink(missing_ok=True)
     fd = os.open(path.parent, os.O_RDONLY)
     try:
