@@ -6,8 +6,9 @@ docs/layout.md, "Moving partitions"), with real node processes (two groups of fo
   third of each map's partitions to it; the running mount takes it from the nodes'
   pushes, opens the new group, and reads every file written before (moving what it
   touches), writes new files and directories, and renames across groups meanwhile;
-- ``bftfs group move`` walks the old groups and moves the rest, ``bftfs group finish``
-  ends the move (refused before the mover completed);
+- ``bftfs group move`` walks the old groups and moves the rest (a tree another mount
+  wrote before and nobody touched since), ``bftfs group finish`` ends the move
+  (refused before the mover completed);
 - after the finish the old groups refuse the moved partitions (``misplaced``), the new
   group holds objects and blocks, and a fresh mount reads everything back.
 """
@@ -25,6 +26,7 @@ from bftfs import local
 from bftfs.cli.main import main
 from bftfs.connect import open_client
 from bftfs.fs.clients.groups import GroupedQU
+from bftfs.fs.generations.partmover import move_states
 from bftfs.fs.session import Session, open_session
 from bftfs.fsobjects.limits import ROOT
 from bftfs.ids import NodeId
@@ -116,6 +118,8 @@ def test_a_group_added_and_its_partitions_moved_under_a_running_mount(tmp_path: 
     with ProcessCluster(home, **OPTIONS) as pc:
 
         async def body() -> None:
+            async with open_session(pc.config, "client1") as other:  # read back at the end
+                untouched = await _write_tree(other, b"z", 16, rng)
             async with open_session(pc.config, "client0") as s:
                 files = {}
                 for top in (b"a", b"b", b"c"):
@@ -136,6 +140,11 @@ def test_a_group_added_and_its_partitions_moved_under_a_running_mount(tmp_path: 
                 # finish is refused while the mover has not walked every group
                 assert await trio.to_thread.run_sync(_cli, home, "group", "finish") == 2
                 assert await trio.to_thread.run_sync(_cli, home, "group", "move") == 0
+                states = move_states(home, v2)
+                assert set(states) == {0, 1}
+                moved = sum(st.objects.get("moved", 0) for st in states.values() if st)
+                copied = sum(st.blocks.get("copied", 0) for st in states.values() if st)
+                assert moved > 0 and copied > 0, states  # what the mount never touched
                 assert await trio.to_thread.run_sync(_cli, home, "group", "finish") == 0
                 v3 = load_layout(pc.config)
                 assert v3 is not None and v3.version == 3 and not v3.moving
@@ -146,6 +155,6 @@ def test_a_group_added_and_its_partitions_moved_under_a_running_mount(tmp_path: 
             moved = next(b for b in range(1 << 20, (1 << 20) + 4096) if v2.source_of_block(b) == 0)
             assert await _misplaced_block(pc.config, v3, moved) == "misplaced"
             async with open_session(pc.config, "client1") as fresh:
-                await _same(fresh, files)
+                await _same(fresh, files | untouched)
 
         trio.run(body)

@@ -88,6 +88,7 @@ def _first(e: BaseException) -> str:
 async def _move(cfg: ClusterConfig, layout: Layout, who: str, rate: int, update: Any) -> None:
     """Open every group's clients as client ``who`` and run the mover."""
     from bftfs.connect import open_client
+    from bftfs.fs.clients.crossing import Crossing
     from bftfs.fs.generations.groupfollow import held_version
     from bftfs.fs.generations.mover import list_page
     from bftfs.fs.generations.partitions import FrozenGate, PartitionRouters
@@ -120,6 +121,7 @@ async def _move(cfg: ClusterConfig, layout: Layout, who: str, rate: int, update:
             rws.__getitem__,
             default_bs=cfg.block_size,
             bytes_per_second=rate,
+            crossing=Crossing(layout, qus),
         )
 
         async def list_group(group: int, after: int | None) -> tuple[list[int], int | None]:

@@ -426,12 +426,12 @@ def _refused_repair(step: _Step, su: Setup) -> Reply | None:
     return None
 
 
-#: The updates a frozen server still takes from a client for itself: giving a lease back.
-MOVED_EXEMPT = frozenset({"fs.release"})
+#: The updates a frozen server takes from a client for itself: a lease given back, a
+#: transaction begun before the freeze ended (its intent keeps the object from moving).
+MOVED_EXEMPT = frozenset({"fs.release", "txn.decide", "txn.finish"})
 #: The queries a frozen server answers a client: the move's reads of an object's state
-#: (``fs/generations/routers.py``).  A client that knows of the move asks its old generation
-#: nothing else; any other query comes from a mount that has not taken the view yet, which
-#: would read a state the new generation may have changed since.
+#: (``fs/generations/routers.py``); any other comes from a mount that has not taken the
+#: view yet, which would read a state the new generation may have changed since.
 MOVED_QUERIES = frozenset({"fs.state", "fs.export"})
 
 

@@ -35,6 +35,7 @@ from bftfs.fs.clients.protocols import BlockClient, MetadataClient
 from bftfs.fs.errors import NoSpace, OverQuota, Unavailable, from_refusal
 from bftfs.fs.leases import Leases, made_entries, recall_with_sessions
 from bftfs.fsobjects.leases import DONE, LEASE_SKEW, LEASE_TIME, MAX_TERM
+from bftfs.layout.model import Layout
 from bftfs.layout.spread import dir_group
 from bftfs.outcome import ClusterUnavailable, QuotaExceeded, StorageFull, paused
 from bftfs.qu.client import ObjectLock
@@ -456,6 +457,11 @@ class Meta:
             )
             newest = max(newest, *(ts.time for ts in written.values()))
         return newest
+
+    def take_layout(self, layout: Layout) -> None:
+        """Place new objects by ``layout`` from now on (a newer one taken while mounted:
+        its groups added and partitions moved change where an id lives)."""
+        self.layout, self.group_of = layout, layout.group_of_object
 
     def new_oid(self, near: int | None = None, *, spread: bytes | None = None) -> int:
         """A random 63-bit id (object ids, data ids); with ``near``, one in the same residue

@@ -141,11 +141,24 @@ class Crossing:
                 if not e.code.startswith("intent "):
                     raise
                 self.met += 1
-                group = self.layout.group_of_object(ids[0])
-                if not await self.driver.resolve(group, ids, e.code):
+                if not await self._resolve(ids, e.code):
                     await self.sleep(pause * (1 + self.rng.random()))
                     pause = min(pause * 2, _MAX_PAUSE)
         raise MethodRefused("busy", "objects held by another transaction")
+
+    async def _resolve(self, ids: list[int], code: str) -> bool:
+        """Resolve the transaction an intent refusal names where the intent lies: the
+        group the objects live on, or, while their partition moves, the group it moves
+        from (an object carrying an intent is not moved: ``fs.export`` refuses it)."""
+        layout = self.layout
+        groups = [layout.group_of_object(ids[0])]
+        source = layout.source_of_object(ids[0])
+        if source is not None:
+            groups.append(source)
+        for group in groups:
+            if await self.driver.resolve(group, ids, code):
+                return True
+        return False
 
     async def _stats(
         self, query: Callable[..., Awaitable[Any]], oids: list[int], mount: int

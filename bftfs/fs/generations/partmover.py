@@ -29,6 +29,7 @@ from typing import Any
 import trio
 
 from bftfs.fs.clients import EngineClient
+from bftfs.fs.clients.crossing import Crossing
 from bftfs.fs.generations.mover import (
     DEFAULT_CONCURRENCY,
     MoveState,
@@ -40,6 +41,7 @@ from bftfs.fs.generations.partitions import PartitionRouters
 from bftfs.fs.generations.routers import NOT_SEEN
 from bftfs.fsobjects.moves import unpack_state
 from bftfs.layout.model import Layout
+from bftfs.qu.objects import MethodRefused
 from bftfs.rate import ByteRate
 from bftfs.rw.client import RWClient
 from bftfs.rw.messages import BlockId
@@ -111,8 +113,10 @@ class PartitionMover:
         default_bs: int,
         bytes_per_second: int = 0,
         concurrency: int = DEFAULT_CONCURRENCY,
+        crossing: Crossing | None = None,
     ) -> None:
         self.layout = layout
+        self.crossing = crossing
         self.routers = routers
         self.qu_of, self.rw_of = qu_of, rw_of
         self.default_bs = default_bs
@@ -128,7 +132,7 @@ class PartitionMover:
 
         async def one(oid: int) -> None:
             async with self.limit:
-                packed = await self._state(state, group, oid)
+                packed = await self._resolving(state, group, oid)
             if packed is not None:
                 blocks = file_blocks(unpack_state(packed), self.default_bs)
                 await self.blocks(state, (b for b in blocks if self._moves(b)))
@@ -142,6 +146,20 @@ class PartitionMover:
             n = after[key] - before[key]
             if n:
                 state.count("objects", "here" if key == "raced" else key, n)
+
+    async def _resolving(self, state: MoveState, group: int, oid: int) -> Any:
+        """:meth:`_state`, resolving the cross-group transactions whose intents hold the
+        object (``crossing.resolving``); a transaction's record is not moved (it is found
+        by its coordinator group, and ``fs.export`` refuses it): None."""
+        try:
+            if self.crossing is None:
+                return await self._state(state, group, oid)
+            return await self.crossing.resolving([oid], lambda: self._state(state, group, oid))
+        except MethodRefused as e:
+            if e.code != "txn-record":
+                raise
+            state.count("objects", "records")
+            return None
 
     async def _state(self, state: MoveState, group: int, oid: int) -> Any:
         """``oid``'s packed state where it lives now (moved first when it moves away
