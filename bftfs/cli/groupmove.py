@@ -12,8 +12,6 @@ move.
 from __future__ import annotations
 
 import argparse
-import functools
-from contextlib import AsyncExitStack
 from typing import Any
 
 import trio
@@ -86,53 +84,8 @@ def _first(e: BaseException) -> str:
 
 
 async def _move(cfg: ClusterConfig, layout: Layout, who: str, rate: int, update: Any) -> None:
-    """Open every group's clients as client ``who`` and run the mover."""
-    from bftfs.connect import open_client
-    from bftfs.fs.clients.crossing import Crossing
-    from bftfs.fs.generations.groupfollow import held_version
-    from bftfs.fs.generations.mover import list_page
-    from bftfs.fs.generations.partitions import FrozenGate, PartitionRouters
-    from bftfs.fs.generations.partmover import PartitionMover, move_partitions
-    from bftfs.layout.groups import group_config
-    from bftfs.qu.classify import QUThresholds
-    from bftfs.qu.client import QUClient
-    from bftfs.rw.client import open_rw_client
+    from bftfs.fs.generations.partmover import move_layout
 
-    assert cfg.admin_key is not None  # a layout is loaded with one
-    admin_key = cfg.admin_key
-    async with AsyncExitStack() as stack:
-        eps, qus, rws = [], [], []
-        for g in layout.groups:
-            part = group_config(cfg, layout, g.id)
-            ep = await stack.enter_async_context(open_client(part, who))
-            eps.append(ep)
-            qus.append(QUClient(ep, QUThresholds.from_config(part), client_id=ep.pid))
-            rws.append(await stack.enter_async_context(open_rw_client(ep, part)))
-
-        async def ask(group: int, index: int) -> int | None:
-            return await held_version(eps[group], index, admin_key)
-
-        gate = FrozenGate(lambda: layout, ask)
-        routers = PartitionRouters(lambda: layout, qus.__getitem__, gate)
-        mover = PartitionMover(
-            layout,
-            routers,
-            qus.__getitem__,
-            rws.__getitem__,
-            default_bs=cfg.block_size,
-            bytes_per_second=rate,
-            crossing=Crossing(layout, qus),
-        )
-
-        async def list_group(group: int, after: int | None) -> tuple[list[int], int | None]:
-            n = len(layout.groups[group].members)
-            await gate.wait(group)  # its nodes list to clients once they hold the move
-            page = functools.partial(list_page, eps[group], list(range(n)), n - layout.t)
-            return await page(after)
-
-        await move_partitions(
-            mover,
-            list_group,
-            cfg.home,
-            on_progress=lambda _state, walked, listed: update(walked, listed),
-        )
+    await move_layout(
+        cfg, layout, who, rate, on_progress=lambda _state, walked, listed: update(walked, listed)
+    )

@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 #: Longest one node's layout is waited for by the freeze gate (s).
 ASK_TIMEOUT = 5.0
+#: First and longest pause before a group a newer layout added is opened again (s).
+FIRST_RETRY, MAX_RETRY = 1.0, 30.0
 
 
 def group_pushes(push: Any, layout_of: Callable[[], Layout], group: int) -> Any:
@@ -148,10 +150,19 @@ class GroupFollower:
         self._route(new)
 
     async def _open_added(self, upto: int) -> None:
-        """Open the groups up to ``upto`` not opened yet, in order."""
+        """Open the groups up to ``upto`` not opened yet, in order; a group that cannot be
+        opened now (its configuration, a key) is tried again after a growing pause, the
+        calls routed to it waiting meanwhile: the mount goes on with the others."""
+        pause = FIRST_RETRY
         while len(self.endpoints) < upto:
             g = len(self.endpoints)
-            await self._nursery.start(self._hold_group, g)
+            try:
+                await self._nursery.start(self._hold_group, g)
+            except Exception as e:  # noqa: BLE001 - the session must outlive it
+                log.warning("session: cannot open group %d yet (%s): again in %.0f s", g, e, pause)
+                await trio.sleep(pause)
+                pause = min(2 * pause, MAX_RETRY)
+                continue
             log.info("session: group %d (added by layout %d) is open", g, self.qu.layout.version)
 
     async def _hold_group(self, g: int, *, task_status: trio.TaskStatus[None]) -> None:

@@ -23,27 +23,35 @@ from them, and the move is complete when every group's cursor is
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from bftfs.config import ClusterConfig
+from bftfs.connect import open_client
 from bftfs.fs.clients import EngineClient
 from bftfs.fs.clients.crossing import Crossing
+from bftfs.fs.generations.groupfollow import held_version
 from bftfs.fs.generations.mover import (
     DEFAULT_CONCURRENCY,
     MoveState,
     Progress,
     copy_block,
     file_blocks,
+    list_page,
 )
-from bftfs.fs.generations.partitions import PartitionRouters
+from bftfs.fs.generations.partitions import FrozenGate, PartitionRouters
 from bftfs.fs.generations.routers import NOT_SEEN
 from bftfs.fsobjects.moves import unpack_state
+from bftfs.layout.groups import group_config
 from bftfs.layout.model import Layout
+from bftfs.qu.classify import QUThresholds
+from bftfs.qu.client import QUClient
 from bftfs.qu.objects import MethodRefused
 from bftfs.rate import ByteRate
-from bftfs.rw.client import RWClient
+from bftfs.rw.client import RWClient, open_rw_client
 from bftfs.rw.messages import BlockId
 
 #: ``list_group(group, after)``: one page of the union of a group's object listings
@@ -239,3 +247,48 @@ async def move_partitions(
             if path is not None:
                 state.save(path)
     return states
+
+
+async def move_layout(
+    cfg: ClusterConfig,
+    layout: Layout,
+    who: str,
+    bytes_per_second: int = 0,
+    *,
+    on_progress: Progress | None = None,
+) -> dict[int, MoveState]:
+    """Open every group's clients as client ``who`` of ``cfg`` and run the mover of the
+    moving ``layout`` to the end (``bftfs group move``); the cursors, saved under
+    ``cfg.home``."""
+    assert cfg.admin_key is not None  # a layout is loaded with one
+    admin_key = cfg.admin_key
+    async with AsyncExitStack() as stack:
+        eps, qus, rws = [], [], []
+        for g in layout.groups:
+            part = group_config(cfg, layout, g.id)
+            ep = await stack.enter_async_context(open_client(part, who))
+            eps.append(ep)
+            qus.append(QUClient(ep, QUThresholds.from_config(part), client_id=ep.pid))
+            rws.append(await stack.enter_async_context(open_rw_client(ep, part)))
+
+        async def ask(group: int, index: int) -> int | None:
+            return await held_version(eps[group], index, admin_key)
+
+        gate = FrozenGate(lambda: layout, ask)
+        routers = PartitionRouters(lambda: layout, qus.__getitem__, gate)
+        mover = PartitionMover(
+            layout,
+            routers,
+            qus.__getitem__,
+            rws.__getitem__,
+            default_bs=cfg.block_size,
+            bytes_per_second=bytes_per_second,
+            crossing=Crossing(layout, qus),
+        )
+
+        async def list_group(group: int, after: int | None) -> tuple[list[int], int | None]:
+            n = len(layout.groups[group].members)
+            await gate.wait(group)  # its nodes list to clients once they hold the move
+            return await list_page(eps[group], list(range(n)), n - layout.t, after)
+
+        return await move_partitions(mover, list_group, cfg.home, on_progress=on_progress)
