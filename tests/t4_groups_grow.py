@@ -3,7 +3,8 @@ docs/layout.md, "Moving partitions"), with real node processes (two groups of fo
 ``t = 1, b = 0``, then a third), the real commands and an in-process mount:
 
 - ``bftfs group add`` makes the third group's nodes and issues a layout moving about a
-  third of each map's partitions to it; the running mount takes it from the nodes'
+  third of each map's partitions to it, which the layout service (a Q/U object of one
+  group) then holds; the running mount takes it from the nodes'
   pushes, opens the new group, and reads every file written before (moving what it
   touches), writes new files and directories, and renames across groups meanwhile;
 - ``bftfs group move`` walks the old groups and moves the rest (a tree another mount
@@ -30,9 +31,13 @@ from bftfs.fs.generations.partmover import move_states
 from bftfs.fs.session import Session, open_session
 from bftfs.fsobjects.limits import ROOT
 from bftfs.ids import NodeId
+from bftfs.layout import codec
 from bftfs.layout.groups import group_config, load_layout
 from bftfs.layout.model import Layout
+from bftfs.layout.service import GET, LAYOUT_OID
 from bftfs.net.errors import RemoteError
+from bftfs.qu.classify import QUThresholds
+from bftfs.qu.client import QUClient
 from bftfs.rw.messages import encode_block_id
 from bftfs.testing.processes import ProcessCluster
 
@@ -102,6 +107,16 @@ async def _misplaced_block(cfg: local.ClusterConfig, layout: Layout, moved: int)
     return e.value.code
 
 
+async def _service(cfg: local.ClusterConfig, layout: Layout) -> int:
+    """The layout version the layout service holds (a Q/U query of its group)."""
+    part = group_config(cfg, layout, layout.objects[0])
+    async with open_client(part, "client1") as ep:
+        qu = QUClient(ep, QUThresholds.from_config(part), client_id=ep.pid)
+        blob = await qu.query(LAYOUT_OID, GET)
+    assert cfg.admin_key is not None
+    return codec.decode(blob, cfg.admin_key).version if blob else 0
+
+
 def _start_new(pc: ProcessCluster, layout: Layout) -> None:
     """Start the nodes of groups the cluster's processes do not run yet (``bftfs group
     add`` starts them itself on a local cluster; this is for when it did not)."""
@@ -131,6 +146,7 @@ def test_a_group_added_and_its_partitions_moved_under_a_running_mount(tmp_path: 
                 assert v2 is not None and v2.moving and len(v2.groups) == 3
                 await trio.to_thread.run_sync(_start_new, pc, v2)
                 await _until_version(s, 2)
+                assert await _service(pc.config, v2) == 2  # published by the command
                 await _same(s, files)  # what the mount touches moves
                 files |= await _write_tree(s, b"d", 10, rng)
                 await s.fs.rename(ROOT, b"a", (await s.fs.lookup(ROOT, b"d")).ino, b"a2")
@@ -149,6 +165,7 @@ def test_a_group_added_and_its_partitions_moved_under_a_running_mount(tmp_path: 
                 v3 = load_layout(pc.config)
                 assert v3 is not None and v3.version == 3 and not v3.moving
                 await _until_version(s, 3)
+                assert await _service(pc.config, v3) == 3
                 await _same(s, files)
                 files |= await _write_tree(s, b"e", 6, rng)
             assert v2.moving_in(2)

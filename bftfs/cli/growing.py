@@ -253,6 +253,10 @@ def _push(
         )
     if pushed.acked:
         print(f"  layout {version} taken by nodes {pushed.acked}")
+    if pushed.published is not None:
+        print(f"  the layout service holds layout {pushed.published}")
+    elif pushed.unpublished:
+        print(f"  not published to the layout service: {pushed.unpublished}", file=sys.stderr)
     return pushed.refused
 
 

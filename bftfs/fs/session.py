@@ -207,6 +207,7 @@ async def open_grouped_session(
         leases = fs.meta.leases
         follower.listen(leases)  # recalls pushed by each group's nodes
         tracker.on_change.append(lambda _old, new: fs.meta.take_layout(new))
+        nursery.start_soon(follower.consult_service)
         session = Session(fs, qu, rw)
         try:
             yield session

@@ -22,9 +22,13 @@ from bftfs.ids import NodeId
 from bftfs.layout import builder, codec, pending
 from bftfs.layout.groups import check_nodes, group_config, read_layout
 from bftfs.layout.model import Layout, LayoutError
+from bftfs.layout.service import LAYOUT_OID, PUT
 from bftfs.membership.levelling import LAYOUT
 from bftfs.net.endpoint import Endpoint, open_endpoint
 from bftfs.net.errors import RemoteError, TransportError
+from bftfs.qu.classify import QUThresholds
+from bftfs.qu.client import QUClient
+from bftfs.qu.objects import MethodRefused
 
 
 @dataclass(frozen=True)
@@ -180,6 +184,9 @@ class Pushed:
     acked: list[int] = field(default_factory=list)
     refused: dict[int, str] = field(default_factory=dict)
     unreachable: dict[int, str] = field(default_factory=dict)
+    #: The version the layout service holds after the publish (None: not reached; why).
+    published: int | None = None
+    unpublished: str = ""
 
 
 async def push(
@@ -194,7 +201,9 @@ async def push(
     """Send ``blob`` (``layout`` signed) to every node of every group but ``skip`` (a
     newcomer not started yet), as client ``as_client``; each group's nodes through an
     endpoint of that group's configuration under ``layout``.  Nodes that do not answer
-    learn it from their group's peers or from mounts (``membership/levelling.py``)."""
+    learn it from their group's peers or from mounts (``membership/levelling.py``).  Then
+    the layout is published to the layout service (``layout/service.py``), a Q/U update
+    of its group."""
     who = cfg.client(as_client)
     me = Identity.load(who.id, cfg.client_key_path(as_client))
     if me.public != who.public_key:
@@ -206,13 +215,25 @@ async def push(
         ring = KeyRing(me, part.node_public_keys())
         addresses = {s.id: (s.host, s.port) for s in part.nodes}
         members = layout.groups[g].members
-        async with (
-            open_endpoint(ring, addresses, timeout=timeout) as ep,
-            trio.open_nursery() as nursery,
-        ):
-            for i, global_id in enumerate(members):
-                if global_id not in skip:
-                    nursery.start_soon(one, ep, NodeId(i), global_id)
+        async with open_endpoint(ring, addresses, timeout=timeout) as ep:
+            async with trio.open_nursery() as nursery:
+                for i, global_id in enumerate(members):
+                    if global_id not in skip:
+                        nursery.start_soon(one, ep, NodeId(i), global_id)
+            if g == layout.objects[0] and set(members) & set(out.acked):
+                await publish(ep, part)  # the layout service's group (layout/service.py)
+
+    async def publish(ep: Endpoint, part: ClusterConfig) -> None:
+        qu = QUClient(ep, QUThresholds.from_config(part), client_id=ep.pid)
+        with trio.move_on_after(timeout):
+            try:
+                out.published = int(await qu.update(LAYOUT_OID, PUT, blob))
+            except MethodRefused as e:  # a newer one there already: ours is not the newest
+                out.unpublished = str(e)
+            except Exception as e:  # noqa: BLE001 - the nodes level it anyway: reported
+                out.unpublished = f"{type(e).__name__}: {e}"
+            return
+        out.unpublished = "no quorum of its group answered in time"
 
     async def one(ep: Endpoint, index: NodeId, global_id: int) -> None:
         try:

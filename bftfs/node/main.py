@@ -25,6 +25,7 @@ from bftfs import proc, sdnotify
 from bftfs.config import ClusterConfig, NodeSpec
 from bftfs.crypto import Identity, KeyFileError
 from bftfs.layout.groups import place_node
+from bftfs.layout.service import layout_type
 from bftfs.net.server import FaultHooks
 from bftfs.node.layouts import NodeLayouts
 from bftfs.node.nodemetrics import node_metrics
@@ -147,8 +148,9 @@ class InGroup:
         besides the file system's, the ``txn`` type of the layout it holds, and refusing
         what its group does not hold; a new :func:`in_group` for each start (it holds a
         layout once)."""
-        if self.layouts is not None:  # the cross-group commit's methods (layout/nodetxn.py)
-            extra_object_types = (*extra_object_types, self.layouts.txn.type)
+        if self.layouts is not None:  # the cross-group commit, the layout service
+            service = layout_type(self.layouts.admin)  # (layout/nodetxn.py, service.py)
+            extra_object_types = (*extra_object_types, self.layouts.txn.type, service)
         node = Node(self.config, ident, extra_object_types=extra_object_types, **options)
         node.placement = self.placement
         if self.layouts is not None:  # newer layouts taken while running (node/layouts.py)

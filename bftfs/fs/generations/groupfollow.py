@@ -37,6 +37,7 @@ from bftfs.ids import NodeId
 from bftfs.layout import codec
 from bftfs.layout.live import live_group_config
 from bftfs.layout.model import Layout, LayoutError
+from bftfs.layout.service import GET, LAYOUT_OID, PUT
 from bftfs.layout.tracker import ClientLayout
 from bftfs.membership.levelling import LAYOUT
 from bftfs.qu.classify import QUThresholds
@@ -182,6 +183,26 @@ class GroupFollower:
             self._route(self.qu.layout)
             task_status.started()
             await trio.sleep_forever()
+
+    async def consult_service(self) -> None:
+        """Take the layout the layout service holds if it is newer than the mount's, and
+        publish the mount's where the service holds an older one or none
+        (``layout/service.py``: the nodes check the signature, so any client may); its
+        failure is logged: handshakes level layouts anyway."""
+        layout = self.qu.layout
+        client = self.qu.clients[layout.objects[0]]
+        try:
+            held = await client.query(LAYOUT_OID, GET)
+            there = codec.decode(held, self.tracker.admin).version if held else 0
+            if there > self.tracker.number:
+                self.tracker.offer(held)
+            elif there < self.tracker.number:
+                await client.update(LAYOUT_OID, PUT, self.tracker.blob)
+                log.info(
+                    "session: published layout %d (the service held %d)", layout.version, there
+                )
+        except Exception as e:  # noqa: BLE001 - an optional source of layouts
+            log.info("session: the layout service: %s", e)
 
     # Routing -------------------------------------------------------------------------------
 
