@@ -49,17 +49,14 @@ from bftfs.layout.groups import (
     layout_path,
     load_layout,
     read_layout,
-    read_optional,
     store_layout,
 )
 from bftfs.layout.model import Layout, LayoutError, LayoutNode
-from bftfs.layout.pending import save_durably, unlink_durably
+from bftfs.layout.pending import FORMAT, read_intent_file, save_durably, unlink_durably
 from bftfs.membership.viewkeys import replace_durably
 
 #: A ``bftfs group add`` committed and not finished, beside ``cluster.toml``.
 GROWING_FILE = "layout.growing"
-#: The intent's format (a JSON object; the layout in it as hex).
-FORMAT = 1
 
 
 class OneGroup(LayoutError):
@@ -145,18 +142,15 @@ def read_intent(cfg: ClusterConfig) -> Growing | None:
     Raises:
         LayoutError: the file is unreadable or malformed (named).
     """
-    path = growing_path(cfg)
-    raw = read_optional(path)
-    if raw is None:
-        return None
-    try:
-        doc = json.loads(raw)
-        if doc["format"] != FORMAT:
-            raise ValueError(f"format {doc['format']!r}, not {FORMAT}")
-        nodes = tuple(NewNode.from_json(n) for n in doc["nodes"])
-        return Growing(int(doc["version"]), nodes, bytes.fromhex(doc["layout"]))
-    except (ValueError, KeyError, TypeError) as e:
-        raise LayoutError(f"{path} is not a `bftfs group add`'s intent ({e})") from None
+    return read_intent_file(
+        growing_path(cfg),
+        "a `bftfs group add`'s intent",
+        lambda doc: Growing(
+            int(doc["version"]),
+            tuple(NewNode.from_json(n) for n in doc["nodes"]),
+            bytes.fromhex(doc["layout"]),
+        ),
+    )
 
 
 def remove_intent(cfg: ClusterConfig) -> None:

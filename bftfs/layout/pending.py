@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bftfs.config import ClusterConfig, ConfigError, save
 from bftfs.ids import NodeId
@@ -36,6 +37,7 @@ from bftfs.membership.viewkeys import replace_durably
 
 #: The intent's format (a JSON object; the layout in it as hex).
 FORMAT = 1
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,26 @@ def read(cfg: ClusterConfig) -> Pending | None:
     Raises:
         LayoutError: the file is unreadable or malformed (named).
     """
-    path = pending_path(cfg)
+    return read_intent_file(
+        pending_path(cfg),
+        "a replacement's intent",
+        lambda doc: Pending(
+            int(doc["node"]),
+            int(doc["version"]),
+            Machine.from_json(doc["new"]),
+            Machine.from_json(doc["old"]),
+            bytes.fromhex(doc["layout"]),
+        ),
+    )
+
+
+def read_intent_file(path: Path, what: str, parse: Callable[[dict[str, Any]], T]) -> T | None:
+    """The intent (a JSON document of :data:`FORMAT`) at ``path`` as ``parse`` reads it,
+    or None when there is none; ``what`` names it in the error.
+
+    Raises:
+        LayoutError: the file is unreadable or malformed (named).
+    """
     raw = read_optional(path)
     if raw is None:
         return None
@@ -109,15 +130,9 @@ def read(cfg: ClusterConfig) -> Pending | None:
         doc = json.loads(raw)
         if doc["format"] != FORMAT:
             raise ValueError(f"format {doc['format']!r}, not {FORMAT}")
-        return Pending(
-            int(doc["node"]),
-            int(doc["version"]),
-            Machine.from_json(doc["new"]),
-            Machine.from_json(doc["old"]),
-            bytes.fromhex(doc["layout"]),
-        )
+        return parse(doc)
     except (ValueError, KeyError, TypeError) as e:
-        raise LayoutError(f"{path} is not a replacement's intent ({e})") from None
+        raise LayoutError(f"{path} is not {what} ({e})") from None
 
 
 def remove(cfg: ClusterConfig) -> None:
