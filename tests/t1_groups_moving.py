@@ -88,7 +88,7 @@ def test_the_gate_opens_once_enough_of_the_source_hold_the_moving_layout() -> No
             asked.append(index)
             return held[index]
 
-        gate = FrozenGate(lambda: V2, ask)
+        gate = FrozenGate(lambda: V2, ask, qc=4)  # n = 6, t = b = 1: the largest qc
         opened = trio.Event()
 
         async def wait() -> None:
@@ -105,6 +105,9 @@ def test_the_gate_opens_once_enough_of_the_source_hold_the_moving_layout() -> No
             held[4] = 3  # a later layout counts too
             await trio.sleep(5)
             assert opened.is_set()
+        # A cluster writing PASIS blocks to fewer nodes (a smaller qc) needs more frozen.
+        assert gate.needed(6, 1, 1) == 3
+        assert FrozenGate(lambda: V2, ask, qc=2).needed(6, 1, 1) == 5
         before = len(asked)
         await gate.wait(0)  # once open, it stays open for this layout
         assert len(asked) == before
@@ -113,7 +116,7 @@ def test_the_gate_opens_once_enough_of_the_source_hold_the_moving_layout() -> No
 
 
 def test_the_routers_name_each_moving_objects_pair_and_sources_recall_what_leaves() -> None:
-    routers = PartitionRouters(lambda: V2, lambda g: None, FrozenGate(lambda: V2, None))  # type: ignore[arg-type]
+    routers = PartitionRouters(lambda: V2, lambda g: None, FrozenGate(lambda: V2, None, qc=4))  # type: ignore[arg-type]
     moving = [o for o in range(400) if V2.source_of_object(o) is not None]
     staying = [o for o in range(400) if V2.source_of_object(o) is None]
     assert moving and staying

@@ -107,7 +107,7 @@ class GroupFollower:
         self.endpoints: list[Endpoint] = []
         self.leases: Leases | None = None
         self._opening = 0  # groups whose endpoints are open or being opened
-        self.gate = FrozenGate(lambda: self.qu.layout, self._held_version)
+        self.gate = FrozenGate(lambda: self.qu.layout, self._held_version, qc=config.qc)
         self.routers = PartitionRouters(
             lambda: self.qu.layout, self._plain_qu, self.gate, own_lease_moved=self._let_go
         )

@@ -51,6 +51,7 @@ from bftfs.rw.calls import DEFAULT_CONCURRENCY
 from bftfs.rw.client import RWClient, RWStatistics, Space
 from bftfs.rw.timestamp import Timestamp as BlockTime
 from bftfs.rw.write import Prepared
+from bftfs.thresholds import qu_quorums
 
 #: ``ask(group, index)``: the layout version node ``index`` of ``group`` holds (None:
 #: unknown, asked again); the session reads the node's signed layout.
@@ -61,11 +62,20 @@ class FrozenGate:
     """Waits, once per source group and moving layout, until the group is frozen for
     its moving ids (module docstring)."""
 
-    def __init__(self, layout_of: Callable[[], Layout], ask: AskVersion) -> None:
+    def __init__(self, layout_of: Callable[[], Layout], ask: AskVersion, *, qc: int) -> None:
+        """``qc``: the cluster's PASIS write threshold (``[cluster] qc``), each group's."""
         self._layout_of = layout_of
         self._ask = ask
+        self._qc = qc
         self._done: set[tuple[int, int]] = set()
         self._locks: dict[tuple[int, int], trio.Lock] = {}
+
+    def needed(self, n: int, t: int, b: int) -> int:
+        """Nodes of a group of ``n`` that must hold the moving layout: more than ``n - q +
+        b`` (no Q/U quorum ``q`` of unfrozen ones left, ``b`` answers possibly lies) and
+        more than ``n - (qc + b) + b`` (no PASIS write completes on the others)."""
+        q = qu_quorums(n, t, b)[0]
+        return max(frozen_needed(n, q, b), n - self._qc + 1)
 
     async def wait(self, group: int) -> None:
         """Return once ``group`` is frozen under the held moving layout (at once after
@@ -77,15 +87,15 @@ class FrozenGate:
         async with self._locks.setdefault(key, trio.Lock()):
             if key in self._done:
                 return
-            n = len(layout.groups[group].members)
-            q, b = n - layout.t, layout.b
+            n, b = len(layout.groups[group].members), layout.b
             version = layout.version
 
             async def status(index: int) -> Any:
                 held = await self._ask(group, index)
                 return {"g": version, "frozen": held is not None and held >= version}
 
-            await wait_frozen(status, range(n), frozen_needed(n, q, b), generation=version)
+            needed = self.needed(n, layout.t, b)
+            await wait_frozen(status, range(n), needed, generation=version)
             self._done.add(key)
 
 

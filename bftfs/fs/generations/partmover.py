@@ -274,7 +274,7 @@ async def move_layout(
         async def ask(group: int, index: int) -> int | None:
             return await held_version(eps[group], index, admin_key)
 
-        gate = FrozenGate(lambda: layout, ask)
+        gate = FrozenGate(lambda: layout, ask, qc=cfg.qc)
         routers = PartitionRouters(lambda: layout, qus.__getitem__, gate)
         mover = PartitionMover(
             layout,
