@@ -46,9 +46,10 @@ class QuotaExceeded(StorageFull):
 
 
 class GenerationMoved(ClusterUnavailable):
-    """More than ``b`` nodes refused a write because their generation is frozen or retired
-    (``moved``, ``retired``: docs/membership.md, "Generations"): the client must take the
-    newer view and write in the new generation."""
+    """More than ``b`` nodes refused a write because their generation is frozen or retired,
+    or the block's partition moves away from their group (``moved``, ``retired``:
+    docs/membership.md, "Generations"; docs/layout.md, "Moving partitions"): the client
+    must take the newer view or layout and write where it says."""
 
 
 def refused_as_moved(codes: Mapping[int, str | None], b: int) -> GenerationMoved | None:
@@ -58,7 +59,10 @@ def refused_as_moved(codes: Mapping[int, str | None], b: int) -> GenerationMoved
     moved = sorted(n for n, code in codes.items() if code in ("moved", "retired"))
     if len(moved) <= b:
         return None
-    return GenerationMoved(f"nodes {moved} refused: their generation is frozen or retired")
+    return GenerationMoved(
+        f"nodes {moved} refused: frozen (their generation, or the block's partition moving "
+        "away) or retired"
+    )
 
 
 def refused_for_space(codes: Mapping[int, str | None], b: int) -> StorageFull | None:

@@ -364,7 +364,7 @@ class QUClient:
             nodes = sorted(n for n, code in self._rounds.space.items() if code == way)
             if len(nodes) > self.th.b:  # one correct node at least: this client's clock
                 why = (
-                    f"nodes {nodes}: their generation is {way}"
+                    f"nodes {nodes}: their generation (or the object's partition) is {way}"
                     if way in ("moved", "retired")
                     else f"nodes {nodes}: this client's clock is too far {way} of theirs"
                 )

@@ -107,6 +107,7 @@ class GroupFollower:
         self.endpoints: list[Endpoint] = []
         self.leases: Leases | None = None
         self._opening = 0  # groups whose endpoints are open or being opened
+        self._opener = trio.Lock()
         self.gate = FrozenGate(lambda: self.qu.layout, self._held_version, qc=config.qc)
         self.routers = PartitionRouters(
             lambda: self.qu.layout, self._plain_qu, self.gate, own_lease_moved=self._let_go
@@ -155,16 +156,21 @@ class GroupFollower:
         opened now (its configuration, a key) is tried again after a growing pause, the
         calls routed to it waiting meanwhile: the mount goes on with the others."""
         pause = FIRST_RETRY
-        while len(self.endpoints) < upto:
-            g = len(self.endpoints)
-            try:
-                await self._nursery.start(self._hold_group, g)
-            except Exception as e:  # noqa: BLE001 - the session must outlive it
-                log.warning("session: cannot open group %d yet (%s): again in %.0f s", g, e, pause)
-                await trio.sleep(pause)
-                pause = min(2 * pause, MAX_RETRY)
-                continue
-            log.info("session: group %d (added by layout %d) is open", g, self.qu.layout.version)
+        async with self._opener:  # one opener at a time: each group is opened once
+            while len(self.endpoints) < upto:
+                g = len(self.endpoints)
+                try:
+                    await self._nursery.start(self._hold_group, g)
+                except Exception as e:  # noqa: BLE001 - the session must outlive it
+                    log.warning(
+                        "session: cannot open group %d yet (%s): again in %.0f s", g, e, pause
+                    )
+                    await trio.sleep(pause)
+                    pause = min(2 * pause, MAX_RETRY)
+                    continue
+                log.info(
+                    "session: group %d (added by layout %d) is open", g, self.qu.layout.version
+                )
 
     async def _hold_group(self, g: int, *, task_status: trio.TaskStatus[None]) -> None:
         """Open group ``g``'s endpoint and clients and hold them while the session runs."""
