@@ -122,21 +122,26 @@ class Layout:
         p = block_partition(block, self.partitions)
         return self.from_blocks[p] if self.from_blocks[p] != self.blocks[p] else None
 
+    def moving_partitions(self, group: int, *, out: bool) -> tuple[frozenset[int], frozenset[int]]:
+        """The object and block partitions moving away from ``group`` (``out``) or to it
+        (none while nothing moves)."""
+
+        def of(old: tuple[int, ...], new: tuple[int, ...]) -> frozenset[int]:
+            return frozenset(
+                p
+                for p, (a, b) in enumerate(zip(old, new, strict=False))
+                if a != b and (a if out else b) == group
+            )
+
+        return of(self.from_objects, self.objects), of(self.from_blocks, self.blocks)
+
     def moving_out(self, group: int) -> bool:
         """Whether some partition of either map moves away from ``group``."""
-        return any(
-            a == group and a != b
-            for old, new in ((self.from_objects, self.objects), (self.from_blocks, self.blocks))
-            for a, b in zip(old, new, strict=False)
-        )
+        return any(self.moving_partitions(group, out=True))
 
     def moving_in(self, group: int) -> bool:
         """Whether some partition of either map moves to ``group``."""
-        return any(
-            b == group and a != b
-            for old, new in ((self.from_objects, self.objects), (self.from_blocks, self.blocks))
-            for a, b in zip(old, new, strict=False)
-        )
+        return any(self.moving_partitions(group, out=False))
 
     def describe(self) -> str:
         """One line for logs and messages."""

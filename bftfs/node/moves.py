@@ -52,14 +52,8 @@ class PartitionMoves:
         group that did not before (their leases are to be recalled)."""
         before = self._out[0]
         self.layout, self.group = layout, group
-        self._out = (
-            _partitions(layout.from_objects, layout.objects, group, out=True),
-            _partitions(layout.from_blocks, layout.blocks, group, out=True),
-        )
-        self._in = (
-            _partitions(layout.from_objects, layout.objects, group, out=False),
-            _partitions(layout.from_blocks, layout.blocks, group, out=False),
-        )
+        self._out = layout.moving_partitions(group, out=True)
+        self._in = layout.moving_partitions(group, out=False)
         return not self._out[0] <= before
 
     @property
@@ -110,15 +104,3 @@ class PartitionMoves:
     def _block_partition(self, block: int) -> int | None:
         assert self.layout is not None
         return block_partition(block, self.layout.partitions) if 0 <= block < 1 << 128 else None
-
-
-def _partitions(
-    old: tuple[int, ...], new: tuple[int, ...], group: int, *, out: bool
-) -> frozenset[int]:
-    """The partitions moving out of ``group`` (``out``) or into it, from map ``old`` to
-    ``new`` (none when ``old`` is empty: nothing moves)."""
-    return frozenset(
-        p
-        for p, (a, b) in enumerate(zip(old, new, strict=False))
-        if a != b and (a if out else b) == group
-    )

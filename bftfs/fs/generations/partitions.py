@@ -247,8 +247,6 @@ class MovingRW:
         self._layout_of = layout_of
         self._rw_of = rw_of
         self.gate = gate
-        #: Blocks read from their source group (the target held no version yet).
-        self.source_reads = 0
 
     @property
     def block_size(self) -> int:
@@ -307,7 +305,7 @@ class MovingRW:
         source = self._source(block)
         if source is None:
             return await self.base.read_block(block)
-        return await self._counted(self._pair(source), lambda r: r.read_block(block))
+        return await self._pair(source).read_block(block)
 
     async def read_blocks(
         self, blocks: Iterable[int], *, concurrency: int = DEFAULT_CONCURRENCY
@@ -321,9 +319,7 @@ class MovingRW:
             if source is None:
                 out.update(await self.base.read_blocks(share, concurrency=concurrency))
                 return
-            pair = self._pair(source)
-            got = await self._counted(pair, lambda r: r.read_blocks(share, concurrency=concurrency))
-            out.update(got)
+            out.update(await self._pair(source).read_blocks(share, concurrency=concurrency))
 
         async with trio.open_nursery() as nursery:
             for source, share in split.items():
@@ -334,9 +330,4 @@ class MovingRW:
         source = self._source(block)
         if source is None:
             return await self.base.read_as_of(block, time_ns)
-        return await self._counted(self._pair(source), lambda r: r.read_as_of(block, time_ns))
-
-    async def _counted(self, pair: GenerationalRW, read: Callable[[GenerationalRW], Any]) -> Any:
-        got = await read(pair)
-        self.source_reads += pair.old_reads
-        return got
+        return await self._pair(source).read_as_of(block, time_ns)
