@@ -29,13 +29,13 @@ from bftfs.ids import NodeId, client_id
 from bftfs.kv import MemoryKV
 from bftfs.net.errors import RemoteError, TransportError
 from bftfs.net.quorum import QuorumEngine, QuorumResult, QuorumUnavailable, Verdict
-from bftfs.node.qu_objsync import MAX_PROOF_CALLS
+from bftfs.node.qu_objsync import MAX_PROOF_CALLS, PER_CALL
 from bftfs.qu import past
 from bftfs.qu.canon import canonical
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
 from bftfs.qu.history import OHSEntry
-from bftfs.qu.links import NeedProofs, proven_chain
+from bftfs.qu.links import NeedProofs, prove, requests_answered
 from bftfs.qu.messages import (
     KIND_FETCH,
     KIND_HISTORY,
@@ -44,7 +44,7 @@ from bftfs.qu.messages import (
 )
 from bftfs.qu.objects import MethodRefused, Registry
 from bftfs.qu.objsync import SyncVotes, sync_order
-from bftfs.qu.reads import MAX_CHAIN, fetch_reply, handle_history, handle_sync
+from bftfs.qu.reads import fetch_reply, handle_history, handle_sync
 from bftfs.qu.replica import NeedSync, handle_request
 from bftfs.qu.reply import Reply
 from bftfs.qu.request import Link, Request
@@ -179,32 +179,31 @@ class MemCluster:
 
     def fetch_proofs(self, server: int, links: Sequence[Link]) -> dict[Timestamp, bytes]:
         """The stored requests proving ``links``, by the node's rule
-        (:func:`bftfs.node.qu_objsync.fetch_proofs`): per object, the newest link not yet
-        proven asked with a chain of the versions before it, from each other server in
-        turn until one proves it, in at most ``MAX_PROOF_CALLS`` calls."""
+        (:func:`bftfs.node.qu_objsync.fetch_proofs`): up to ``PER_CALL`` of the wanted
+        versions named in a call, from each other server in turn for those not yet
+        proven, in at most ``MAX_PROOF_CALLS`` calls."""
         out: dict[Timestamp, bytes] = {}
         calls = 0
-        by_object: dict[int, set[Timestamp]] = {}
+        oids: dict[Timestamp, set[int]] = {}
         for link in links:
-            by_object.setdefault(link.oid, set()).add(link.lt)
-        for oid, wanted in by_object.items():
-            while wanted:
-                lt = max(wanted)
-                for h in sync_order(server, (), self.th.n):
-                    if h in self.down:
-                        continue
-                    if calls >= MAX_PROOF_CALLS:
-                        return out
-                    calls += 1
-                    body = {"v": 1, "lt": lt.encode(), "oid": oid, "n": MAX_CHAIN}
-                    got = fetch_reply(self.kvs[h], body)
-                    for at, _co, proof in proven_chain(got, self.th, oid, lt, MAX_CHAIN):
-                        if at in wanted:
-                            out[at] = proof
-                            wanted.discard(at)
-                    if lt in out:
-                        break
-                wanted.discard(lt)
+            oids.setdefault(link.lt, set()).add(link.oid)
+        wanted = sorted(oids, reverse=True)
+        for i in range(0, len(wanted), PER_CALL):
+            for h in sync_order(server, (), self.th.n):
+                left = [lt for lt in wanted[i : i + PER_CALL] if lt not in out]
+                if not left:
+                    break
+                if calls >= MAX_PROOF_CALLS:
+                    return out
+                calls += 1
+                body = {"v": 1, "lt": left[0].encode(), "more": [lt.encode() for lt in left[1:]]}
+                try:
+                    raw = self.handle(h, server, KIND_FETCH, body)
+                except (TransportError, RemoteError):
+                    continue
+                for lt, proof in requests_answered(raw, left).items():
+                    if all(prove(proof, self.th, oid, lt) is not None for oid in oids[lt]):
+                        out[lt] = proof
         return out
 
     def sync(

@@ -20,7 +20,7 @@ from bftfs.qu.attempt import QUUnavailable
 from bftfs.qu.canon import pack
 from bftfs.qu.classify import View
 from bftfs.qu.history import OHSEntry
-from bftfs.qu.links import prove
+from bftfs.qu.links import KnownLinks, LinkError, prove, unheld, verified
 from bftfs.qu.messages import KIND_FETCH, VERSION, ReplyStatus
 from bftfs.qu.reads import handle_fetch
 from bftfs.qu.request import Link, Operation, Request
@@ -153,6 +153,25 @@ async def test_links_past_the_proof_budget_go_bare_and_the_servers_check_them(
     assert c.statistics().link_proofs >= 1 and c.statistics().bare_links >= 1
 
 
+def test_a_link_a_server_proved_once_needs_no_proof_again() -> None:
+    """The links a walk's requests carry without proofs come again with every request of
+    the walk: a server proves each once (``KnownLinks``), not on every request, and
+    fetches no stored request for it again.  A false link is still refused, and what one
+    server proved is not another's."""
+    cl, lts = abandoned_update_behind_a_pruned_chain()
+    proof = pack(handle_fetch(cl.kvs[0], lts["y"]))
+    link, lie = Link(D, lts["y"], ZERO), Link(D, lts["y"], lts["m"])
+    known = KnownLinks()
+    assert unheld([link], known, lambda _lt: None) == (link,)
+    assert verified([link], cl.th, lambda _lt: proof, known) == {(D, lts["y"]): ZERO}
+    assert unheld([link], known, lambda _lt: None) == ()
+    assert verified([link], cl.th, lambda _lt: None, known) == {(D, lts["y"]): ZERO}
+    with pytest.raises(LinkError):
+        verified([lie], cl.th, lambda _lt: proof, known)
+    with pytest.raises(LinkError):
+        verified([link], cl.th, lambda _lt: None, KnownLinks())
+
+
 def test_a_forged_conditioned_on_timestamp_at_one_server_is_not_a_link() -> None:
     """A candidate's key leaves its lt_co out: one Byzantine server listing a real
     timestamp with another lt_co must not decide a skip (b+1 must agree)."""
@@ -265,3 +284,38 @@ async def test_one_fetch_proves_a_stretch_of_a_chain() -> None:
 
     cl.byzantine = {s: swapped for s in ALL}
     assert len(await c._rounds.proof(D, newest, 32)) == 6  # the first and five before
+
+
+def test_a_server_names_the_stored_requests_it_lacks_and_passes_over_liars() -> None:
+    """A server proving links sent without proofs names the stored requests it lacks
+    (``qu.fetch`` with ``more``): scattered down the chain, as a server outside some
+    updates' quorums lacks them.  Servers that answer with each other's requests in
+    place of the ones named prove nothing, and the next server is asked."""
+    cl = MemCluster()
+    _chain_of_d(cl, 40)
+
+    def links_at(kv: Any) -> list[Link]:
+        out = []
+        for lt, _ns, _first in schema.versions_newest_first(kv, D):
+            v = schema.load_version(kv, D, lt)
+            if v is not None and v.lt_co is not None and v.lt_co != ZERO:
+                out.append(Link(D, lt, v.lt_co))
+        return out
+
+    lacking = links_at(cl.kvs[0])[::5]
+    for link in lacking:
+        assert schema.delete_request(cl.kvs[0], link.lt)
+
+    def shuffled(server: int, sender: int, kind: str, payload: Any, honest: Any) -> Any:
+        reply = honest()
+        if kind == KIND_FETCH and reply.get("m"):
+            items = [reply["r"], *reply["m"]]
+            reply["r"], *reply["m"] = items[1:] + items[:1]  # each in the next one's place
+        return reply
+
+    cl.byzantine = {s: shuffled for s in (1, 2, 3, 4)}
+    got = cl.fetch_proofs(0, lacking)
+    assert sorted(got) == sorted(lk.lt for lk in lacking)
+    assert all(prove(got[lk.lt], cl.th, D, lk.lt) == lk.lt_co for lk in lacking)
+    cl.byzantine = {s: shuffled for s in (1, 2, 3, 4, 5)}
+    assert cl.fetch_proofs(0, lacking) == {}

@@ -95,6 +95,7 @@ from bftfs.qu.messages import (
     MessageError,
     ReplyStatus,
     parse_fetch_chain,
+    parse_fetch_more,
     parse_history_request,
     parse_latest,
     parse_sync,
@@ -507,6 +508,7 @@ class QUServer:
     def fetch_now(self, ctx: RequestContext, payload: Any) -> Any:
         try:
             parse_fetch_chain(payload)
+            parse_fetch_more(payload)
         except MessageError as e:
             raise HandlerError("bad-request", str(e)) from None
         return self.store.read(lambda kv: fetch_reply(kv, payload))

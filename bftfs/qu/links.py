@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -57,9 +58,16 @@ class NeedProofs:
     links: tuple[Link, ...]
 
 
-def unheld(links: Iterable[Link], own: Callable[[Timestamp], bytes | None]) -> tuple[Link, ...]:
-    """The links sent without proofs that ``own`` holds no stored request for."""
-    return tuple(lk for lk in links if lk.proof is None and own(lk.lt) is None)
+def unheld(
+    links: Iterable[Link], known: KnownLinks, own: Callable[[Timestamp], bytes | None]
+) -> tuple[Link, ...]:
+    """The links sent without proofs, not proven here before, that ``own`` holds no
+    stored request for."""
+    return tuple(
+        lk
+        for lk in links
+        if lk.proof is None and known.get(lk.oid, lk.lt) is None and own(lk.lt) is None
+    )
 
 
 def shows(proof: bytes, th: QUThresholds, link: Link) -> bool:
@@ -147,10 +155,54 @@ def proven_chain(
     return out
 
 
+def requests_answered(raw: Any, lts: list[Timestamp]) -> dict[Timestamp, bytes]:
+    """The stored requests (packed) of a ``qu.fetch`` answer to ``lts`` (the first asked
+    as ``lt``, the rest as ``more``: ``reads.fetch_reply``), by timestamp; what each
+    proves is the asker's to check (:func:`prove`), so a liar's are merely useless."""
+    if not isinstance(raw, dict):
+        return {}
+    many = raw.get("m")
+    items = [raw.get("r"), *(many if isinstance(many, list) else [])]
+    out: dict[Timestamp, bytes] = {}
+    for lt, item in zip(lts, items, strict=False):
+        if item is None:
+            continue
+        try:
+            out[lt] = pack(item)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+class KnownLinks:
+    """Links one server has proven, ``(oid, lt) -> lt_co``: a link is a fact for ever, so
+    the thousands of links a walk's requests carry without proofs (two mounts in one
+    directory) are proven once, not on every request that carries them again, and the
+    stored requests the server lacks for them are fetched once, not per request.
+    Bounded: past :data:`MOST` the older half goes (each is proven again if needed)."""
+
+    MOST = 1 << 16
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[int, Timestamp], Timestamp] = {}
+
+    def get(self, oid: int, lt: Timestamp) -> Timestamp | None:
+        """``lt``'s conditioned-on timestamp at ``oid``, if proven here."""
+        return self._known.get((oid, lt))
+
+    def add(self, oid: int, lt: Timestamp, lt_co: Timestamp) -> None:
+        """Remember a proven link."""
+        if len(self._known) >= self.MOST:
+            for key in list(itertools.islice(self._known, self.MOST // 2)):
+                del self._known[key]
+        self._known[(oid, lt)] = lt_co
+
+
 def verified(
     links: Iterable[Link],
     th: QUThresholds,
     own: Callable[[Timestamp], bytes | None] = lambda _lt: None,
+    known: KnownLinks | None = None,
 ) -> dict[tuple[int, Timestamp], Timestamp]:
     """The links of a request as facts, every one checked against its proof, or, for a
     link sent without one, against ``own(lt)``: the request this server stored when it
@@ -163,10 +215,16 @@ def verified(
     Raises:
         LinkError: a link without a proof here, or one its proof does not show.
     """
+    known = known if known is not None else KnownLinks()
     out: dict[tuple[int, Timestamp], Timestamp] = {}
     for lk in links:
-        proof = lk.proof if lk.proof is not None else own(lk.lt)
-        if proof is None or prove(proof, th, lk.oid, lk.lt) != lk.lt_co:
+        co = known.get(lk.oid, lk.lt)
+        if co is None:
+            proof = lk.proof if lk.proof is not None else own(lk.lt)
+            co = None if proof is None else prove(proof, th, lk.oid, lk.lt)
+            if co is not None:
+                known.add(lk.oid, lk.lt, co)
+        if co != lk.lt_co:
             raise LinkError(f"link of object {lk.oid} at {lk.lt} is not proven")
         out[(lk.oid, lk.lt)] = lk.lt_co
     return out

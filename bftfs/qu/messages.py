@@ -68,6 +68,8 @@ BATCHED_KINDS = (KIND_REQUEST, KIND_HISTORY, KIND_FETCH)
 MAX_BATCH = 64
 #: Objects one ``qu.latest`` answer lists at most.
 MAX_LATEST = 1024
+#: Further stored requests one ``qu.fetch`` may ask for by timestamp (``more``).
+MAX_FETCH_MORE = 63
 
 
 class MessageError(ValueError):
@@ -137,6 +139,17 @@ def parse_fetch_chain(v: Any) -> tuple[Timestamp, int | None, int]:
         None if oid is None else parse_uint(oid, "object id"),
         parse_uint(d.get("n", 0), "count"),
     )
+
+
+def parse_fetch_more(v: Any) -> tuple[Timestamp, ...]:
+    """The further timestamps a ``qu.fetch`` body asks stored requests of (``more``): a
+    node proving links sent without proofs knows exactly which it lacks, scattered down
+    a chain (every node misses the updates whose quorum it was not in), so it names them
+    rather than walking a chain the answering server has gaps in too."""
+    more = parse_map(v, "fetch").get("more", [])
+    if not isinstance(more, list | tuple) or len(more) > MAX_FETCH_MORE:
+        raise MessageError(f"more must be a list of at most {MAX_FETCH_MORE} timestamps")
+    return tuple(parse_lt(lt) for lt in more)
 
 
 def parse_latest(v: Any) -> tuple[int | None, int]:

@@ -13,7 +13,7 @@ from bftfs.kv import KV
 from bftfs.qu import schema
 from bftfs.qu.canon import unpack
 from bftfs.qu.history import OHSEntry, make_authenticator, newest
-from bftfs.qu.messages import ReplyStatus, parse_fetch_chain
+from bftfs.qu.messages import ReplyStatus, parse_fetch_chain, parse_fetch_more
 from bftfs.qu.reply import Reply
 from bftfs.qu.serverconfig import ReplicaConfig
 from bftfs.qu.timestamp import ZERO, Timestamp
@@ -64,18 +64,22 @@ MAX_CHAIN, CHAIN_BYTES = 32, 1 << 20
 
 
 def fetch_reply(kv: KV, payload: Any) -> dict:
-    """A ``qu.fetch`` answer: the stored request of ``lt`` (``r``), and, when the body
-    names an object (``oid``) and a count (``n``), the stored requests of the versions
-    before it in that object's conditioned-on chain (``c``), as far as this server holds
-    them, at most :data:`MAX_CHAIN` or :data:`CHAIN_BYTES`.  A client walking a pruned
-    chain proves a link a round; each of these proves itself (``links.prove``), so one
-    answer lets it prove dozens.
+    """A ``qu.fetch`` answer: the stored request of ``lt`` (``r``).  When the body names
+    further timestamps (``more``), the stored request of each (``m``, None where this
+    server has none); else, when it names an object (``oid``) and a count (``n``), the
+    stored requests of the versions before it in that object's conditioned-on chain
+    (``c``), as far as this server holds them, at most :data:`MAX_CHAIN` or
+    :data:`CHAIN_BYTES`.  A client walking a pruned chain proves a link a round; each of
+    these proves itself (``links.prove``), so one answer lets it prove dozens.
 
     Raises:
         MessageError: a malformed body.
     """
     lt, oid, n = parse_fetch_chain(payload)
+    more = parse_fetch_more(payload)
     first = schema.load_request(kv, lt)
+    if more:
+        return {"r": first, "m": _requests(kv, more)}
     chain: list[Any] = []
     if first is None or oid is None:
         return {"r": first}
@@ -91,6 +95,18 @@ def fetch_reply(kv: KV, payload: Any) -> dict:
         size += len(raw)
         chain.append(unpack(raw))
     return {"r": first, "c": chain}
+
+
+def _requests(kv: KV, lts: tuple[Timestamp, ...]) -> list[Any]:
+    """The stored request of each of ``lts`` (None where this server has none, and for
+    the rest once :data:`CHAIN_BYTES` are given)."""
+    out: list[Any] = []
+    size = 0
+    for lt in lts:
+        raw = schema.load_request_packed(kv, lt) if size < CHAIN_BYTES else None
+        size += len(raw or b"")
+        out.append(None if raw is None else unpack(raw))
+    return out
 
 
 def handle_sync(kv: KV, oid: int, lt: Timestamp) -> dict | None:

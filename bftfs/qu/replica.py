@@ -379,15 +379,15 @@ def _set_up(
     req, th = step.req, step.cfg.th
     links: tuple[Link, ...] = ()
     if req.links:
-        got = fetched or {}
 
         def own(lt: Timestamp) -> bytes | None:
-            return got.get(lt) or schema.load_request_packed(step.kv, lt)
+            return (fetched or {}).get(lt) or schema.load_request_packed(step.kv, lt)
 
-        if fetched is None and 0 < len(missing := unheld(req.links, own)) <= MAX_FETCHED:
+        missing = unheld(req.links, step.cfg.known, own) if fetched is None else ()
+        if 0 < len(missing) <= MAX_FETCHED:
             return NeedProofs(missing)
         try:
-            facts = verified(req.links, th, own)
+            facts = verified(req.links, th, own, step.cfg.known)
         except LinkError as e:
             return step.reply(ReplyStatus.REFUSED, why=str(e))
         links = tuple(Link(oid, lt, co) for (oid, lt), co in sorted(facts.items()))

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from bftfs.kv import KV
 from bftfs.qu.classify import QUThresholds
+from bftfs.qu.links import KnownLinks
 from bftfs.qu.objects import Registry
 from bftfs.thinning import Schedule
 
@@ -73,3 +74,6 @@ class ReplicaConfig:
     #: OK replies to the cross-group commit's methods carry it (``replica.handle_request``).
     #: None: this node signs nothing (a certificate then needs the other nodes).
     signer: Callable[[bytes], bytes] | None = None
+    #: The conditioned-on links this server has proven (``links.verified``), kept across
+    #: requests.
+    known: KnownLinks = field(default_factory=KnownLinks, compare=False, repr=False)
