@@ -18,6 +18,9 @@ On each mount: an Andrew-like run on a seeded tree (``--files`` files of 100 B t
 program, ``--pm-files`` files, ``--pm-transactions`` transactions, seed 42): its whole
 run's seconds and its transactions per second over that run.  ``--mb`` (default 0: off)
 adds one big file written with ``fsync`` and read back on a fresh mount (bftfs only).
+``--far MS`` puts host 5 (a bftfs node, no GlusterFS brick) ``MS`` one-way away instead
+(issue 65's "one node at 150 ms, the others at 25 ms"): run it and a run without it in
+turn and compare bftfs's rows.
 
 A markdown table of seconds per phase is printed; nothing is saved.  Needs root,
 iproute2, FUSE, ``postmark`` and GlusterFS (``make setup-tests``,
@@ -41,7 +44,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -527,9 +530,9 @@ def one_delay(delay: float, tmp: Path, inp: Inputs, args: Any) -> list:
     """``(system, rep, phases)`` of every run at one-way ``delay`` ms, interleaved."""
     rows = []
     systems = args.systems.split(",")
-    with wan.Wan(
-        [wan.Link(delay, rate_mbit=args.rate, queue_ms=args.queue_ms)] * 6, seed=65
-    ) as bed:
+    near = wan.Link(delay, rate_mbit=args.rate, queue_ms=args.queue_ms)
+    far = [] if args.far is None else [replace(near, delay_ms=args.far)]
+    with wan.Wan([near] * (6 - len(far)) + far, seed=65) as bed:
         for rep in range(args.reps):
             for system in systems if rep % 2 == 0 else list(reversed(systems)):
                 work = tmp / f"at{delay:g}-{system}-{rep}"
@@ -639,6 +642,9 @@ def main(argv: list[str] | None = None) -> int:
         help="wait for bftfs's verification of the big file before its read",
     )
     ap.add_argument("--reps", type=int, default=2, help="runs of each system per delay")
+    ap.add_argument(
+        "--far", type=float, default=None, help="host 5 (a bftfs node) this one-way ms away"
+    )
     ap.add_argument("--svg", type=Path, default=None, help="the plot against the RTT")
     ap.add_argument(
         "--timeline", type=Path, default=None, help="a directory for the big file's link ticks"
@@ -662,7 +668,9 @@ def main(argv: list[str] | None = None) -> int:
     caption = (
         f"{args.workloads}: {args.files} files; PostMark {args.pm_files} files, "
         f"{args.pm_transactions} transactions; {args.units} C files; {args.mb} MiB; "
-        f"{wan.mode()} links, {args.rate or 'unlimited'} Mbit/s; seconds"
+        f"{wan.mode()} links, {args.rate or 'unlimited'} Mbit/s"
+        + ("" if args.far is None else f"; host 5 at {args.far:g} ms one-way")
+        + "; seconds"
     )
     print(caption)
     print_tables(table, args)
