@@ -262,7 +262,29 @@ def workload(mounts: Mounts, work: Path, inp: Inputs, args: Any) -> dict[str, fl
                 flush=True,
             )
         idle_report(mounts, args, {"write": (w0, w1), "read": (r0, r1)})
+        streaming = mount_streaming(mounts, again, time.time())
+        if streaming:
+            window = streaming.get("readahead-largest", 0) / 2**20
+            print(f"read-ahead window's largest size {window:.1f} MiB; {streaming}", flush=True)
     return out
+
+
+def mount_streaming(mounts: Mounts, path: Path, after: float) -> dict[str, int]:
+    """The bftfs mount's read-ahead and write-behind counters from its status report
+    published after ``after`` (waited for up to 20 s; {} for GlusterFS or none)."""
+    if mounts.config is None:
+        return {}
+    for _ in range(40):
+        r = wan.bftfs_cli("status", "--config", str(mounts.config), "--json", check=False)
+        try:
+            reports = json.loads(r.stdout).get("mounts", [])
+        except ValueError:
+            reports = []
+        for m in reports:
+            if m.get("mountpoint") == str(path) and m.get("updated", 0) > after:
+                return dict(m.get("streaming") or {})
+        time.sleep(0.5)  # a benchmark polling another process's report
+    return {}
 
 
 def daemon_pids(mnt: Path) -> list[int]:
@@ -413,7 +435,8 @@ def run_bftfs(bed: wan.Wan, work: Path, inp: Inputs, args: Any) -> dict[str, flo
     with wan.cluster(bed, work / "admin") as config, ExitStack() as mounted:
         log = work / "mount.log"
         mount = ["mount", "--debug-modules", "bftfs.fs.writeback.flush_behind", "--config"]
-        mount += [str(config), "-o", "client=client0", "--log", str(log)]
+        opts = ",".join(["client=client0", *filter(None, [args.options])])
+        mount += [str(config), "-o", opts, "--log", str(log)]
         umount = [sys.executable, "-m", "bftfs", "umount"]
         mounts = Mounts(
             mounted, lambda p: wan.bftfs_cli(*mount, str(p)), work, umount, config, bed, log
@@ -645,6 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--far", type=float, default=None, help="host 5 (a bftfs node) this one-way ms away"
     )
+    ap.add_argument("--options", default="", help="more -o options of the bftfs mounts")
     ap.add_argument("--svg", type=Path, default=None, help="the plot against the RTT")
     ap.add_argument(
         "--timeline", type=Path, default=None, help="a directory for the big file's link ticks"

@@ -70,3 +70,14 @@ def test_passthrough_is_off_unless_asked_and_round_trips() -> None:
     for bad in ("passthrough_cache=0", "passthrough_cache=x"):
         with pytest.raises(OptionError, match="passthrough_cache"):
             parse(bad)
+
+
+def test_readahead_max_bounds_the_measured_window_and_round_trips() -> None:
+    assert parse("").readahead_max == 64
+    o = parse("readahead_max=8")
+    assert o.readahead_max == 8 and "readahead_max=8" in o.to_string()
+    assert parse(o.to_string()) == o
+    assert "readahead_max" not in parse("").to_string()
+    for bad in ("readahead_max=0", "readahead_max=big"):
+        with pytest.raises(OptionError, match="readahead_max"):
+            parse(bad)

@@ -138,6 +138,42 @@ def test_a_window_of_few_blocks_is_refilled_before_it_runs_dry(tmp_path: Path) -
     )
 
 
+def test_links_with_a_large_bandwidth_delay_product_widen_the_window(tmp_path: Path) -> None:
+    """Issue 65: the window's largest size is twice the links' measured bandwidth-delay
+    product (``fs/files/window.py``), never below ``readahead_max`` nor above the ceiling
+    or ``READAHEAD_MAX_BLOCKS``.  Links of 1 MB/s and 0.2 s a round ask for 400 KB, past
+    the configured 128 KiB; unmeasured links keep 128 KiB.  What is read is the same."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        data = random.Random(7).randbytes(700 * 1024 + 123)
+        ino = await write_file(a, b"far", data)
+        fetcher = b.engine.fetcher
+        largest = {}
+        for name, links in (("unmeasured", None), ("far", lambda: (1e6, 0.2))):
+            fetcher.links = links
+            fh = await b.open(ino, os.O_RDONLY)
+            f = b.cache.files[ino]
+            f.clean.clear()
+            got, sizes = [], []
+            for off in range(0, len(data), 32 * 1024):
+                got.append(await b.read(fh, off, 32 * 1024))
+                sizes.append(f.window.size)
+            assert b"".join(got) == data
+            largest[name] = max(sizes)
+            await b.release(fh)
+        assert largest == {"unmeasured": 128 * 1024, "far": 400_000}
+        assert b.streaming["readahead-largest"] == 400_000
+        assert b.streaming["readahead-failures"] == 0
+        fetcher.readahead_ceiling = 64 * 1024  # a ceiling below the floor: the floor
+        assert fetcher.largest_window(BS) == 128 * 1024
+        fetcher.links = lambda: (1e9, 10.0)
+        fetcher.readahead_ceiling = 1 << 30
+        assert fetcher.largest_window(BS) == READAHEAD_MAX_BLOCKS * BS
+
+    run(tmp_path, body, fs_options=STREAM, **SMALL)
+
+
 def test_concurrent_sequential_reads_keep_the_window(tmp_path: Path) -> None:
     """The kernel's read-ahead sends a sequential reader's reads several at a time (four
     1 MiB reads in flight with the mount's 2 MiB read-ahead): a read that arrives before

@@ -123,6 +123,45 @@ def test_a_mount_across_a_wan_with_one_node_at_150_ms(tmp_path: Path) -> None:
     shutil.rmtree(local)
 
 
+def mount_report(config: Path, mnt: Path, after: float) -> dict[str, Any] | None:
+    """The mount's report in ``bftfs status --json``, once published after ``after``."""
+    status = wan.bftfs_cli("status", "--config", str(config), "--json", check=False)
+    for m in json.loads(status.stdout).get("mounts", []):
+        if m.get("mountpoint") == str(mnt) and m.get("updated", 0) > after:
+            return dict(m)
+    return None
+
+
+def test_a_cold_read_over_long_fat_links_widens_the_read_ahead_window(tmp_path: Path) -> None:
+    """Read-ahead sized from the links (``fs/files/window.py``): at 100 ms one-way and
+    200 Mbit/s a link a read's round carries about 15 MB, past the 8 MiB a LAN keeps; a
+    fresh mount's cold read of a 24 MiB file measures the links on its own connections
+    (the rate replies arrive at, the shortest round trip) and widens its window past
+    8 MiB, and reads the same bytes."""
+    data = random.Random(66).randbytes(24 << 20)
+    with ExitStack() as stack:
+        bed = stack.enter_context(wan.Wan([wan.Link(100.0, rate_mbit=200.0)] * 6, seed=66))
+        config = stack.enter_context(wan.cluster(bed, tmp_path / "admin"))
+        mounts = []
+        for k in range(2):  # the second mount has none of the file cached
+            mnt = tmp_path / f"m{k}"
+            mnt.mkdir()
+            wan.bftfs_cli("mount", "--config", str(config), "-o", "client=client0", str(mnt))
+            stack.callback(wan.bftfs_cli, "umount", str(mnt), check=False)
+            mounts.append(mnt)
+            if k == 0:
+                with open(mnt / "big", "wb") as f:
+                    f.write(data)
+                    os.fsync(f.fileno())
+                wan.bftfs_cli("umount", str(mnt))
+        assert (mounts[1] / "big").read_bytes() == data
+        done = time.time()
+        report = wait_for("the reader's report", lambda: mount_report(config, mounts[1], done))
+        streaming = report.get("streaming") or {}
+        assert streaming.get("readahead-largest", 0) > 8 << 20, streaming
+        assert not streaming.get("readahead-failures"), streaming
+
+
 def status_nodes(config: Path) -> list[dict[str, Any]]:
     """``bftfs status --json``'s nodes (whatever its exit code)."""
     status = wan.bftfs_cli("status", "--config", str(config), "--json", check=False)

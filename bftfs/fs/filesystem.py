@@ -27,9 +27,10 @@ What the client caches, and why it is safe:
   background for a sequential writer (write-behind, bounded by ``behind_limit``, raised
   up to ``behind_max`` from the measured rate and round trip, fs/files/pace.py; its errors
   reach the next write, flush or fsync), and sequential readers have a window of blocks
-  fetched in the background (docs/fs.md, "Big files").  A flush writes every block first
-  (PASIS, complete at ``N - t`` nodes) and only then sends the size and mtime (Q/U), so a
-  crash in between leaves the old size over the old data.
+  fetched in the background, raised up to ``readahead_ceiling`` from the links' measured
+  bandwidth-delay product (fs/files/window.py; docs/fs.md, "Big files").  A flush writes
+  every block first (PASIS, complete at ``N - t`` nodes) and only then sends the size and
+  mtime (Q/U), so a crash in between leaves the old size over the old data.
 
 Concurrency: pyfuse3 runs handlers as concurrent trio tasks; code between ``await`` points is
 atomic.  Flushes and truncations of one file are serialised by its lock; the Q/U client
@@ -105,6 +106,7 @@ from bftfs.fs.files.flush import FlushEngine
 from bftfs.fs.files.pace import DEFAULT_BEHIND_MAX
 from bftfs.fs.files.reclaim import Reclaimer
 from bftfs.fs.files.table import HandleTable
+from bftfs.fs.files.window import DEFAULT_READAHEAD_CEILING
 from bftfs.fs.handles import Handles
 from bftfs.fs.leases import Leases, Spawn
 from bftfs.fs.names import Names
@@ -153,6 +155,7 @@ class FileSystem:
         dirty_limit: int = DEFAULT_DIRTY_LIMIT,
         readahead: int = DEFAULT_READAHEAD,
         readahead_max: int = DEFAULT_READAHEAD_MAX,
+        readahead_ceiling: int = DEFAULT_READAHEAD_CEILING,
         behind_limit: int = DEFAULT_BEHIND_LIMIT,
         behind_max: int | None = None,
         write_behind: bool = False,
@@ -160,10 +163,7 @@ class FileSystem:
         commit: float = 0.0,
         hard: bool = False,
     ) -> None:
-        self.config = config
-        self.uid = uid
-        self.gid = gid
-        self.clock_ns = clock_ns
+        self.config, self.uid, self.gid, self.clock_ns = config, uid, gid, clock_ns
         self.rng = rng or random.SystemRandom()
         self.bs: int = config.block_size
         inline = min(getattr(config, "inline_limit", 0), self.bs)
@@ -183,6 +183,7 @@ class FileSystem:
             spawn=self.background.spawn,
         )
         self.engine.pace.ceiling = _behind_max(behind_limit, behind_max)
+        self.engine.fetcher.readahead_ceiling = readahead_ceiling
         self.table = HandleTable()
         # What the mount holds back from the servers (fs/writeback/), built whole.
         box = self.outbox = Outbox(

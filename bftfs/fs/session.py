@@ -148,6 +148,10 @@ async def open_session(
             open_file_system(gens.qu, gens.rw, gens.config, **options)
         )
         gens.mount = fs.meta.lease_token
+        # Read-ahead sized from this endpoint's links (fs/files/window.py): a read takes
+        # fragments from m nodes.
+        m = gens.config.m
+        fs.engine.fetcher.links = lambda: ep.bandwidth_delay(m)
         leases = fs.meta.leases
         if leases is not None:
             # Recalls are pushed by the nodes over this client's connections: keep one

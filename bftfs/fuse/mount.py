@@ -28,6 +28,7 @@ import trio
 
 from bftfs import WIRE_VERSION, __version__, proc
 from bftfs.config import ClusterConfig
+from bftfs.fs.files import DEFAULT_READAHEAD_MAX
 from bftfs.fs.history import PastView, SnapshotBrowser
 from bftfs.fs.locks import LockManager
 from bftfs.fs.session import Session, open_past, open_session
@@ -126,6 +127,8 @@ async def serve(
         write_behind=options.write_behind and not options.read_only,
         lease_term=options.lease,
         commit=options.commit,
+        readahead_max=min(DEFAULT_READAHEAD_MAX, options.readahead_max << 20),
+        readahead_ceiling=options.readahead_max << 20,
         hard=options.hard,  # (a hard mount keeps what a call could not send: docs/fs.md)
         end_wait=END_WAIT_TIMEOS * options.timeo,
     ) as session:
@@ -314,6 +317,9 @@ class _Book:
             ),
             "leases": self._leases(),
             "heldback": held_back(self.session),
+            # Read-ahead and write-behind: blocks prefetched, the window's largest size
+            # the links asked for, background flushes (fs/files/fetch.py, pace.py).
+            "streaming": dict(self.session.fs.streaming),
         }
 
     def _leases(self) -> dict[str, Any] | None:

@@ -49,6 +49,10 @@ Pure (no pyfuse3), so the command line and the helper parse options without load
                      without the daemon (FUSE passthrough: Linux >= 6.9, libfuse 3.17 from
                      setup; docs/fs.md, "Passthrough"); off by default (``nopassthrough``)
 ``passthrough_cache=M`` the copies' bound in MiB (default 1024; least recently used evicted)
+``readahead_max=M``  the most a sequential reader's read-ahead window grows to, in MiB
+                     (default 64): it is twice the links' measured bandwidth-delay product,
+                     at least 8 MiB (docs/wan.md, "Read-ahead"); 8 keeps it at 8 MiB, less
+                     keeps it smaller still
 ``nonempty``         mount over a directory that holds entries (hidden while mounted);
                      without it such a mount point is refused, as ZFS refuses one
 ``noatime``, ...     the kernel's own flags ``noatime``, ``nosuid``, ``nodev``, ``noexec``:
@@ -89,6 +93,9 @@ DEFAULT_LOCK_LEASE = 30.0
 
 #: MiB of verified copies a ``passthrough`` mount keeps (``passthrough_cache=``).
 DEFAULT_PASSTHROUGH_CACHE = 1024
+
+#: MiB a file's read-ahead window may grow to (``readahead_max=``; ``fs/files/window.py``).
+DEFAULT_READAHEAD_MAX_MIB = 64
 
 #: mount(8)'s VFS flags the kernel applies to the mount itself (access times, set-uid
 #: bits, device files, programs): passed to it as given, so ``/proc/mounts`` shows them.
@@ -163,6 +170,8 @@ class MountOptions:
     #: FUSE passthrough of verified copies (``passthrough``), and their bound in MiB.
     passthrough: bool = False
     passthrough_cache: int = DEFAULT_PASSTHROUGH_CACHE
+    #: MiB a file's read-ahead window may grow to from the links' measure.
+    readahead_max: int = DEFAULT_READAHEAD_MAX_MIB
 
     @property
     def deadline(self) -> float | None:
@@ -198,6 +207,8 @@ class MountOptions:
             out.append("passthrough")
             if self.passthrough_cache != DEFAULT_PASSTHROUGH_CACHE:
                 out.append(f"passthrough_cache={self.passthrough_cache}")
+        if self.readahead_max != DEFAULT_READAHEAD_MAX_MIB:
+            out.append(f"readahead_max={self.readahead_max}")
         if self.metrics_port is not None:
             out += [f"metrics_port={self.metrics_port}", f"metrics_addr={self.metrics_addr}"]
         return ",".join(out)
@@ -244,7 +255,7 @@ def parse(text: str | None, base: MountOptions | None = None) -> MountOptions:
                 f"unknown mount option {item!r} (bftfs knows client=, ro, rw, allow_other, "
                 "attr_timeout=, entry_timeout=, timeo=, hard, soft, wsync, "
                 "nowsync, lease=, commit=, locklease=, passthrough, nopassthrough, "
-                "passthrough_cache=, metrics_port=, metrics_addr=, nonempty, "
+                "passthrough_cache=, readahead_max=, metrics_port=, metrics_addr=, nonempty, "
                 + ", ".join(KERNEL_FLAGS)
                 + ")"
             )
@@ -307,14 +318,14 @@ def _valued(name: str, value: str) -> dict[str, object] | None:
         if not 0 <= port < 65536:
             raise OptionError(f"mount option metrics_port={value!r}: not a port number")
         return {"metrics_port": port}
-    if name == "passthrough_cache":
+    if name in ("passthrough_cache", "readahead_max"):
         try:
             mib = int(value)
         except ValueError:
             mib = -1
         if mib < 1:
-            raise OptionError(f"mount option passthrough_cache={value!r}: a number of MiB >= 1")
-        return {"passthrough_cache": mib}
+            raise OptionError(f"mount option {name}={value!r}: a number of MiB >= 1")
+        return {name: mib}
     if name == "metrics_addr":
         return {"metrics_addr": value}
     return None

@@ -49,7 +49,7 @@ from bftfs.net.frames import DEFAULT_MAX_FRAME, REQUEST
 from bftfs.net.liveness import Liveness
 from bftfs.net.pool import Pool
 from bftfs.net.quorum import Linger, QuorumEngine, QuorumResult, live_first
-from bftfs.net.rtt import CALL_K, QUORUM_K, RESEND_K, RttTable
+from bftfs.net.rtt import CALL_K, QUORUM_K, RESEND_K, RttTable, bandwidth_delay
 from bftfs.net.session import SessionRefused
 from bftfs.net.suspects import suspects_last
 from bftfs.net.viewcheck import Admit
@@ -327,6 +327,13 @@ class Endpoint:
         """``targets`` to ask last: refusing connections, far slower or overdue (``net/rtt.py``),
         suspect or stuck connecting (``net/suspects.py``)."""
         return self.pool.ask_last(targets)
+
+    def bandwidth_delay(self, m: int) -> tuple[float, float]:
+        """The data rate (bytes/s) and round (s) a read of ``m`` fragments gets over this
+        endpoint's open connections (``rtt.bandwidth_delay``: the rate their big replies
+        arrive at, their shortest round trips): what read-ahead is sized from."""
+        links = [(c.arrival.rate, self.rtt.least(n)) for n, c in self.pool.conns.items()]
+        return bandwidth_delay(links, m)
 
     def refusing(self, targets: Sequence[NodeId]) -> set[NodeId]:
         """``targets`` that recently refused connections (``Pool.down``): a round that waits

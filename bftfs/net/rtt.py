@@ -86,6 +86,10 @@ class RttEstimator:
     samples: int = 0
     #: When the last sample was taken (the caller's clock).
     at: float = 0.0
+    #: The shortest sample yet: the round trip with the least queueing in it (the
+    #: connection's set-up is one), what a bandwidth-delay product is sized from
+    #: (:func:`bandwidth_delay`); a reply's SRTT counts the big replies queued before it.
+    least: float = math.inf
 
     def sample(self, r: float, now: float = 0.0) -> None:
         """One measured round trip of ``r`` seconds (negative ones are ignored)."""
@@ -98,6 +102,7 @@ class RttEstimator:
             self.srtt = (1 - ALPHA) * self.srtt + ALPHA * r
         self.samples += 1
         self.at = now
+        self.least = min(self.least, r)
 
     def rto(self) -> float:
         """SRTT + max(G, 4 RTTVAR); 0 before the first sample."""
@@ -130,6 +135,11 @@ class RttTable:
 
     def get(self, node: int) -> RttEstimator | None:
         return self.nodes.get(node)
+
+    def least(self, node: int) -> float:
+        """``node``'s shortest round trip yet (infinite before its first sample)."""
+        est = self.nodes.get(node)
+        return math.inf if est is None else est.least
 
     def srtt(self, node: int) -> float:
         """``node``'s SRTT (0 before its first sample)."""
@@ -179,6 +189,20 @@ class RttTable:
         """:meth:`slow` and :meth:`overdue` ones: a quorum call asks them last."""
         targets = list(targets)
         return self.slow(targets, now) | self.overdue(targets, asked_at, now)
+
+
+def bandwidth_delay(links: Iterable[tuple[float, float]], m: int) -> tuple[float, float]:
+    """The data rate (bytes/s) and the round (s) a read of ``m`` fragments gets, from each
+    link's ``(rate, least round trip)``: :attr:`Arrival.rate` and
+    :attr:`RttEstimator.least`.  A read takes its fragments from ``m`` nodes at once, so
+    its rate is the sum of the ``m`` fastest measured links' and its round the longest of
+    theirs; ``(0, 0)`` until ``m`` links have both measures."""
+    measured = sorted(
+        ((rate, rtt) for rate, rtt in links if rate > 0 and math.isfinite(rtt)), reverse=True
+    )[: max(m, 1)]
+    if len(measured) < m or not measured:
+        return 0.0, 0.0
+    return sum(rate for rate, _ in measured), max(rtt for _, rtt in measured)
 
 
 @dataclass(slots=True)

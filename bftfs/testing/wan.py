@@ -62,9 +62,16 @@ WIRE_MTU = 65000
 #: MB/s), and autotuning grows it only as fast as it is filled, so a node's fresh
 #: connection took 1-3 s to carry a 50 Mbit/s link (issue 65: the first flush of a big
 #: file), where a 1500-byte MTU's 43 segments grow in a few round trips.  4 MiB covers
-#: a 50 Mbit/s link's bandwidth-delay product at 300 ms.  (The client is the root
-#: namespace, the machine's own, which the bed leaves alone.)
+#: a 50 Mbit/s link's bandwidth-delay product at 300 ms.
 WIRE_TCP_MEM = "4096 4194304 33554432"
+#: The client's receive buffer at first on a ``wire`` bed (bytes): the client is the root
+#: namespace, the machine's own, whose 128 KiB default did the same to every fresh
+#: connection's replies, as a host's did to its requests: a cold read on a fresh mount at
+#: 100 ms one-way waited about 3 s before the links carried data (issue 65).  The bed
+#: raises only that default while it lives (autotuning's bounds stay the machine's) and
+#: puts it back at the end, as a WAN client is tuned (``docs/wan.md``).
+CLIENT_RMEM_DEFAULT = 4 * 1024 * 1024
+_TCP_RMEM = Path("/proc/sys/net/ipv4/tcp_rmem")
 
 _TUNSETIFF = 0x400454CA
 _IFF_TAP = 0x0002
@@ -200,6 +207,8 @@ class Wan:
         #: After :meth:`close`: the wire process's CPU seconds (user + system), the check
         #: that the wire itself is not what limits a rate-limited bed (issue 65).
         self.wire_cpu = 0.0
+        #: The root namespace's ``tcp_rmem`` as the bed set it and as it was before.
+        self._restore_rmem: tuple[str, str] | None = None
 
     def __enter__(self) -> Wan:
         self.hosts.__enter__()
@@ -243,6 +252,7 @@ class Wan:
             _ip("link", "set", own, "up")
             flows.append({"a": a, "w": w, "link": asdict(link), "seed": self.seed * 100 + i})
         _ip("link", "set", hosts.bridge, "mtu", mtu)
+        self._raise_client_rmem()
         for i in range(len(self.links)):
             for key in ("net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem"):
                 cmd = ["ip", "netns", "exec", hosts.name(i), "sysctl", "-q", "-w"]
@@ -255,6 +265,17 @@ class Wan:
         assert self._wire.stdout is not None
         if self._wire.stdout.readline().strip() != "ready":
             raise RuntimeError("the WAN wire process did not start")
+
+    def _raise_client_rmem(self) -> None:
+        """:data:`CLIENT_RMEM_DEFAULT` as the root namespace's first receive buffer until
+        :meth:`close`, which puts the value found back unless another bed or the
+        operator changed it meanwhile."""
+        found = _TCP_RMEM.read_text().split()
+        if len(found) != 3 or int(found[1]) >= CLIENT_RMEM_DEFAULT:
+            return
+        ours = f"{found[0]} {CLIENT_RMEM_DEFAULT} {max(int(found[2]), CLIENT_RMEM_DEFAULT)}"
+        _TCP_RMEM.write_text(ours)
+        self._restore_rmem = (ours, " ".join(found))
 
     def timeline(self) -> Timeline:
         """What each link carried so far, per :data:`TICK` (the wire's report on SIGUSR1;
@@ -292,6 +313,12 @@ class Wan:
         while self._undo:
             with contextlib.suppress(subprocess.SubprocessError, OSError):
                 _ip(*self._undo.pop())
+        if self._restore_rmem is not None:
+            ours, before = self._restore_rmem
+            with contextlib.suppress(OSError):
+                if _TCP_RMEM.read_text().split() == ours.split():
+                    _TCP_RMEM.write_text(before)
+            self._restore_rmem = None
         self.hosts.close()
 
 

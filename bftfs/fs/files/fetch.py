@@ -18,6 +18,7 @@ import trio
 
 from bftfs.fs.clients import Meta
 from bftfs.fs.files.openfile import PREFETCH_GROUP, READAHEAD_MAX_BLOCKS, OpenFile
+from bftfs.fs.files.window import DEFAULT_READAHEAD_CEILING, readahead_largest
 from bftfs.rw.messages import block_id
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,9 @@ log = logging.getLogger(__name__)
 #: What runs a task in the background (``Background.spawn``, bftfs/fs/background.py):
 #: read-ahead, encode-ahead and write-behind outlive the request that started them.
 Spawn = Callable[[Callable[[], Awaitable[None]]], None]
+#: The links' measure: the data rate (bytes/s) and round (s) a read gets
+#: (``net/rtt.bandwidth_delay``, wired by ``fs/session.py``).
+Links = Callable[[], tuple[float, float]]
 
 
 def refill_group(window: int, bs: int) -> int:
@@ -64,10 +68,28 @@ class Fetcher:
     ) -> None:
         self.meta = meta
         self.readahead = readahead
-        #: The read-ahead window's largest size (bytes), 0: no background read-ahead.
+        #: The read-ahead window's largest size (bytes), 0: no background read-ahead; the
+        #: floor of the size measured from the links (:attr:`links`).
         self.readahead_max = readahead_max
+        #: The links' rate and round (None: not measured; the window's largest size is
+        #: ``readahead_max``), and the most they may raise it to (``fs/files/window.py``).
+        self.links: Links | None = None
+        self.readahead_ceiling = DEFAULT_READAHEAD_CEILING
         self.streaming = streaming
         self.spawn = spawn
+
+    def largest_window(self, bs: int) -> int:
+        """The read-ahead window's largest size now, for a file of ``bs``-byte blocks:
+        ``readahead_max`` raised to what the links' bandwidth-delay product asks
+        (:func:`~bftfs.fs.files.window.readahead_largest`), at most
+        ``READAHEAD_MAX_BLOCKS`` blocks."""
+        largest = self.readahead_max
+        if self.links is not None:
+            rate, round_s = self.links()
+            largest = readahead_largest(rate, round_s, largest, self.readahead_ceiling)
+            if largest > self.streaming["readahead-largest"]:
+                self.streaming["readahead-largest"] = largest
+        return min(largest, READAHEAD_MAX_BLOCKS * bs)
 
     @property
     def rw(self) -> Any:
@@ -120,7 +142,7 @@ class Fetcher:
         ones this read needs.
 
         A read at 0 (the window starts afresh) or where the last one ended is sequential:
-        the window doubles, from ``readahead`` up to ``readahead_max``, and every block in
+        the window doubles, from ``readahead`` up to :meth:`largest_window`, and every block in
         it neither cached, dirty nor in flight yet is fetched in the background in groups of
         ``PREFETCH_GROUP`` (one task each; their reads start together, so each node gets
         them in one batch).  A read ahead of the last one by at most the largest window
@@ -143,7 +165,7 @@ class Fetcher:
         if offset >= end or not self.readahead_max or f.st.get("inl"):
             return
         bs = f.bs
-        largest = min(self.readahead_max, READAHEAD_MAX_BLOCKS * bs)
+        largest = self.largest_window(bs)
         ahead = offset - f.last_read
         late = -largest <= ahead < 0 and f.window.size > 0
         if not (late or 0 <= ahead <= largest):
@@ -177,7 +199,10 @@ class Fetcher:
             for k in range(first, last + 1)
             if k not in f.dirty and k not in f.clean and k not in f.window.inflight
         ]
-        group = refill_group(f.window.size, bs)
+        # A window widened past readahead_max for long links refills in the groups of
+        # readahead_max's: a group is one frame a node, sent whole, so big groups on a
+        # long link leave it idle while the next group's request travels (docs/wan.md).
+        group = refill_group(min(f.window.size, self.readahead_max), bs)
         if _defer_refill(todo, end, bs, last, (f.valid - 1) // bs, group):
             todo = []  # the window is refilled a whole group at a time (below)
         else:
