@@ -3,15 +3,15 @@ from the links (the fetches that fill it are :meth:`bftfs.fs.files.fetch.Fetcher
 
 **The largest size** (issue 65): a read-ahead window keeps the links busy only if the
 bytes in flight cover a round trip at the links' rate, the bandwidth-delay product.  A
-window is refilled when half of it has been read (``fetch.refill_group``), so what is in
-flight swings between half the window and all of it: the window must be :data:`GAIN`
-times the product.  The rate and round come from the connections
-(``net/rtt.bandwidth_delay``: the rate big replies arrive at, the shortest round trip,
-over the ``m`` nodes a read takes fragments from).  A LAN's product is tens of
-kilobytes, 25 ms one-way at 50 Mbit/s a link about 2 MB: both keep the configured
-largest size (8 MiB), the floor; 100 ms at 200 Mbit/s (75 MB/s of data, 0.2 s) asks for
-30 MB.  Never above the ceiling (:data:`DEFAULT_READAHEAD_CEILING`: the blocks a reading
-file may hold in memory).
+window is refilled a group at a time once a group is due (``fetch.refill_group``), and a
+group's frame travels whole, so what is in flight dips below the window: :data:`GAIN`
+times the product keeps at least one product in flight.  The rate and round come from
+the connections (``net/rtt.bandwidth_delay``: the rate big replies arrive at, the
+shortest round trip, over the ``m`` nodes a read takes fragments from).  A LAN's product
+is tens of kilobytes, 25 ms one-way at 50 Mbit/s a link about 2 MB: both keep the
+configured largest size (8 MiB), the floor; 100 ms at 200 Mbit/s (75 MB/s of data, 0.2
+s) asks for 30 MB.  Never above the ceiling (:data:`DEFAULT_READAHEAD_CEILING`: the
+blocks a reading file may hold in memory).
 """
 
 from __future__ import annotations
