@@ -34,6 +34,15 @@ class ThresholdError(ValueError):
     """Sizes that break one of the protocols' rules (the message names the rule)."""
 
 
+#: Most objects one Q/U multi-object operation may touch (the file system needs 4, seed
+#: L1995): what a node accepts.  A client names at most its cluster's ``max_objects``
+#: (``[cluster] max_objects``; this in a new cluster), so nodes of an older release, which
+#: accept :data:`NARROW_OBJECTS`, still answer the clients of a cluster file without it.
+MAX_OBJECTS = 32
+#: The width every release accepts: a cluster file without ``max_objects`` keeps to it.
+NARROW_OBJECTS = 8
+
+
 AVAILABILITY = "availability (M2/O3): a quorum must answer with t servers down"
 QU_REPAIRABLE = "consistency (O1/O2): two quorums must share r correct servers"
 QU_MEET = "consistency (D1): a quorum must meet any r servers in a correct one"

@@ -12,6 +12,8 @@ from bftfs.clusterkeys import add_client, remove_client
 from bftfs.config import ClusterConfig, ConfigError, default_sizes
 from bftfs.ids import CLIENT_ID_BASE, client_id
 from bftfs.local import init_cluster
+from bftfs.qu.classify import QUThresholds
+from bftfs.qu.timestamp import MAX_OBJECTS, NARROW_OBJECTS
 
 
 def make(
@@ -98,6 +100,24 @@ def test_big_block_size_defaults_turns_off_and_round_trips(tmp_path: Path) -> No
     assert cfgmod.load(plain.home / "cluster.toml").big_blocks == 1024 * 1024
 
 
+def test_max_objects_is_wide_in_a_new_cluster_and_narrow_in_an_older_file(tmp_path: Path) -> None:
+    """A new cluster's operations name up to what nodes accept (``MAX_OBJECTS``); a file
+    without the key, from before nodes accepted more, keeps every client at the width every
+    release accepts, so an older node is never sent an operation it refuses."""
+    cfg = init_cluster(tmp_path / "c")
+    path = cfg.home / "cluster.toml"
+    assert cfg.max_objects == MAX_OBJECTS == 32
+    assert "max_objects = 32" in path.read_text()
+    assert QUThresholds.from_config(cfgmod.load(path)).objects == MAX_OBJECTS
+    path.write_text(path.read_text().replace("max_objects = 32\n", ""))
+    old = cfgmod.load(path)
+    assert old.max_objects == NARROW_OBJECTS == 8
+    assert QUThresholds.from_config(old).objects == NARROW_OBJECTS
+    cfgmod.save(old, path)  # rewritten (a client added, say): still narrow, still no key
+    assert "max_objects" not in path.read_text()
+    assert cfgmod.load(path).max_objects == NARROW_OBJECTS
+
+
 def _write(tmp_path: Path, text: str) -> Path:
     p = tmp_path / "cluster.toml"
     p.write_text(text)
@@ -133,6 +153,9 @@ def _edit(tmp_path: Path, old: str, new: str) -> Path:
         ("block_size = 65536", "block_size = 3", "multiple of 4096 bytes in 4096..4194304"),
         ("block_size = 65536", "block_size = 65537", "multiple of 4096 bytes in 4096..4194304"),
         ("block_size = 65536", "block_size = 8388608", "multiple of 4096 bytes in 4096..4194304"),
+        ("max_objects = 32", "max_objects = 4", "max_objects must be in 8..32, got 4"),
+        ("max_objects = 32", "max_objects = 33", "max_objects must be in 8..32, got 33"),
+        ("max_objects = 32", 'max_objects = "32"', "max_objects must be an integer"),
     ],
 )
 def test_bad_files_are_refused(tmp_path: Path, old: str, new: str, message: str) -> None:

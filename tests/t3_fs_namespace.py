@@ -36,6 +36,7 @@ from bftfs.fs.filesystem import RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE,
 from bftfs.fs.names import stale
 from bftfs.fsobjects import ROOT
 from bftfs.qu.objects import MethodRefused
+from bftfs.qu.timestamp import MAX_OBJECTS
 
 BAD_NAMES = [(b"", Invalid), (b".", Invalid), (b"..", Invalid), (b"a/b", Invalid),
              (b"a\0b", Invalid), (b"x" * 256, NameTooLong)]  # fmt: skip
@@ -636,23 +637,26 @@ def test_new_objects_share_their_directorys_preferred_quorum(tmp_path: Path) -> 
     run(tmp_path, body)
 
 
-def test_readdir_asks_for_attributes_eight_objects_at_a_time(tmp_path: Path) -> None:
-    """readdir of 40 entries that another client made: one directory query, then the
-    entries' attributes in queries of up to 8 objects (all share the directory's quorum);
-    a second name of one file costs nothing more."""
+def test_readdir_asks_for_attributes_max_objects_at_a_time(tmp_path: Path) -> None:
+    """readdir of 70 entries that another client made: one directory query, then the
+    entries' attributes in queries of up to the cluster's ``max_objects`` (32 in a new
+    cluster: what nodes accept; all share the directory's quorum); a second name of one
+    file costs nothing more."""
 
     async def body(env: Env) -> None:
         a, b = env.fss
+        width = b.meta.config.max_objects
+        assert width == MAX_OBJECTS == 32
         d = await a.mkdir(ROOT, b"big", 0o755, 0, 0)
         made = {}
-        for i in range(40):
+        for i in range(70):
             fh, f = await a.create(d.ino, b"f%02d" % i, 0o600 + i % 8, 0, 0, 0)
             await a.release(fh)
             made[b"f%02d" % i] = f
         await a.link(made[b"f00"].ino, d.ino, b"link")
         ops = b.qu.statistics().operations
         listing = await b.readdir(d.ino)
-        assert b.qu.statistics().operations - ops == 1 + 40 // 8
+        assert b.qu.statistics().operations - ops == 1 + -(-70 // width)
         assert [n for n, _ in listing] == sorted([*made, b"link"])
         got = dict(listing)
         for name, f in made.items():

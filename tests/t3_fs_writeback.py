@@ -561,8 +561,8 @@ def test_a_scrub_walks_a_directory_a_mount_holds_exclusively(tmp_path: Path) -> 
 def test_what_comes_due_one_at_a_time_goes_in_full_batches(tmp_path: Path) -> None:
     """Removals and creates deferred one after another come due one after another: the
     update that must go when the first is due carries the directory's next ones, up to
-    six, so twelve removals cost two updates and twelve creates two (before, each went
-    alone as it came due)."""
+    an update's worth (``batch``: 30 in a new cluster), so twice that many removals cost
+    two updates and as many creates two (before, each went alone as it came due)."""
 
     async def body(env: Env) -> None:
         a = env.fss[0]
@@ -573,14 +573,15 @@ def test_what_comes_due_one_at_a_time_goes_in_full_batches(tmp_path: Path) -> No
         await a.write_back()
         alone, made = sent(a), a.meta.methods["fs.createmany"]
         inos = []
-        for k in range(12):  # due 50 ms apart, as if closed 50 ms apart
+        files = 2 * wb.batch
+        for k in range(files):  # due 50 ms apart, as if closed 50 ms apart
             wb.commit = 0.3 + 0.05 * k
             inos.append(await new_file(a, d, b"f%02d" % k, b"x" * (k + 1)))
         assert sent(a) == alone and all(wb.deferred(i) for i in inos)
         await until("the creates sent", lambda: not any(a.outbox.creates.not_made(i) for i in inos))
         assert (sent(a) - alone, a.meta.methods["fs.createmany"] - made) == (0, 2)
         before = removals(a)
-        for k in range(12):
+        for k in range(files):
             wb.commit = 0.3 + 0.05 * k
             await a.unlink(d, b"f%02d" % k)
         await until("the removals sent", lambda: removals(a) - before >= 2 and not wb._unlinks)
@@ -609,7 +610,8 @@ def test_creates_due_together_go_an_update_at_a_time_the_rest_still_waiting(
         await a.readdir(d)  # the listing, known whole under the lease (a removal cancels)
         wb, leases = a.outbox.writeback, a.meta.leases
         assert wb is not None and leases is not None
-        inos = [await new_file(a, d, b"f%02d" % k, b"x%d" % k) for k in range(18)]
+        files = 3 * wb.batch
+        inos = [await new_file(a, d, b"f%02d" % k, b"x%d" % k) for k in range(files)]
         waiting: list[int] = []
         looked: list[int] = []
         first, go_on = trio.Event(), trio.Event()
@@ -631,15 +633,15 @@ def test_creates_due_together_go_an_update_at_a_time_the_rest_still_waiting(
             wb._due[oid] = (p, 0.0)
         wb._alarm.due()
         await first.wait()
-        assert len(waiting) == 12, waiting  # the first six out, the others still waiting
+        assert len(waiting) == 2 * wb.batch, waiting  # the first batch out, the others wait
         assert looked == [0], looked
         cancelled = leases.stats["creates_cancelled"]
-        await a.unlink(d, b"f17")
+        await a.unlink(d, b"f%02d" % (files - 1))
         assert leases.stats["creates_cancelled"] == cancelled + 1
         go_on.set()
         await until("the creates sent", lambda: not any(a.outbox.creates.not_made(i) for i in inos))
         names = {n for n, _ in await b.readdir(d)}
-        assert names == {b"warm0", b"warm1", b"warm2"} | {b"f%02d" % k for k in range(17)}
+        assert names == {b"warm0", b"warm1", b"warm2"} | {b"f%02d" % k for k in range(files - 1)}
 
     run(tmp_path, body, fs_options=OPTIONS)
 

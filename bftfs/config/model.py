@@ -35,6 +35,8 @@ from bftfs.policy import (
     VerificationPolicy,
 )
 from bftfs.thresholds import (
+    MAX_OBJECTS,
+    NARROW_OBJECTS,
     fab_rule,
     fault_rule,
     pasis_largest_m,
@@ -238,6 +240,11 @@ class ClusterConfig:
     admin_key: bytes | None = field(default=None, repr=False)
     #: ``[cluster] engine``: the metadata engine, one of :data:`ENGINES` (docs/fab.md).
     engine: str = "qu"
+    #: ``[cluster] max_objects``: most objects a client names in one Q/U operation (a
+    #: readdir's attributes, a batch of deferred creates or removals).  A new cluster takes
+    #: what its nodes accept; a file without the key (a cluster made before nodes accepted
+    #: more than :data:`NARROW_OBJECTS`) keeps that, so an older node is never asked more.
+    max_objects: int = MAX_OBJECTS
 
     # Sizes of the two protocols -----------------------------------------------------------
     @property
@@ -412,7 +419,7 @@ class ClusterConfig:
             raise ConfigError(f"zfec supports at most 256 fragments (n={n}, m={m})")
 
     def _validate_sizes(self) -> None:
-        """Block sizes and the inline limit."""
+        """Block sizes, the inline limit and the objects per operation."""
         if not BLOCK_ALIGN <= self.block_size <= MAX_BLOCK_SIZE or self.block_size % BLOCK_ALIGN:
             raise ConfigError(
                 f"block_size must be a multiple of {BLOCK_ALIGN} bytes in "
@@ -429,6 +436,10 @@ class ClusterConfig:
         if not 0 <= self.inline_limit <= MAX_INLINE_LIMIT:
             raise ConfigError(
                 f"inline_limit must be in 0..{MAX_INLINE_LIMIT} bytes, got {self.inline_limit}"
+            )
+        if not NARROW_OBJECTS <= self.max_objects <= MAX_OBJECTS:
+            raise ConfigError(
+                f"max_objects must be in {NARROW_OBJECTS}..{MAX_OBJECTS}, got {self.max_objects}"
             )
 
     def _validate_keys(self) -> None:

@@ -27,6 +27,7 @@ from bftfs.config.model import (
 )
 from bftfs.ids import CLIENT_ID_BASE, ClientId, NodeId, client_id
 from bftfs.policy import PolicyError, limits_from, retention_from, to_table, verification_from
+from bftfs.thresholds import NARROW_OBJECTS
 
 _CLUSTER_KEYS = {
     *("t", "b", "qc", "m", "block_size", "map_size", "durable", "inline_limit"),
@@ -36,6 +37,7 @@ _CLUSTER_KEYS = {
     "previous_volume_key_ids",
     "admin_key",
     "engine",
+    "max_objects",
 }
 _NODE_KEYS = {"id", "address", "public_key", "data_dir", "domain"}
 _CLIENT_KEYS = {"id", "name", "public_key"}
@@ -54,6 +56,7 @@ def _check_keys(where: str, table: Mapping[str, Any], allowed: set[str]) -> None
         "previous_volume_key_ids",
         "admin_key",
         "engine",
+        "max_objects",
         "metrics",
         "domain",
         *_METRICS_KEYS,
@@ -128,6 +131,8 @@ def from_dict(doc: Mapping[str, Any], home: Path) -> ClusterConfig:
         map_size=_int("[cluster] map_size", c.get("map_size", DEFAULT_MAP_SIZE)),
         durable=durable,
         engine=engine,
+        # absent: a cluster made before nodes accepted more (config/model.py)
+        max_objects=_int("[cluster] max_objects", c.get("max_objects", NARROW_OBJECTS)),
         nodes=tuple(nodes),
         clients=tuple(clients),
         home=home,
@@ -290,6 +295,7 @@ def to_dict(cfg: ClusterConfig) -> dict[str, Any]:
             "map_size": cfg.map_size,
             "durable": cfg.durable,
             **({} if cfg.engine == "qu" else {"engine": cfg.engine}),
+            **({} if cfg.max_objects == NARROW_OBJECTS else {"max_objects": cfg.max_objects}),
             "inline_limit": cfg.inline_limit,
             **({} if cfg.big_block_size is None else {"big_block_size": cfg.big_block_size}),
             "next_client": cfg.next_client_number,

@@ -64,7 +64,7 @@ from bftfs.qu.retention import (
     thin_step,
 )
 from bftfs.qu.serverconfig import ReplicaConfig
-from bftfs.qu.timestamp import MAX_OBJECTS
+from bftfs.qu.timestamp import NARROW_OBJECTS
 from bftfs.qu.tombstones import (
     Forget,
     forget_step,
@@ -78,7 +78,7 @@ if TYPE_CHECKING:
     from bftfs.node.parts import NodeParts
 
 #: Objects whose histories one ``qu.history`` call asks for.
-BATCH = MAX_OBJECTS
+BATCH = NARROW_OBJECTS
 #: How long the servers' histories are waited for.
 ASK_TIMEOUT = 5.0
 #: A server's histories of some objects: ``oid -> (histories culled with this server's

@@ -26,7 +26,6 @@ from bftfs.qu import core
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.messages import ReplyStatus
 from bftfs.qu.reply import Reply
-from bftfs.qu.timestamp import MAX_OBJECTS
 
 #: Rounds in a row with fewer than q replies before an operation gives up.
 MAX_SHORT_ROUNDS = 3
@@ -134,7 +133,7 @@ class Attempt:
         self.stalls += 1
         if self.stalls >= MAX_STALLS and not _waits_for_quorum():
             raise TooManyObjects(
-                f"objects {objects}: more than {MAX_OBJECTS} to repair, and none of their "
+                f"objects {objects}: more than {self.th.objects} to repair, and none of their "
                 f"candidates to repair on its own ({self.stalls} passes)"
             )
 

@@ -35,11 +35,13 @@ from typing import Any
 from bftfs.qu.history import OHS, MultiOHS, entry
 from bftfs.qu.timestamp import (
     INITIAL,
+    MAX_OBJECTS,
+    NARROW_OBJECTS,
     ZERO,
     Candidate,
     Timestamp,
 )
-from bftfs.thresholds import check, qu_rule
+from bftfs.thresholds import ThresholdError, check, qu_rule
 
 
 class OpType(enum.Enum):
@@ -63,6 +65,9 @@ class QUThresholds:
     b: int
     q: int
     r: int
+    #: Most objects this client names in one operation (``[cluster] max_objects``): a repair
+    #: or a batch wider than this is split.  Nodes accept up to ``MAX_OBJECTS`` whatever it is.
+    objects: int = NARROW_OBJECTS
 
     @classmethod
     def minimal(cls, t: int, b: int) -> QUThresholds:
@@ -71,8 +76,10 @@ class QUThresholds:
 
     @classmethod
     def from_config(cls, config: Any) -> QUThresholds:
-        """Thresholds of a ``ClusterConfig`` (anything with ``n, t, b, q, r``)."""
-        th = cls(n=config.n, t=config.t, b=config.b, q=config.q, r=config.r)
+        """Thresholds of a ``ClusterConfig`` (anything with ``n, t, b, q, r``; its
+        ``max_objects`` if it has one, else the width every node accepts)."""
+        objects = getattr(config, "max_objects", NARROW_OBJECTS)
+        th = cls(n=config.n, t=config.t, b=config.b, q=config.q, r=config.r, objects=objects)
         th.validate()
         return th
 
@@ -83,6 +90,10 @@ class QUThresholds:
             ThresholdError: naming the rule that fails.
         """
         check(qu_rule(self.n, self.t, self.b, self.q, self.r))
+        if not 2 <= self.objects <= MAX_OBJECTS:
+            raise ThresholdError(
+                f"objects per operation must be in 2..{MAX_OBJECTS}, got {self.objects}"
+            )
 
 
 def _index(ohs: OHS, n: int) -> dict[tuple, tuple[Candidate, set[int]]]:

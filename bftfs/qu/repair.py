@@ -12,15 +12,15 @@ client's cache, rounds and proven links, and counts what it did in :attr:`Repair
 ``unlinkmany``, creates: up to 7 objects and their directory) that looks incomplete to the
 servers that answer pulls every object it names into the deduction (``missing_objects``),
 and one of those objects' own latest update, a newer batch, pulls in its objects too: a
-chain of such names more objects than a request may carry (:data:`MAX_OBJECTS`; 15 in
+chain of such names more objects than a request may carry (the cluster's ``max_objects``; 15 in
 ``t4_held_listings``' ``rm -rf`` under lease churn, each lookup that met it answering EIO
 after four backoffs, ``MAX_SPLITS``).  :meth:`Repairer.repair` first reads every server's
 histories of those objects (``_widen``: at ``q`` of all ``n`` they may be complete, one
 server of the quorum asked having missed them).  If the deduction is still too wide, it is
 repaired in groups (:meth:`Repairer._split`): the newest candidate the deduction pulls in
 (:func:`core.split_target`) is repaired on its own - barrier and copy, or inline, of its
-objects only, at most 8 - and deduction starts again from the operation's objects, now a
-link shorter.  This keeps the classification rules: a repair is per object, so one
+objects only, at most ``max_objects`` - and deduction starts again from the operation's
+objects, now a link shorter.  This keeps the classification rules: a repair is per object, so one
 candidate's objects may be repaired before the others'; and a group's barrier or copy is a
 request like any other, carrying every object its own deduction needs (as context, or the
 group splits again, at a newer candidate), which the servers check (``missing_objects``,
@@ -58,7 +58,7 @@ from bftfs.qu.ohscache import HistoryCache
 from bftfs.qu.reply import Reply
 from bftfs.qu.request import Operation, Request
 from bftfs.qu.rounds import QuorumRounds
-from bftfs.qu.timestamp import MAX_OBJECTS, Candidate, Timestamp
+from bftfs.qu.timestamp import Candidate, Timestamp
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +148,11 @@ class Repairer:
 
     async def _widen(self, objects: tuple[int, ...], fresh: dict[int, set[int]]) -> None:
         """The histories of ``objects`` from every server (not only a quorum), at most
-        :data:`MAX_OBJECTS` per request; as in :meth:`present_filled`, up to ``t`` of them
+        ``th.objects`` per request; as in :meth:`present_filled`, up to ``t`` of them
         may be down, so once all but ``t`` answered the rest get two probe intervals."""
-        for i in range(0, len(objects), MAX_OBJECTS):
-            todo = objects[i : i + MAX_OBJECTS]
+        width = self.th.objects
+        for i in range(0, len(objects), width):
+            todo = objects[i : i + width]
             targets = self._cache.targets(todo)
             settle = max(0, len(targets) - self.th.t)
             got = await self._rounds.histories(todo, targets, len(targets), None, settle=settle)
@@ -202,7 +203,7 @@ class Repairer:
         widened = False
         while True:
             allobjs = tuple(sorted(set(objects) | context))
-            if len(allobjs) > MAX_OBJECTS:
+            if len(allobjs) > self.th.objects:
                 if not widened:
                     # Deduction wants more objects than a request may name, because their
                     # latest updates look incomplete at the quorum asked: typically one
@@ -295,7 +296,7 @@ class Repairer:
         """One step of a repair whose deduction names ``allobjs``, more than a request
         may: repair the newest candidate it pulls in on its own
         (:func:`core.split_target`), whose objects are at most
-        :data:`~bftfs.qu.timestamp.MAX_OBJECTS` - splitting again, at a newer candidate
+        ``th.objects`` - splitting again, at a newer candidate
         each time, if its objects' histories show one.  A repair is per object and the
         servers check every request's deduction (``missing_objects``), so a barrier and
         copy of that candidate's objects alone classify as any other request does.

@@ -25,6 +25,10 @@ import hashlib
 import struct
 from typing import Final
 
+# Re-exported: the Q/U layer's own names for the objects-per-operation bounds.
+from bftfs.thresholds import MAX_OBJECTS as MAX_OBJECTS
+from bftfs.thresholds import NARROW_OBJECTS as NARROW_OBJECTS
+
 #: Size of the operation/OHS hash in a timestamp.
 DIGEST_SIZE = 32
 #: Size of an encoded timestamp.
@@ -33,8 +37,6 @@ TIMESTAMP_SIZE = 8 + 1 + 8 + DIGEST_SIZE
 #: replica history (its authenticator is genuine); refusing to step past this bound keeps
 #: the u64 field from overflowing and makes the attack visible as a refusal.
 MAX_TIME = 1 << 62
-#: Most objects one multi-object operation may touch (the file system needs 4, seed L1995).
-MAX_OBJECTS = 8
 
 _FMT = struct.Struct(">QBQ")
 

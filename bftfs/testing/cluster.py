@@ -39,6 +39,7 @@ from bftfs.node.service import Node
 from bftfs.policy import LimitsPolicy, RetentionPolicy, VerificationPolicy
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.client import QUClient
+from bftfs.qu.timestamp import MAX_OBJECTS
 from bftfs.testing.faults import FaultInjector
 from bftfs.testing.testobjects import OBJECT_TYPES as TEST_TYPES
 
@@ -201,6 +202,7 @@ async def open_cluster(
     engine: str = "qu",
     views: bool = False,
     previous: ClusterConfig | None = None,
+    max_objects: int = MAX_OBJECTS,
 ) -> AsyncIterator[Cluster]:
     """Start a cluster of ``n`` nodes in this trio loop; stop everything on exit.
 
@@ -216,6 +218,7 @@ async def open_cluster(
     cluster's configuration, named as the previous generation of this cluster's first
     view (generation 2): its nodes then take the background mover's copies and forget no
     given-back block (issue 35, ``fs/generations/mover.py``); the other cluster is not told.
+    ``max_objects``: what its clients name in one Q/U operation (``[cluster] max_objects``).
     """
     n_, qc_, m_ = default_sizes(t, b, n, qc, m)
     node_idents, client_idents = _identities(n_, clients)
@@ -237,6 +240,7 @@ async def open_cluster(
             verification=verification or VerificationPolicy(mode="off"),
             retention=retention or RetentionPolicy(),
             limits=limits or LimitsPolicy(),
+            max_objects=max_objects,
         ).validate()
         config, admin_key = _with_views(config, previous) if views else (config, None)
         async with _running(

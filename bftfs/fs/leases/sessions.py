@@ -43,7 +43,7 @@ import trio
 from bftfs.fs.leases.releases import Spawn, Update
 from bftfs.fsobjects.leases import HOLDER_MARGIN
 from bftfs.fsobjects.sessions import DONE, MAX_RECALLS, MOUNT, SLOT, session_oid, slot_for
-from bftfs.qu.timestamp import MAX_OBJECTS
+from bftfs.qu.timestamp import NARROW_OBJECTS
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +273,7 @@ async def recall_with_sessions(
 ) -> None:
     """Recall the leases on ``objects``; when the answer names holders whose leases are
     bound to a session, recall each such object again with those sessions among the
-    objects (at most ``MAX_OBJECTS``: several updates for many), which pins their leases to
+    objects (at most ``NARROW_OBJECTS``: several updates for many), which pins their leases to
     their sessions' ends on the nodes (``fsobjects.leases``)."""
     answer = await update(objects, "fs.recall", {"lt": wall_ns()})
     for item in answer if isinstance(answer, list) else ():
@@ -291,5 +291,5 @@ async def recall_with_sessions(
                 and 0 <= s < 64
             }
         )
-        for i in range(0, len(sids), MAX_OBJECTS - 1):
-            await update([oid, *sids[i : i + MAX_OBJECTS - 1]], "fs.recall", {"lt": wall_ns()})
+        for i in range(0, len(sids), NARROW_OBJECTS - 1):
+            await update([oid, *sids[i : i + NARROW_OBJECTS - 1]], "fs.recall", {"lt": wall_ns()})

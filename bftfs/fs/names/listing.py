@@ -1,8 +1,8 @@
 """readdir: a directory's entries with their attributes, in the mount under a lease.
 
 One directory query (none when the listing is leased and known whole here), then the
-entries' attributes, up to 8 objects per query (``fs.statmany``), those known here
-costing nothing.
+entries' attributes, up to the cluster's ``max_objects`` (32 in a new cluster) per query
+(``fs.statmany``), those known here costing nothing.
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ from bftfs.fs.errors import NotFound
 from bftfs.fs.files import Attr
 from bftfs.fs.names.held import held_here, own_made_dir, own_unseen_file
 from bftfs.fsobjects import ROOT
-from bftfs.qu.timestamp import MAX_OBJECTS
 
 log = logging.getLogger(__name__)
 
-#: Attribute queries (of up to 8 objects each) in flight at once for one readdir.
+#: Attribute queries (of up to ``max_objects`` objects each) in flight at once for one readdir.
 READDIR_CONCURRENCY = 16
 
 #: A listing's stats by object id (None: the object is gone, or not asked yet).
@@ -52,7 +51,7 @@ class Listing:
 
     async def readdir(self, ino: int) -> list[tuple[bytes, Attr]]:
         """Every entry with its attributes, sorted by name (no ``.``/``..``): one directory
-        query, then the entries' attributes, up to 8 objects per query (``fs.statmany``).
+        query, then the entries' attributes, ``max_objects`` per query (``fs.statmany``).
 
         The objects of one query share a preferred quorum (object id mod ``n``), which is the
         case for every entry created in this directory (see :meth:`Meta.new_oid`); entries whose
@@ -72,8 +71,9 @@ class Listing:
         limit = trio.Semaphore(READDIR_CONCURRENCY)
         async with trio.open_nursery() as n:
             for oids in groups.values():
-                for i in range(0, len(oids), MAX_OBJECTS):
-                    n.start_soon(self._stat_many, oids[i : i + MAX_OBJECTS], stats, limit)
+                width = self.config.max_objects
+                for i in range(0, len(oids), width):
+                    n.start_soon(self._stat_many, oids[i : i + width], stats, limit)
         await self._ask_missing(ino, ents, stats, limit)
         # An entry whose object is gone raced with a removal: it is left out (and said in
         # the mount log: a listing that lacks a name the mount made is what a user reports).

@@ -15,7 +15,7 @@ from bftfs.fs.clients import MAX_ATTEMPTS, Meta, OutOfDate
 from bftfs.fs.errors import CrossDevice, FsError, Invalid, NotDir, NotFound, check_name
 from bftfs.fs.files.reclaim import Reclaimer
 from bftfs.fsobjects import RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT
-from bftfs.qu.timestamp import MAX_OBJECTS
+from bftfs.qu.timestamp import NARROW_OBJECTS
 
 
 class Rename:
@@ -47,7 +47,7 @@ class Rename:
             if cur == moving:
                 raise Invalid("a directory cannot move under itself")
             out.append(cur)
-            if len(out) > MAX_OBJECTS:
+            if len(out) > NARROW_OBJECTS:
                 break
             cur = await self._parent_of(cur, fresh)
         return out
@@ -59,7 +59,8 @@ class Rename:
 
         Objects: both directories, the moved object, the replaced one, and - when a directory
         changes parent - the ancestors of its new parent up to its old parent or the root.
-        When those are more than Q/U's 8 objects per update, EXDEV (``mv`` then copies).
+        When those are more than 8 objects (``NARROW_OBJECTS``, what every node accepts),
+        EXDEV (``mv`` then copies).
         """
         check_name(name, self.name_max)
         check_name(new_name, self.name_max)
@@ -84,7 +85,7 @@ class Rename:
                     objs.update(await self._chain(new_parent, o, parent, fresh))
                 if t is not None and tcode == obj.DIR_TYPE and flags & RENAME_EXCHANGE:
                     objs.update(await self._chain(parent, t, new_parent, fresh))
-            if len(objs) > MAX_OBJECTS:
+            if len(objs) > NARROW_OBJECTS:
                 raise CrossDevice("rename spans more objects than one Q/U update may")
             arg = {
                 "sp": parent,

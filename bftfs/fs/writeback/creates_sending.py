@@ -25,7 +25,8 @@ from bftfs.fs.errors import FsError, NoSpace, Unavailable
 from bftfs.fs.files.flush import FlushEngine
 from bftfs.fs.writeback.creates_table import CreateTable
 from bftfs.fs.writeback.creates_update import CreateSender, PendingCreate
-from bftfs.fs.writeback.schedule import BATCH
+from bftfs.fs.writeback.schedule import batch_size
+from bftfs.qu.timestamp import NARROW_OBJECTS
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +62,14 @@ class CreateSends:
 
     async def send_one(self, p: PendingCreate) -> None:
         """Send ``p`` because a call needs it; one directory write-back deferred goes with
-        up to five more deferred creates of its directory (the next calls would need them
-        one by one: a program reopening the files it just wrote)."""
+        the next deferred creates of its directory, an update's worth (the next calls
+        would need them one by one: a program reopening the files it just wrote)."""
         wb = self.creates.writeback
         if wb is None or not wb.deferred(p.oid):
             await self.send(p)
             return
-        others = [q for q in wb.deferred_in(p.parent, BATCH) if q is not p]
-        await self.send_deferred([p, *others[: BATCH - 1]])
+        others = [q for q in wb.deferred_in(p.parent, wb.batch) if q is not p]
+        await self.send_deferred([p, *others[: wb.batch - 1]])
 
     async def send(self, p: PendingCreate, *, quiet: bool = True, kept: bool = False) -> None:
         """Make ``p`` on the servers, once: a call of another task waits for it, a call
@@ -132,9 +133,11 @@ class CreateSends:
         #: Creates of a batch that failed: still this task's (their waiters wait) until
         #: each is sent alone below.
         kept: set[PendingCreate] = set()
+        wb = self.creates.writeback
+        width = batch_size(NARROW_OBJECTS) if wb is None else wb.batch
         try:
-            for i in range(0, len(together), BATCH):
-                batch = together[i : i + BATCH]
+            for i in range(0, len(together), width):
+                batch = together[i : i + width]
                 if len(batch) > 1:
                     if await self._send_together(batch):
                         made.update(p.oid for p in batch)

@@ -35,7 +35,7 @@ from bftfs.fs.writeback.links import KIND as LINK
 from bftfs.fs.writeback.links import PendingLinks
 from bftfs.fs.writeback.mkdirs import PendingMkdirs
 from bftfs.fs.writeback.renames import PendingRenames
-from bftfs.fs.writeback.schedule import PendingUnlink, WriteBack
+from bftfs.fs.writeback.schedule import PendingUnlink, WriteBack, batch_size
 from bftfs.fs.writeback.unlinks import PendingUnlinks, about_another_entry
 from bftfs.fs.writeback.writemany import write_inline_many
 
@@ -77,6 +77,7 @@ class HeldBack:
             spawn=spawn,
             answers_eio=not hard,
             deferral=creates.creates.deferral,
+            batch=batch_size(meta.config.max_objects),
         )
         # ... the files made there are leased here too: their opens, attributes and
         # written closes stay in the mount (fs/writeback/held.py) ...

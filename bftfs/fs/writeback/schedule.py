@@ -42,6 +42,7 @@ import trio
 
 from bftfs.fs.errors import FsError, Unavailable
 from bftfs.fs.writeback.alarm import Alarm
+from bftfs.qu.timestamp import NARROW_OBJECTS
 
 if TYPE_CHECKING:
     from bftfs.fs.leases import Leases
@@ -127,16 +128,22 @@ MAX_BYTES = 32 * 1024 * 1024
 ENTRY_RESEND = 1.0
 #: Seconds before the lease's end by which a deferred create is sent.
 LEASE_MARGIN = 3.0
-#: Creates of one directory sent in one update (``fs.createmany``: the directory and up
-#: to six files).  Q/U's ``MAX_OBJECTS`` would allow seven; with six, another client's
-#: two-object update (a create in the directory) that meets a batch in flight repairs it
-#: together with its own objects in one request (2 + 6 objects), without splitting.
-BATCH = 6
 
 
-def _with_their_batches(waiting: Iterable[tuple[Deferred, float]], now: float) -> list[Deferred]:
+def batch_size(max_objects: int) -> int:
+    """Creates (or removals) of one directory sent in one update, for a cluster whose
+    operations name at most ``max_objects`` (``fs.createmany``: the directory and its
+    files).  One less would fit; two less lets another client's two-object update (a
+    create in the directory) that meets a batch in flight repair it together with its
+    own objects in one request, without splitting: 6 in a cluster of 8, 30 of 32."""
+    return max_objects - 2
+
+
+def _with_their_batches(
+    waiting: Iterable[tuple[Deferred, float]], now: float, batch: int
+) -> list[Deferred]:
     """What is due at ``now``, each directory's filled up to whole updates of
-    :data:`BATCH` with that directory's next ones (soonest due first).
+    ``batch`` with that directory's next ones (soonest due first).
 
     Items come due one at a time, as they were deferred (a removal every few milliseconds
     under PostMark): sent only when due, each would go alone, a round apiece.  Sending one
@@ -150,7 +157,7 @@ def _with_their_batches(waiting: Iterable[tuple[Deferred, float]], now: float) -
         due = sum(1 for at, _ in items if at <= now)
         if due:
             items.sort(key=lambda e: e[0])
-            out.extend(item for _, item in items[: -(-due // BATCH) * BATCH])
+            out.extend(item for _, item in items[: -(-due // batch) * batch])
     return out
 
 
@@ -190,8 +197,7 @@ async def _send_entries(
 
 
 class WriteBack:
-    """The deferred creates and removals (``fs/writeback/unlinks.py``) of one mount and the task
-    that sends them when due."""
+    """A mount's deferred creates and removals and the task that sends them when due."""
 
     def __init__(
         self,
@@ -202,6 +208,7 @@ class WriteBack:
         spawn: Callable[[Callable[[], Awaitable[None]]], None],
         answers_eio: bool,
         deferral: Callable[[PendingCreate, bool], None] | None = None,
+        batch: int = batch_size(NARROW_OBJECTS),
     ) -> None:
         """``commit``: seconds a closed create may wait.  ``senders``: how each kind of
         held-back work goes and is dropped.  ``spawn``: starts the background task that
@@ -211,8 +218,9 @@ class WriteBack:
         which tries the call again and must find them.  ``deferral``: told each create
         that starts (True) or stops (False) waiting here, so the table of creates keeps
         apart those that do not (``CreateTable.undeferred_in``: the gate reads those, not
-        every create of the directory)."""
+        every create of the directory).  ``batch``: per update, :func:`batch_size`."""
         self.leases = leases
+        self.batch = batch
         self.commit = commit
         self._senders = senders
         self._spawn = spawn
@@ -382,14 +390,13 @@ class WriteBack:
     def writing_back(self, oid: int) -> bool:
         """Whether the deferred create of ``oid`` is being sent by write-back now: a call
         about another entry of its directory commutes with it as with one still deferred
-        (``CallOrder``), rather than waiting for its update.  PostMark at b = 2: every
-        lookup in the directory waited for the write-back update in flight, about 65 ms,
-        and the transactions made one step per update while 165 of them went."""
+        (``CallOrder``), rather than waiting for its update (PostMark at b = 2: every
+        lookup in the directory waited for the update in flight, ~65 ms)."""
         return oid in self._writing
 
     def deferred_in(self, parent: int, most: int) -> list[PendingCreate]:
         """Up to ``most`` of the creates of directory ``parent`` that wait past their close,
-        the first deferred first (a send that must go takes them along: ``BATCH``)."""
+        the first deferred first (a send that must go takes them along: ``batch``)."""
         return list(itertools.islice(self._due_in.get(parent, {}).values(), most))
 
     def _undue(self, oid: int) -> tuple[PendingCreate, float] | None:
@@ -436,8 +443,9 @@ class WriteBack:
             if await _send_entries(self._entries, self._senders, now):
                 continue
             hurry, self._hurry = self._hurry, False  # (a removal waits for room)
-            gone = _with_their_batches(self._unlinks.values(), float("inf") if hurry else now)
-            due = _with_their_batches(self._due.values(), now)
+            until = float("inf") if hurry else now
+            gone = _with_their_batches(self._unlinks.values(), until, self.batch)
+            due = _with_their_batches(self._due.values(), now, self.batch)
             touched = [parent for parent, at in self._touches.items() if at <= now]
             if gone or due or touched:  # creates first: a removal may be of a file they make
                 await self._send_due_creates(due)
@@ -451,18 +459,17 @@ class WriteBack:
             await self._alarm.sleep_until(nxt if nxt is not None else float("inf"))
 
     async def _send_due_creates(self, due: list[PendingCreate]) -> None:
-        """Send ``due`` an update's worth (:data:`BATCH`) at a time, the others still
+        """Send ``due`` an update's worth (``batch``) at a time, the others still
         deferred meanwhile: a call on one of their files goes on (a reopen is answered
-        here, a removal cancels it) rather than waiting for the whole pass (PostMark at
-        b = 2: ~990 creates due together, 165 updates, its transactions stalled 10-12 s).
-        One reopened (due again at its close), cancelled or sent meanwhile is passed by."""
+        here, a removal cancels it) rather than waiting for the whole pass.  One
+        reopened (due again at its close), cancelled or sent meanwhile is passed by."""
         chunk: list[PendingCreate] = []
         for p in due:
             entry = self._due.get(p.oid)
             if entry is None or entry[0] is not p:
                 continue
             chunk.append(p)
-            if len(chunk) == BATCH:
+            if len(chunk) == self.batch:
                 await self._send_batches(chunk)
                 chunk = []
         if chunk:
@@ -564,7 +571,7 @@ class WriteBack:
 
     async def _send_batches(self, ps: list[PendingCreate], parallel: int = 1) -> None:
         """Send ``ps``, each directory's together (``CreateSends.send_deferred`` puts
-        :data:`BATCH` in one update), ``parallel`` directories at a time."""
+        ``batch`` in one update), ``parallel`` directories at a time."""
         by_dir: dict[int, list[PendingCreate]] = {}
         for p in ps:
             if self._undue(p.oid) is not None:

@@ -54,9 +54,6 @@ from bftfs.fs.writeback.schedule import PendingUnlink, WriteBack
 
 log = logging.getLogger(__name__)
 
-#: Removals of one directory in one ``fs.unlinkmany`` (the directory and up to six
-#: objects, as ``fs.createmany``: ``writeback.BATCH``).
-BATCH = 6
 #: Seconds before a removal the cluster did not answer is sent again.
 RESEND = 1.0
 
@@ -264,7 +261,8 @@ class PendingUnlinks:
 
     async def send(self, us: list[PendingUnlink]) -> None:
         """Send ``us`` (and wait for those another task sends), each directory's together,
-        :data:`BATCH` per update, filled with the directory's next removals (a program
+        ``writeback.batch`` per update (as ``fs.createmany``: ``schedule.batch_size``),
+        filled with the directory's next removals (a program
         that removes files one by one would need them next)."""
         mine: dict[int, list[PendingUnlink]] = {}
         theirs: list[trio.Event] = []
@@ -276,9 +274,10 @@ class PendingUnlinks:
                 continue
             u.sending = trio.Event()
             mine.setdefault(u.parent, []).append(u)
+        batch = self.writeback.batch
         for parent, group in mine.items():  # with the directory's next ones, as creates go
             for u in self._by_dir.get(parent, {}).values():
-                if len(group) % BATCH == 0:
+                if len(group) % batch == 0:
                     break
                 if u.sending is None and u not in group:
                     u.sending = trio.Event()
@@ -286,8 +285,8 @@ class PendingUnlinks:
         try:
             for group in mine.values():
                 await self._make_creates([u.oid for u in group])
-                for i in range(0, len(group), BATCH):
-                    await self._send_batch(group[i : i + BATCH])
+                for i in range(0, len(group), batch):
+                    await self._send_batch(group[i : i + batch])
         finally:
             for group in mine.values():
                 for u in group:

@@ -1,5 +1,5 @@
 """Small files' buffered contents written back together: one ``fs.writemany`` update for
-up to :data:`~bftfs.qu.timestamp.MAX_OBJECTS` held files (``fs/writeback/held.py``).
+up to the cluster's ``max_objects`` held files (``fs/writeback/held.py``).
 
 A held file's close leaves its writes for later; when they come due, each was one
 ``fs.write`` round.  PostMark appends to a thousand small files in a minute, so those
@@ -23,7 +23,6 @@ import trio
 from bftfs.fs.clients import Meta
 from bftfs.fs.files import OpenFile
 from bftfs.fs.files.flush import FlushEngine
-from bftfs.qu.timestamp import MAX_OBJECTS
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +41,8 @@ def batchable(f: OpenFile, inline: int) -> bool:
 
 
 async def write_inline_many(meta: Meta, engine: FlushEngine, files: Sequence[OpenFile]) -> set[int]:
-    """Send the buffered writes of the :func:`batchable` ``files``, up to eight of one
-    preferred quorum per update, the updates at once; the object ids of those written (the
+    """Send the buffered writes of the :func:`batchable` ``files``, up to ``max_objects`` of
+    one preferred quorum per update, the updates at once; the object ids of those written (the
     others are still buffered: the caller sends them alone)."""
     groups: dict[int, list[OpenFile]] = {}
     for f in files:
@@ -52,8 +51,9 @@ async def write_inline_many(meta: Meta, engine: FlushEngine, files: Sequence[Ope
     written: set[int] = set()
     async with trio.open_nursery() as nursery:
         for group in groups.values():
-            for i in range(0, len(group), MAX_OBJECTS):
-                chunk = group[i : i + MAX_OBJECTS]
+            width = meta.config.max_objects
+            for i in range(0, len(group), width):
+                chunk = group[i : i + width]
                 if len(chunk) > 1:
                     nursery.start_soon(_write_chunk, meta, engine, chunk, written)
     return written
