@@ -50,7 +50,6 @@ from bftfs.policy import LimitsPolicy, RetentionPolicy, VerificationPolicy
 from bftfs.ports import CONFIG_NAME as CONFIG_NAME
 from bftfs.ports import ephemeral_range as ephemeral_range  # (re-exported: callers)
 from bftfs.ports import free_ports as free_ports
-from bftfs.thresholds import MAX_OBJECTS
 
 
 class ClusterError(Exception):
@@ -123,12 +122,8 @@ def init_cluster(
     seal: bool = True,
     metrics: MetricsConfig | None = None,
     groups: int = 1,
-    max_objects: int = MAX_OBJECTS,
 ) -> ClusterConfig:
     """Create a cluster directory: fresh keys for every node and client, and its config.
-
-    ``max_objects``: objects per Q/U operation (``NARROW_OBJECTS`` for a cluster older
-    releases' clients and nodes must take part in: docs/operations.md, "Wider operations").
 
     ``groups`` > 1 (``bftfs init --groups G``, docs/layout.md): ``G * n`` nodes, ``qc`` and
     ``m`` of one group of ``n``, and the first signed layout (``layout/groups.py``).
@@ -179,7 +174,6 @@ def init_cluster(
         volume_key_id=None if volume is None else volume.key_id,
         metrics=metrics or MetricsConfig(),
         admin_key=admin.public,
-        max_objects=max_objects,
     ).validate()
     _write(home, cfg, admin, volume, node_ids, client_ids, groups)
     return cfgmod.load(config_path(home))
