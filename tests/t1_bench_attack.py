@@ -6,12 +6,16 @@ real node processes and mounts."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
 import sys
+import tempfile
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -240,7 +244,7 @@ def test_a_short_attacked_postmark_runs_beside_its_twin_and_the_client_attacked(
     cmd = [sys.executable, str(BENCH / "postmark.py"), "--targets", "bftfs", "--bs", "1"]
     cmd += ["--no-fsync-bs", "", "--files", "10", "--transactions", "20", "--attack"]
     cmd += ["client,corrupt-fragments", "--out", str(tmp_path), "--name", "pm", "--no-plot"]
-    cmd += ["--quiet"]  # scratch under /var/tmp: PostMark crashes on a long location
+    cmd += ["--quiet"]
     done = subprocess.run(cmd, timeout=600, capture_output=True, text=True)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     result = json.loads((tmp_path / "pm.json").read_text())
@@ -254,3 +258,55 @@ def test_a_short_attacked_postmark_runs_beside_its_twin_and_the_client_attacked(
         runs["bftfs b=1 under corrupt-fragments"]["info"]["attack"]["profile"]
         == "corrupt-fragments"
     )
+
+
+# PostMark's location ------------------------------------------------------------------------
+
+#: The length of an attacked variant's PostMark directory (``/var/tmp/bftfs-postmark-
+#: XXXXXXXX/bftfs_b=1_under_reject-everything-r1/mnt/postmark``): past PostMark 1.51's path
+#: buffer (about 80 characters), short of the lengths at which it crashes outright.
+OVERRUN = 83
+
+
+@pytest.fixture
+def deep_site() -> Iterator[SimpleNamespace]:
+    """A site whose PostMark directory's path is :data:`OVERRUN` characters long."""
+    top = Path(tempfile.mkdtemp(prefix="pm", dir="/tmp"))
+    try:
+        parent = top / ("d" * (OVERRUN - len(str(top)) - len("//postmark")))
+        parent.mkdir()
+        assert len(str(parent / "postmark")) == OVERRUN
+        yield SimpleNamespace(path=parent)
+    finally:
+        shutil.rmtree(top)
+
+
+def _pm_args() -> argparse.Namespace:
+    return argparse.Namespace(
+        files=100, transactions=300, seed=42, size_min=500, size_max=10000, cap=60.0
+    )
+
+
+@pytest.mark.skipif(shutil.which("postmark") is None, reason="needs postmark (make bench-setup)")
+def test_postmark_runs_the_configured_workload_however_long_its_directory_path(
+    tmp_path: Path, deep_site: SimpleNamespace
+) -> None:
+    (tmp_path / "s").mkdir()
+    quiet = common.Progress("t", quiet=True)
+    deep = postmark.run_postmark(deep_site, tmp_path, _pm_args(), quiet)["postmark_report"]
+    short = postmark.run_postmark(SimpleNamespace(path=tmp_path / "s"), tmp_path, _pm_args(), quiet)
+    assert deep["created"] == deep["deleted"] == short["postmark_report"]["created"]
+
+
+@pytest.mark.skipif(shutil.which("postmark") is None, reason="needs postmark (make bench-setup)")
+def test_a_postmark_run_that_removes_fewer_files_than_it_made_fails(
+    tmp_path: Path, deep_site: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = postmark.postmark_config
+
+    def absolute(location: Any, *rest: Any) -> str:  # the location as it used to be given
+        return made(deep_site.path / location, *rest)
+
+    monkeypatch.setattr(postmark, "postmark_config", absolute)
+    with pytest.raises(postmark.PostMarkError, match="removed"):
+        postmark.run_postmark(deep_site, tmp_path, _pm_args(), common.Progress("t", quiet=True))
