@@ -12,10 +12,6 @@ node was made to do, never a time.
 * ``reject-everything``: the node refuses every request.  Before, every read asked it
   for its fragment, was refused and fetched another in a second round; now a refusal
   makes the PASIS client ask it for data last for a while (``rw/health.py``).
-* ``rational``: the node answers every write OK and drops one block in two.  Before, a
-  read of a dropped block saw one holder too few among the five it asked and repaired it
-  (a write round, which the node dropped again): every second read.  Now a node that
-  lacked a read's version a few times is asked for data last (``rw/health.py``).
 * ``flood-client``: the node pushes 8 MiB of nonsense before each answer and answers with
   nonsense.  Before, every request (each write and Q/U update goes to every node) cost the
   client its 8 MiB, and a request whose reply broke the connection was resent on a new
@@ -33,9 +29,7 @@ import trio
 from bftfs import fsobjects as obj
 from bftfs.connect import open_client
 from bftfs.fs.session import open_session
-from bftfs.rw.health import LACKING_READS
 from bftfs.rw.messages import block_id
-from bftfs.testing.byzantine import rational
 from bftfs.testing.byzantine.flood import FLOOD_PUSHES
 from bftfs.testing.processes import ProcessCluster
 
@@ -94,28 +88,6 @@ def test_a_node_refusing_every_read_costs_a_client_no_round(tmp_path: Path) -> N
     # The first read learns that it refuses (and fetches the fragment it did not give);
     # before, every read asked it for its systematic fragment again: two rounds each.
     assert counters["rounds"] <= BLOCKS + 1
-
-
-def test_a_node_dropping_what_it_is_sent_costs_a_reader_a_few_repairs(tmp_path: Path) -> None:
-    blocks = [block_id(100 + k, 0) for k in range(2 * BLOCKS)]
-    dropped = sum(rational.drops(LIAR, int(b)) for b in blocks)
-    assert dropped > 2 * LACKING_READS  # the test means something
-
-    async def work(config: Any) -> dict[str, int]:
-        async with open_session(config, "client0") as s:
-            await s.rw.write_blocks({b: bytes([k]) * BLOCK for k, b in enumerate(blocks)})
-        async with open_session(config, "client0") as s:  # fresh: nobody suspect yet
-            for k, b in enumerate(blocks):
-                assert await s.rw.read_block(b) == bytes([k]) * BLOCK
-            return dict(s.rw.statistics().counters)
-
-    with ProcessCluster(tmp_path / "c", node_args={LIAR: ["--byzantine", "rational"]}) as pc:
-        counters = trio.run(work, pc.config)
-    print(f"{dropped} of {len(blocks)} blocks dropped by the liar; cold reads: {counters}")
-    assert counters["reads"] == len(blocks)
-    # The first LACKING_READS reads of dropped blocks repair them; then the liar is asked
-    # last and the others hold every version.  Before: one repair per dropped block.
-    assert counters.get("repairs", 0) <= LACKING_READS
 
 
 async def _flooded_work(config: Any) -> tuple[dict[str, int], set[int]]:

@@ -19,9 +19,6 @@ from bftfs.net.quorum import live_first
 #: Reads that ask a node for data only after the others once it sent a fragment that
 #: failed its check (or refused to produce one).
 SUSPECT_READS = 256
-#: Reads whose version a node asked for data answered without (it lacks it), after which
-#: it is asked last, as a suspect is (:meth:`NodeHealth.lacked`).
-LACKING_READS = 4
 
 
 class NodeHealth:
@@ -37,9 +34,6 @@ class NodeHealth:
         self.faults: Counter[tuple[int, str]] = Counter()
         #: Nodes asked for data last, and for how many more reads (``SUSPECT_READS``).
         self.suspect: dict[int, int] = {}
-        #: Reads a node asked for data lacked their version, since it was last made a
-        #: suspect (:meth:`lacked`).
-        self.lacking: Counter[int] = Counter()
 
     def blame(self, node: int, kind: str, *, suspect: bool = False) -> None:
         """Count a fault of ``kind`` against ``node``; ``suspect``: ask it last from now on."""
@@ -54,20 +48,6 @@ class NodeHealth:
         last for the next ``SUSPECT_READS`` reads, like a suspect, without a fault counted
         (a correct node refuses when busy)."""
         self.suspect[int(node)] = SUSPECT_READS
-
-    def lacked(self, node: int) -> None:
-        """``node``, asked for data, answered without the version the read went on with:
-        a node behind (down or slow for those writes, catching up) or one that drops what
-        it is sent while answering OK (the ``rational`` profile, one block in two).  Each
-        such read saw one holder too few in its first round and repaired the block (a
-        write round, re-encoding it), so after :data:`LACKING_READS` of them the node is
-        asked for data last for the next ``SUSPECT_READS`` reads, and their first rounds
-        find the version complete on the others.  No fault is counted: a correct node
-        lags too, and being asked last costs it nothing."""
-        self.lacking[int(node)] += 1
-        if self.lacking[int(node)] >= LACKING_READS:
-            del self.lacking[int(node)]
-            self.suspect[int(node)] = SUSPECT_READS
 
     def read_order(self, nodes: Sequence[NodeId]) -> list[NodeId]:
         """``nodes`` in the order a read asks them: by index (the systematic fragments'

@@ -43,7 +43,6 @@ from collections.abc import Callable, Iterable
 import trio
 
 from bftfs import erasure
-from bftfs.ids import NodeId
 from bftfs.net.errors import refusal_code
 from bftfs.net.quorum import QuorumUnavailable
 from bftfs.rw import verify
@@ -237,8 +236,6 @@ class Reader:
                 await self._fetch_history(st, block, d)
                 continue
             assert d.candidate is not None
-            if d.candidate != ZERO:
-                self._note_lacking(st, d, data_nodes)
             if d.candidate == ZERO:
                 # Poisonous versions met on the way are reported here too: a block whose
                 # only writes were poisonous has them discarded (node/rw_verifier.py).
@@ -261,14 +258,6 @@ class Reader:
                 tuple(sorted(st.rejected, reverse=True)),
                 tuple(sorted(st.bad)),
             )
-
-    def _note_lacking(self, st: ReadState, d: Decision, data_nodes: set[NodeId]) -> None:
-        """Tell the nodes' health which nodes asked for data answered without the version
-        ``d`` chose (``NodeHealth.lacked``)."""
-        for node in data_nodes:
-            n = int(node)
-            if n in st.views and n not in st.bad and n not in d.holders:
-                self.health.lacked(n)
 
     async def _widen(self, st: ReadState, block: BlockId, cap: Timestamp | None) -> None:
         """WIDEN: ask the nodes not asked yet; with nobody else, the silent nodes again,
