@@ -58,6 +58,7 @@ from bftfs.testing import netns, wan
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import chart  # noqa: E402
 import common  # noqa: E402
+from postmark import postmark_config  # noqa: E402
 
 PIECE = 1 << 20
 #: What ``--workloads`` chooses from.
@@ -212,11 +213,9 @@ def postmark(root: Path, work: Path, files: int, transactions: int) -> dict[str,
     seconds of the whole run, and transactions per second over it."""
     (root / "pm").mkdir()
     cfg = work / f"pm-{time.monotonic_ns()}.cfg"
-    cfg.write_text(
-        f"set location pm\nset number {files}\nset transactions {transactions}\n"
-        "set seed 42\nrun\nquit\n"
-    )
-    run = ["postmark", str(cfg)]  # in root, given a short location (postmark.py's note)
+    # PostMark's own default sizes; run in root with a short location (postmark_config).
+    cfg.write_text(postmark_config("pm", files, transactions, 42, 500, 10000))
+    run = ["postmark", str(cfg)]
     seconds = timed(
         lambda: subprocess.run(run, check=True, capture_output=True, timeout=3600, cwd=root)
     )
