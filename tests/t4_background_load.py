@@ -9,7 +9,8 @@ blocks back to back, one writer per block, so lazy verification never sees an id
 moment: only the budgets force it (past ``per_client_block`` versions of one client's
 block, ``per_client`` in all).  While the load goes on, every node must have verified (or
 taken the NOTIFYs of) what the budgets forced and collected the versions below, and hold
-no more unverified versions than the budget.  Gating forced waves too, with a server
+no more unverified versions than the budget (twice it where a node waits for the
+responsible nodes' NOTIFYs).  Gating forced waves too, with a server
 whose in-flight count never went down and no floor, failed it (no collection in 120 s).
 """
 
@@ -26,6 +27,7 @@ from bftfs.connect import open_client
 from bftfs.ids import NodeId
 from bftfs.policy import RetentionPolicy, VerificationPolicy
 from bftfs.rw.client import open_rw_client
+from bftfs.rw.lazy import COOPERATIVE_SLACK
 from bftfs.testing.processes import ProcessCluster
 
 #: Verification is forced past 4 unverified versions of one client's block.
@@ -85,8 +87,13 @@ def test_a_node_under_continuous_client_load_still_verifies_and_collects(
                 assert verify["verified"] + verify["notify_applied"] > 0, verify
                 # What it holds unverified stays within the budget: past ``per_client``
                 # versions every block the client writes is forced, so at most what its
-                # writers add while a forced wave runs comes on top.
-                assert verify["backlog_versions"] <= POLICY.per_client + 2 * BLOCKS, verify
+                # writers add while a forced wave runs comes on top.  A node that is not
+                # among a forced block's responsible nodes waits for their NOTIFYs and
+                # verifies the block itself only past twice the budgets
+                # (``COOPERATIVE_SLACK``, docs/lazy.md): every node waits for some blocks
+                # here, so its bound is the loose one (106 versions seen in CI).
+                bound = COOPERATIVE_SLACK * POLICY.per_client + 2 * BLOCKS
+                assert verify["backlog_versions"] <= bound, verify
             assert written > COLLECTED
 
         trio.run(main)
