@@ -87,7 +87,8 @@ class Reader:
         writer: writes a repairable candidate back.
         max_restarts: attempts restarted after garbage collection before giving up.
         trust_verified: skip the regeneration of a complete candidate that ``b + 1``
-            replies flag as verified (lazy verification, seed L1695-1698).
+            replies flag as verified (lazy verification, seed L1695-1698), and the
+            write-back of such a candidate a round left repairable.
     """
 
     def __init__(
@@ -235,6 +236,7 @@ class Reader:
             if d.kind is Kind.FETCH:
                 await self._fetch_history(st, block, d)
                 continue
+            d = self._verified_complete(st, d)
             assert d.candidate is not None
             if d.candidate == ZERO:
                 # Poisonous versions met on the way are reported here too: a block whose
@@ -258,6 +260,28 @@ class Reader:
                 tuple(sorted(st.rejected, reverse=True)),
                 tuple(sorted(st.bad)),
             )
+
+    def _verified_complete(self, st: ReadState, d: Decision) -> Decision:
+        """A REPAIR of a candidate ``b + 1`` replies flag as verified, as COMPLETE.
+
+        A verifier finds "the latest complete write version" (seed L1475-1476) and writes
+        a repairable one back before it flags it (node/rw_verifier.py), so one of those
+        ``b + 1`` flags is a correct node's that found it complete: this round's answers
+        left it short only because a holder among them lost its fragment (a ``rational``
+        node dropping every second block), and a write-back would change nothing a later
+        read relies on.  Without the flags (a partial write nobody verified) the read
+        repairs as before.
+        """
+        cand = d.candidate
+        if (
+            d.kind is Kind.REPAIR
+            and cand is not None
+            and self.trust_verified
+            and len(st.verified.get(cand, ())) > self.th.b
+        ):
+            self.calls.stats["verified_repairs_skipped"] += 1
+            return dataclasses.replace(d, kind=Kind.COMPLETE, reason="verified by b + 1")
+        return d
 
     async def _widen(self, st: ReadState, block: BlockId, cap: Timestamp | None) -> None:
         """WIDEN: ask the nodes not asked yet; with nobody else, the silent nodes again,
