@@ -16,7 +16,9 @@ node was made to do, never a time.
   repair of it).  Before, a cold read of a dropped block saw one holder too few among the
   five its first round asked and repaired it (a write round the node dropped again), also
   once every correct node had verified the block.  Now ``b + 1`` verified flags among the
-  answers say a correct node found it complete: no write-back (``rw/read.py``).
+  answers say a correct node found it complete, and before that (or with verification
+  off) the sixth node asked for its latest makes it five holders of six: no write-back
+  (``rw/read.py``).
 * ``flood-client``: the node pushes 8 MiB of nonsense before each answer and answers with
   nonsense.  Before, every request (each write and Q/U update goes to every node) cost the
   client its 8 MiB, and a request whose reply broke the connection was resent on a new
@@ -29,6 +31,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from bftfs import fsobjects as obj
@@ -36,6 +39,7 @@ from bftfs.connect import open_client
 from bftfs.fs.session import open_session
 from bftfs.ids import NodeId
 from bftfs.policy import VerificationPolicy
+from bftfs.rw import read
 from bftfs.rw.messages import block_id
 from bftfs.testing.byzantine import rational
 from bftfs.testing.byzantine.flood import FLOOD_PUSHES
@@ -130,6 +134,26 @@ def test_a_node_dropping_blocks_costs_a_reader_no_repair_once_they_are_verified(
     # Every dropped block's first round heard four holders of five: a REPAIR decided,
     # then taken as COMPLETE on the correct nodes' verified flags.
     assert counters.get("verified_repairs_skipped", 0) == dropped
+    assert counters.get("repairs", 0) == 0
+
+
+def test_a_node_dropping_blocks_costs_a_reader_one_more_listing_not_a_repair(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dropped = sum(rational.drops(LIAR, int(block_id(100 + k, 0))) for k in range(BLOCKS))
+    # The reader runs here: a patient wait for the sixth node, so that a loaded machine
+    # does not turn the widened round into the repair it replaces.
+    monkeypatch.setattr(read, "REPAIR_WIDEN_SECONDS", 30.0)
+    args = {LIAR: ["--byzantine", "rational"]}
+    policy = VerificationPolicy(mode="off")  # no verified flags: the widening alone
+    with ProcessCluster(tmp_path / "c", node_args=args, verification=policy) as pc:
+        trio.run(_write, pc.config)
+        counters, _ = trio.run(_cold_reads, pc.config)
+    print(f"{dropped} of {BLOCKS} blocks dropped by the liar; cold reads: {counters}")
+    assert counters["reads"] == BLOCKS
+    # Each dropped block's first round heard four holders of five: the sixth node, asked
+    # for its latest, made it five of six, complete.
+    assert counters.get("repair_widens", 0) == dropped
     assert counters.get("repairs", 0) == 0
 
 

@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterable
 import trio
 
 from bftfs import erasure
+from bftfs.ids import NodeId
 from bftfs.net.errors import refusal_code
 from bftfs.net.quorum import QuorumUnavailable
 from bftfs.rw import verify
@@ -58,6 +59,10 @@ from bftfs.rw.verify import ReadOutcome
 from bftfs.rw.write import Writer
 
 log = logging.getLogger(__name__)
+
+#: How long a read waits for the nodes its first round did not ask before it repairs a
+#: candidate one holder short of COMPLETE (:meth:`Reader._one_short`); past it, it repairs.
+REPAIR_WIDEN_SECONDS = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,6 +227,7 @@ class Reader:
         # Systematic fragments first: decoding from nodes 0..m-1 costs no arithmetic.
         data_nodes = set(order[:with_data])
         await rounds.read_latest(st, block, order, data_nodes, initial=initial, cap=cap)
+        widened = False  # asked the rest before a repair (:meth:`_one_short`)
         while True:
             if cap is not None:
                 self._check_not_reclaimed(st, block, cap)
@@ -237,6 +243,9 @@ class Reader:
                 await self._fetch_history(st, block, d)
                 continue
             d = self._verified_complete(st, d)
+            if repair and not widened and await self._one_short(st, block, d, cap):
+                widened = True
+                continue
             assert d.candidate is not None
             if d.candidate == ZERO:
                 # Poisonous versions met on the way are reported here too: a block whose
@@ -282,6 +291,35 @@ class Reader:
             self.calls.stats["verified_repairs_skipped"] += 1
             return dataclasses.replace(d, kind=Kind.COMPLETE, reason="verified by b + 1")
         return d
+
+    async def _one_short(
+        self, st: ReadState, block: BlockId, d: Decision, cap: Timestamp | None
+    ) -> bool:
+        """Before a REPAIR whose candidate lacks one holder of COMPLETE, ask the nodes the
+        round did not (none known down or slow, within ``REPAIR_WIDEN_SECONDS``) for their
+        latest; whether it did (then decide again).
+
+        A holder among the first round's that lost its fragment (a node that was down for
+        the write, or drops what it is sent: the ``rational`` profile) would otherwise make
+        every read of the block write it back.  With one more reply the candidate is
+        complete if the node asked hosts it; if it does not, or does not answer in time,
+        the decision stays REPAIR: ``hosts >= QC + b - 1 >= QC - missing`` for any number of
+        replies, so a wider round never turns a repairable candidate into an incomplete one
+        (unlike a different first round, ``tests/t5_repair_charges.py``), and a candidate
+        with fewer hosts (a partial write) is repaired as before without asking."""
+        if d.kind is not Kind.REPAIR or len(d.holders) + 1 < self.th.complete:
+            return False
+        asked = set(st.views) | set(st.bad) | set(st.silent)
+        unasked = [NodeId(n) for n in self.calls.nodes if n not in asked]
+        last = self.calls.endpoint.ask_last(unasked) if unasked else set()
+        rest = [n for n in unasked if n not in last and int(n) not in self.health.suspect]
+        if not rest:
+            return False
+        self.calls.stats["repair_widens"] += 1
+        await self.rounds.read_latest(
+            st, block, rest, set(), initial=None, cap=cap, timeout=REPAIR_WIDEN_SECONDS, every=True
+        )
+        return True
 
     async def _widen(self, st: ReadState, block: BlockId, cap: Timestamp | None) -> None:
         """WIDEN: ask the nodes not asked yet; with nobody else, the silent nodes again,

@@ -176,10 +176,12 @@ class ReadRounds:
         initial: int | None,
         cap: Timestamp | None = None,
         timeout: float | None = None,
+        every: bool = False,
     ) -> None:
         """READ_LATEST (READ_PREV up to ``cap`` inclusive when reading the past) to
-        ``targets``, with data from ``data_nodes``, until the next decision is no WIDEN;
-        ``timeout``: the round's patience (default the client's)."""
+        ``targets``, with data from ``data_nodes``, until the next decision is no WIDEN
+        (``every``: until every target answered); ``timeout``: the round's patience
+        (default the client's)."""
         self.calls.stats["rounds"] += 1
         reqs = {
             n: ReadRequest(block, data=n in data_nodes, below=cap, inclusive=cap is not None)
@@ -197,7 +199,7 @@ class ReadRounds:
                 targets,
                 reqs[targets[0]].kind,
                 lambda n: reqs[n].to_wire(),
-                enough=lambda _r: self._round_done(st),
+                enough=lambda _r: answered >= set(targets) if every else self._round_done(st),
                 accept=accept,
                 initial=initial,
                 refused=self.health.refused,
