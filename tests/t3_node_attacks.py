@@ -118,19 +118,29 @@ async def _verified(config: Any) -> None:
                 await trio.sleep(0.2)
 
 
-def test_a_node_dropping_blocks_costs_a_reader_no_repair_once_they_are_verified(
-    tmp_path: Path,
-) -> None:
+def _rational_cold_reads(
+    tmp_path: Path, policy: VerificationPolicy, *, settle: bool
+) -> tuple[int, dict[str, int]]:
+    """The blocks the ``rational`` liar drops of those written, and a fresh client's
+    counters over cold reads of them all (after every correct node verified: ``settle``)."""
     dropped = sum(rational.drops(LIAR, int(block_id(100 + k, 0))) for k in range(BLOCKS))
     assert dropped >= 4  # the test means something
     args = {LIAR: ["--byzantine", "rational"]}
-    policy = VerificationPolicy(settle_seconds=0.0)
     with ProcessCluster(tmp_path / "c", node_args=args, verification=policy) as pc:
         trio.run(_write, pc.config)
-        trio.run(_verified, pc.config)
+        if settle:
+            trio.run(_verified, pc.config)
         counters, _ = trio.run(_cold_reads, pc.config)
     print(f"{dropped} of {BLOCKS} blocks dropped by the liar; cold reads: {counters}")
     assert counters["reads"] == BLOCKS
+    return dropped, counters
+
+
+def test_a_node_dropping_blocks_costs_a_reader_no_repair_once_they_are_verified(
+    tmp_path: Path,
+) -> None:
+    policy = VerificationPolicy(settle_seconds=0.0)
+    dropped, counters = _rational_cold_reads(tmp_path, policy, settle=True)
     # Every dropped block's first round heard four holders of five: a REPAIR decided,
     # then taken as COMPLETE on the correct nodes' verified flags.
     assert counters.get("verified_repairs_skipped", 0) == dropped
@@ -140,17 +150,11 @@ def test_a_node_dropping_blocks_costs_a_reader_no_repair_once_they_are_verified(
 def test_a_node_dropping_blocks_costs_a_reader_one_more_listing_not_a_repair(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    dropped = sum(rational.drops(LIAR, int(block_id(100 + k, 0))) for k in range(BLOCKS))
     # The reader runs here: a patient wait for the sixth node, so that a loaded machine
     # does not turn the widened round into the repair it replaces.
     monkeypatch.setattr(read, "REPAIR_WIDEN_SECONDS", 30.0)
-    args = {LIAR: ["--byzantine", "rational"]}
     policy = VerificationPolicy(mode="off")  # no verified flags: the widening alone
-    with ProcessCluster(tmp_path / "c", node_args=args, verification=policy) as pc:
-        trio.run(_write, pc.config)
-        counters, _ = trio.run(_cold_reads, pc.config)
-    print(f"{dropped} of {BLOCKS} blocks dropped by the liar; cold reads: {counters}")
-    assert counters["reads"] == BLOCKS
+    dropped, counters = _rational_cold_reads(tmp_path, policy, settle=False)
     # Each dropped block's first round heard four holders of five: the sixth node, asked
     # for its latest, made it five of six, complete.
     assert counters.get("repair_widens", 0) == dropped

@@ -278,8 +278,8 @@ class Reader:
         ``b + 1`` flags is a correct node's that found it complete: this round's answers
         left it short only because a holder among them lost its fragment (a ``rational``
         node dropping every second block), and a write-back would change nothing a later
-        read relies on.  Without the flags (a partial write nobody verified) the read
-        repairs as before.
+        read relies on.  Without the flags the read asks the rest first
+        (:meth:`_one_short`), and a partial write nobody verified is repaired as before.
         """
         cand = d.candidate
         if (
