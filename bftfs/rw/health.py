@@ -59,5 +59,9 @@ class NodeHealth:
             suspect[node] -= 1
             if suspect[node] <= 0:
                 del suspect[node]
-        last = self.endpoint.ask_last(nodes) | {NodeId(n) for n in suspect}
-        return live_first(nodes, last)
+        return live_first(nodes, self.asked_last(nodes))
+
+    def asked_last(self, nodes: Sequence[NodeId]) -> set[NodeId]:
+        """Those of ``nodes`` a read asks last: refusing connections, far slower than the
+        others (``Endpoint.ask_last``) or suspect.  Counts nothing down."""
+        return self.endpoint.ask_last(nodes) | {NodeId(n) for n in self.suspect if n in nodes}

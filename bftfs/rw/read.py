@@ -309,10 +309,9 @@ class Reader:
         with fewer hosts (a partial write) is repaired as before without asking."""
         if d.kind is not Kind.REPAIR or len(d.holders) + 1 < self.th.complete:
             return False
-        asked = set(st.views) | set(st.bad) | set(st.silent)
-        unasked = [NodeId(n) for n in self.calls.nodes if n not in asked]
-        last = self.calls.endpoint.ask_last(unasked) if unasked else set()
-        rest = [n for n in unasked if n not in last and int(n) not in self.health.suspect]
+        unasked = self._unasked(st)
+        last = self.health.asked_last(unasked)
+        rest = [n for n in unasked if n not in last]
         if not rest:
             return False
         self.calls.stats["repair_widens"] += 1
@@ -320,6 +319,14 @@ class Reader:
             st, block, rest, set(), initial=None, cap=cap, timeout=REPAIR_WIDEN_SECONDS, every=True
         )
         return True
+
+    def _unasked(self, st: ReadState) -> list[NodeId]:
+        """The nodes this attempt has neither heard, found bad, nor found silent."""
+        return [
+            n
+            for n in self.calls.nodes
+            if n not in st.views and n not in st.bad and n not in st.silent
+        ]
 
     async def _widen(self, st: ReadState, block: BlockId, cap: Timestamp | None) -> None:
         """WIDEN: ask the nodes not asked yet; with nobody else, the silent nodes again,
@@ -329,11 +336,7 @@ class Reader:
             ReadFailed: nobody is left and the silent nodes' patience is spent.
         """
         rounds = self.rounds
-        rest = [
-            n
-            for n in self.calls.nodes
-            if n not in st.views and n not in st.bad and n not in st.silent
-        ]
+        rest = self._unasked(st)
         if rest:
             await rounds.read_latest(st, block, rest, set(), initial=None, cap=cap)
             return

@@ -189,6 +189,7 @@ class ReadRounds:
         }
 
         answered: set[int] = set()
+        wanted = set(targets)
 
         def accept(node: NodeId, raw: Any) -> bool:
             answered.add(node)
@@ -199,7 +200,7 @@ class ReadRounds:
                 targets,
                 reqs[targets[0]].kind,
                 lambda n: reqs[n].to_wire(),
-                enough=lambda _r: answered >= set(targets) if every else self._round_done(st),
+                enough=lambda _r: answered >= wanted if every else self._round_done(st),
                 accept=accept,
                 initial=initial,
                 refused=self.health.refused,
