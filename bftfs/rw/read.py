@@ -43,7 +43,6 @@ from collections.abc import Callable, Iterable
 import trio
 
 from bftfs import erasure
-from bftfs.ids import NodeId
 from bftfs.net.errors import refusal_code
 from bftfs.net.quorum import QuorumUnavailable
 from bftfs.rw import verify
@@ -309,7 +308,7 @@ class Reader:
         with fewer hosts (a partial write) is repaired as before without asking."""
         if d.kind is not Kind.REPAIR or len(d.holders) + 1 < self.th.complete:
             return False
-        unasked = self._unasked(st)
+        unasked = st.unasked(self.calls.nodes)
         last = self.health.asked_last(unasked)
         rest = [n for n in unasked if n not in last]
         if not rest:
@@ -320,14 +319,6 @@ class Reader:
         )
         return True
 
-    def _unasked(self, st: ReadState) -> list[NodeId]:
-        """The nodes this attempt has neither heard, found bad, nor found silent."""
-        return [
-            n
-            for n in self.calls.nodes
-            if n not in st.views and n not in st.bad and n not in st.silent
-        ]
-
     async def _widen(self, st: ReadState, block: BlockId, cap: Timestamp | None) -> None:
         """WIDEN: ask the nodes not asked yet; with nobody else, the silent nodes again,
         with more patience (module docstring).
@@ -336,7 +327,7 @@ class Reader:
             ReadFailed: nobody is left and the silent nodes' patience is spent.
         """
         rounds = self.rounds
-        rest = self._unasked(st)
+        rest = st.unasked(self.calls.nodes)
         if rest:
             await rounds.read_latest(st, block, rest, set(), initial=None, cap=cap)
             return

@@ -63,6 +63,11 @@ class ReadState:
     def good_views(self) -> dict[int, NodeView]:
         return {n: v for n, v in self.views.items() if n not in self.bad}
 
+    def unasked(self, nodes: Iterable[NodeId]) -> list[NodeId]:
+        """Those of ``nodes`` this attempt has neither heard, found bad, nor found silent."""
+        heard = self.views.keys() | self.bad.keys() | self.silent.keys()
+        return [n for n in nodes if n not in heard]
+
     def failed(self, e: QuorumUnavailable, targets: Iterable[int], answered: set[int]) -> None:
         """After a quorum call gave up: targets that never answered no longer count.
 
