@@ -2,18 +2,21 @@
 
 Runs, one after another, each benchmark of the set as its own process (its targets
 interleaved inside it, medians of ``--runs``): Andrew, PostMark, seqio (a big file written
-with fsync and read cold), fio, fs_mark, dbench and the kernel-tree workload on the local
-disk, bindfs, GlusterFS, SeaweedFS, MooseFS, CephFS and bftfs; then PostMark and the big-file
-read under attack (``--attack``: each Byzantine node profile and the Byzantine client beside
-their healthy twin, ``attack.py``) and PostMark at ``b = 1`` and ``b = 2`` (6 and 11 nodes).
+with fsync and read cold) and the standard tools (``tools.py``: fio, fs_mark, dbench and the
+kernel-tree workload as cases of one process, each target set up once a run for all four)
+on the local disk, bindfs, GlusterFS, SeaweedFS, MooseFS, CephFS and bftfs; then PostMark
+and the big-file read under attack (``--attack``: each Byzantine node profile and the
+Byzantine client, with one healthy twin a run for all of them, ``attack.py``; smaller sizes,
+``ATTACK_SIZES``) and PostMark at ``b = 1`` and ``b = 2`` (6 and 11 nodes).
 Each step writes its own JSON into a scratch directory; this module reads them all and
 writes ONE page, ``benchmarks/results/bench-all-<short|full>.md``, with the table (each
 figure and its ratio to the local disk), the attack table (attacked / healthy against the
 0.7x bar), the ``b`` ratio, every target's skip reason and the commands, and one SVG beside
 it with the plots (``page_svg``).
 
-``--short`` (``make bench-all SHORT=1``) fits in ten minutes on two cores: small sizes, one
-run each (not medians), the peers left out (each named with that reason), a few attacks.
+The full set fits in an hour on two cores (docs/benchmarks.md); ``--short`` (``make
+bench-all SHORT=1``) in ten minutes: small sizes, one run each (not medians), the peers
+left out (each named with that reason), a few attacks.
 """
 
 from __future__ import annotations
@@ -72,6 +75,27 @@ class Figure:
         return common.ratio(a, b) if self.higher_is_better else common.ratio(b, a)
 
 
+#: The standard tools' sizes (``tools.py``: one process, each target set up once a run for
+#: all four).  Full: fio's random cases 5 s each (4 KiB IOPS are steady within a second or
+#: two) and dbench 10 s a client count, so that seven targets x 3 runs fit the hour.
+TOOLS_SHORT = (
+    *("--fio-jobs", "1", "--fio-size", "16", "--fio-seconds", "4"),
+    *("--fsmark-threads", "1", "--fsmark-files", "100"),
+    *("--dbench-clients", "1", "--dbench-seconds", "5", "--subset", "init"),
+)
+TOOLS_FULL = (
+    *("--fio-jobs", "1,4", "--fio-size", "32", "--fio-seconds", "5"),
+    *("--fsmark-threads", "1,4", "--fsmark-files", "300"),
+    *("--dbench-clients", "1,4", "--dbench-seconds", "10", "--subset", "kernel"),
+)
+#: PostMark and the big file under attack, both modes: 14 clusters a run (the healthy twin
+#: and 13 attacked), and the Byzantine client slows PostMark a hundredfold.
+ATTACK_SIZES = {
+    "postmark": ("--files", "300", "--transactions", "1000"),
+    "seqio": ("--size", "64"),
+}
+
+
 def steps(short: bool, runs: int, targets: str, attacks: str) -> list[Step]:
     """The set, in order (module docstring)."""
     r = ("--runs", str(runs))
@@ -82,25 +106,24 @@ def steps(short: bool, runs: int, targets: str, attacks: str) -> list[Step]:
             "andrew": (),
             "postmark": ("--files", "300", "--transactions", "1000", *one_b),
             "seqio": ("--size", "32"),
-            "fio": ("--jobs", "1", "--size", "16", "--seconds", "4"),
-            "fsmark": ("--threads", "1", "--files", "100"),
-            "dbench": ("--clients", "1", "--seconds", "5"),
-            "kerneltree": ("--subset", "init"),
+            "tools": TOOLS_SHORT,
         }
+        attack_sizes = {"postmark": ATTACK_SIZES["postmark"], "seqio": sizes["seqio"]}
     else:
         sizes = {
             "andrew": (),
             "postmark": ("--files", "1000", "--transactions", "4000", *one_b),
             "seqio": ("--size", "200"),
-            "fio": (),
-            "fsmark": (),
-            "dbench": (),
-            "kerneltree": ("--subset", "kernel"),
+            "tools": TOOLS_FULL,
         }
+        attack_sizes = ATTACK_SIZES
     out = [Step(k, f"{k}.py", (*r, *t, *a)) for k, a in sizes.items()]
+    # One healthy twin a run for every attack (variants.expand): attacked / healthy is a
+    # ratio of medians of the same run.
     a = ("--targets", "bftfs", "--attack", attacks, *r)
-    out.append(Step("postmark-attack", "postmark.py", (*a, *sizes["postmark"]), "attack"))
-    out.append(Step("seqio-attack", "seqio.py", (*a, *sizes["seqio"]), "attack"))
+    pm_a = (*a, *attack_sizes["postmark"], *one_b)
+    out.append(Step("postmark-attack", "postmark.py", pm_a, "attack"))
+    out.append(Step("seqio-attack", "seqio.py", (*a, *attack_sizes["seqio"]), "attack"))
     pm_b = [x for x in sizes["postmark"] if x not in one_b]
     b_args = ("--targets", "bftfs", "--bs", "1,2", "--no-fsync-bs", "", *r, *pm_b)
     out.append(Step("postmark-b", "postmark.py", b_args, "b"))
@@ -150,9 +173,12 @@ def figures_of(data: dict[str, Any]) -> list[Figure]:
             Figure("big file cold read", "MB/s", True, pick(summary, "read_MBps_median")),
         ]
     out = []
-    for case in (data.get("config") or {}).get("cases", []):
+    config = data.get("config") or {}
+    # tools.py's cases name their own tool; a one-tool benchmark's, the benchmark's.
+    case_tools = config.get("case_tools") or {}
+    for case in config.get("cases", []):
         row = summary.get(case["key"]) or {}
-        label = f"{data.get('tool', kind)}: {case['label']}"
+        label = f"{case_tools.get(case['key'], data.get('tool', kind))}: {case['label']}"
         values = {t: v.get("median") for t, v in row.items()}
         out.append(Figure(label, case["unit"], case["unit"] != "s", values))
     return out

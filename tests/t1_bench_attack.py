@@ -111,26 +111,71 @@ def test_postmark_and_seqio_take_attack_and_record_it(parse: Any) -> None:
 # bench-all ----------------------------------------------------------------------------------
 
 
+def _flag(args: tuple[str, ...], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
 def test_the_set_runs_every_workload_then_the_attacks_and_the_b_curve() -> None:
     plan = benchall.steps(False, 3, benchall.ALL_TARGETS, "all")
     assert [s.key for s in plan] == [
         "andrew",
         "postmark",
         "seqio",
-        "fio",
-        "fsmark",
-        "dbench",
-        "kerneltree",
+        "tools",
         "postmark-attack",
         "seqio-attack",
         "postmark-b",
     ]
     for s in plan:
         assert (BENCH / s.script).exists()
-        assert s.args[s.args.index("--runs") + 1] == "3"
-    b = plan[-1].args
-    assert b[b.index("--bs") + 1] == "1,2" and b.count("--bs") == 1
-    assert plan[7].args[plan[7].args.index("--attack") + 1] == "all"
+        assert _flag(s.args, "--runs") == "3"
+    side = {s.key: s.args for s in plan if s.kind == "side"}
+    assert all(_flag(a, "--targets") == benchall.ALL_TARGETS for a in side.values())
+    # The side-by-side PostMark and big file keep their sizes; the attacks run smaller ones.
+    assert (_flag(side["postmark"], "--files"), _flag(side["postmark"], "--transactions")) == (
+        "1000",
+        "4000",
+    )
+    assert _flag(side["seqio"], "--size") == "200"
+    pm_attack, seq_attack, b = plan[4].args, plan[5].args, plan[6].args
+    assert (_flag(pm_attack, "--files"), _flag(pm_attack, "--transactions")) == ("300", "1000")
+    assert _flag(seq_attack, "--size") == "64"
+    assert _flag(pm_attack, "--attack") == _flag(seq_attack, "--attack") == "all"
+    assert _flag(pm_attack, "--targets") == "bftfs" and _flag(pm_attack, "--bs") == "1"
+    assert _flag(b, "--bs") == "1,2" and b.count("--bs") == 1
+    assert (_flag(b, "--files"), _flag(b, "--transactions")) == ("1000", "4000")
+
+
+def test_the_tools_step_runs_every_tool_and_both_counts_of_each() -> None:
+    """Every workload issue 64 names is a case of the one tools step, in both modes' sizes
+    (``tools.py`` parses them: no flag the step passes is unknown to it)."""
+    import tools
+
+    for short in (False, True):
+        step = next(s for s in benchall.steps(short, 1, "local", "client") if s.key == "tools")
+        args = tools.parse_args(list(step.args))
+        assert args.tools == list(tools.TOOLS)
+        if short:
+            continue
+        assert (args.fio_jobs, args.fsmark_threads, args.dbench_clients) == ([1, 4],) * 3
+        assert args.fio_seconds == 5 and args.dbench_seconds == 10 and args.subset == "kernel"
+        args.idle = 0.0
+        keys = [c.key for t in args.tools for c in tools.tool_cases(t, args)]
+        for key in ("seqwrite-j1", "seqread-j4", "randread-j1", "randwrite-fsync-j4"):
+            assert f"fio/{key}" in keys
+        for key in ("untar", "find", "grep", "du", "git", "rm"):
+            assert f"kerneltree/{key}" in keys
+        assert {"fsmark/threads-1", "fsmark/threads-4", "dbench/clients-4"} <= set(keys)
+
+
+def test_every_attack_of_a_run_shares_one_healthy_twin() -> None:
+    step = benchall.steps(False, 3, benchall.ALL_TARGETS, "all")[4]
+    args = postmark.parse_args(list(step.args))
+    specs = variants.expand_args(postmark.specs_from_args(args), args)
+    healthy = [s.name for s in specs if not s.attack]
+    assert healthy == ["bftfs b=1"]
+    assert len(specs) == 1 + len(attack.NODE_PROFILES) + 1
+    assert {twin for twin, _ in variants.twins(specs).values()} == {"bftfs b=1"}
 
 
 def test_short_mode_defaults_and_a_typo_in_attack_is_refused_at_once() -> None:

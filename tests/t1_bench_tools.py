@@ -1,7 +1,8 @@
 """The standard-tool workloads (issue 64: benchmarks/fio.py, fsmark.py, dbench.py and their
-harness toolbench.py): each tool's parser on output the real tool printed on this machine
-(trimmed, never made up), the command lines and arguments, the ratio table, a missing
-tool's skip, and one slow smoke run per tool on the local disk and bftfs."""
+harness toolbench.py; tools.py, all of them as cases of one run): each tool's parser on
+output the real tool printed on this machine (trimmed, never made up), the command lines
+and arguments, the ratio table, a missing tool's skip, the merged run's cases and their
+rows on the bench-all page, and one slow smoke run per tool on the local disk and bftfs."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import shutil
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import dbench  # noqa: E402
 import fio  # noqa: E402
 import fsmark  # noqa: E402
 import toolbench  # noqa: E402
+import tools  # noqa: E402
 from toolbench import Case, ToolError  # noqa: E402
 
 from bftfs.testing.mounts import fuse_available  # noqa: E402
@@ -374,6 +377,103 @@ def test_a_missing_tool_is_a_skip_with_its_reason(
         assert mod.main(["--targets", "local", "--out", str(tmp_path / "out")]) == 0
         assert f"{tool} skipped: not installed" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+# One run for every tool (tools.py) ----------------------------------------------------------
+
+
+def test_the_merged_run_hands_each_case_to_its_tool_with_that_tools_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = tools.parse_args(
+        ["--fio-seconds", "3", "--dbench-seconds", "7", "--fsmark-files", "40", "--idle", "0"]
+    )
+    assert args.tools == ["kerneltree", "fsmark", "dbench", "fio"]  # the order they run in
+    cases = [c for t in args.tools for c in tools.tool_cases(t, args)]
+    keys = [c.key for c in cases]
+    assert keys[0] == "kerneltree/untar" and keys[-1] == "fio/randwrite-fsync-j4"
+    assert len(keys) == len(set(keys)) == 6 + 2 + 2 + 8
+    seen: list[tuple[str, str, Any]] = []
+    for tool in tools.TOOLS:
+        monkeypatch.setitem(
+            tools.RUNNERS,
+            tool,
+            lambda c, w, a, tool=tool: seen.append((tool, c.key, a)) or {"value": 1, "units": 1},
+        )
+    run = tools.runner(tools.tool_args(args))
+    for key in ("dbench/clients-4", "fio/randread-j1", "fsmark/threads-1"):
+        run(next(c for c in cases if c.key == key), tmp_path, args)
+    (t1, k1, a1), (t2, k2, a2), (t3, k3, a3) = seen
+    assert (t1, k1, a1.seconds, a1.clients) == ("dbench", "clients-4", 7, [1, 4])
+    assert (t2, k2, a2.seconds, a2.size, a2.jobs) == ("fio", "randread-j1", 3, 32, [1, 4])
+    assert (t3, k3, a3.files, a3.threads) == ("fsmark", "threads-1", 40, [1, 4])
+    # The tool's own command line from those options: the prefix is gone.
+    cmd = fio.fio_command(replace(cases[-1], key="randwrite-fsync-j4"), tmp_path, a2)
+    assert "--runtime=3" in cmd and "--numjobs=4" in cmd and "--fsync=1" in cmd
+
+
+def test_the_merged_run_refuses_an_unknown_tool_and_leaves_out_a_missing_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(SystemExit):
+        tools.parse_args(["--tools", "fio,bonnie"])
+    args = tools.parse_args(["--tools", "fio,kerneltree", "--tarball", str(tmp_path / "no.xz")])
+    assert args.tools == ["kerneltree", "fio"]
+    assert "no.xz is missing" in (tools.missing("kerneltree", args) or "")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert tools.missing("fsmark", args) == "fs_mark not installed (make bench-setup)"
+    assert tools.main(["--targets", "local", "--out", str(tmp_path / "out")]) == 0
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_merged_runs_rows_name_their_tool_on_the_bench_all_page() -> None:
+    import benchall
+
+    data = {
+        "benchmark": "tools",
+        "tool": "fs_mark, fio",
+        "config": {
+            "cases": [
+                {"key": "fsmark/threads-1", "label": "files + fsync, 1 thread", "unit": "files/s"},
+                {"key": "kerneltree/untar", "label": "untar (tar -xf)", "unit": "s"},
+            ],
+            "case_tools": {"fsmark/threads-1": "fs_mark", "kerneltree/untar": "kernel tree"},
+        },
+        "summary": {
+            "fsmark/threads-1": {"local": {"median": 400.0}, "bftfs b=1": {"median": 100.0}},
+            "kerneltree/untar": {"local": {"median": 1.0}, "bftfs b=1": {"median": 4.0}},
+        },
+    }
+    fs, untar = benchall.figures_of(data)
+    assert (fs.workload, fs.unit, fs.speed_ratio("bftfs b=1")) == (
+        "fs_mark: files + fsync, 1 thread",
+        "files/s",
+        0.25,
+    )
+    assert untar.workload == "kernel tree: untar (tar -xf)" and not untar.higher_is_better
+    assert untar.speed_ratio("bftfs b=1") == 0.25  # a time: local's over the target's
+
+
+@pytest.mark.skipif(
+    not (shutil.which("fio") and shutil.which("fs_mark")), reason="needs fio and fs_mark"
+)
+def test_the_merged_run_on_the_local_disk_writes_every_tools_rows(tmp_path: Path) -> None:
+    rc = tools.main(
+        ["--tools", "fsmark,fio", "--targets", "local", "--fio-jobs", "1", "--fio-size", "1"]
+        + ["--fio-seconds", "1", "--fsmark-threads", "1", "--fsmark-files", "10"]
+        + ["--work", str(tmp_path), "--out", str(tmp_path / "out"), "--no-plot", "--quiet"]
+    )
+    assert rc == 0
+    result = json.loads((tmp_path / "out" / "tools-short.json").read_text())
+    assert list(result["summary"]) == [
+        "fsmark/threads-1",
+        "fio/seqwrite-j1",
+        "fio/seqread-j1",
+        "fio/randread-j1",
+        "fio/randwrite-fsync-j1",
+    ]
+    assert all(row["local"]["median"] > 0 for row in result["summary"].values())
+    assert result["config"]["versions"]["fio"] and result["config"]["left_out"] == {}
 
 
 # Real runs ---------------------------------------------------------------------------------
