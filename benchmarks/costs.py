@@ -179,13 +179,16 @@ class MountCounters:
         pids: Sequence[int | None] = (),
         *,
         fresh_start: bool = True,
+        chain: bool = False,
     ) -> None:
         self.config = config
         self.mountpoints = list(mountpoints)
         self.pids = list(pids) or [None] * len(self.mountpoints)
         self.fresh_start = fresh_start
+        self.chain = chain
         self.phases: dict[str, dict[str, float]] = {}
         self._start: dict[str, float] = {}
+        self._last_end: dict[str, float] | None = None
 
     def _snapshot(self, after: float | None) -> dict[str, float]:
         total: dict[str, float] = {}
@@ -198,9 +201,12 @@ class MountCounters:
         if self.config is None:
             return
         if what == "start":
-            self._start = self._snapshot(time.time() if self.fresh_start else None)
+            if self.chain and self._last_end is not None:
+                self._start = self._last_end
+            else:
+                self._start = self._snapshot(time.time() if self.fresh_start else None)
             return
-        end = self._snapshot(time.time())
+        end = self._last_end = self._snapshot(time.time())
         # A method's or lease counter's first count may come within the phase: it was 0.
         self.phases[phase] = {
             k: v - self._start.get(k, 0.0)
@@ -220,14 +226,19 @@ class Costs:
         pids: Sequence[int | None] = (),
         *,
         fresh_start: bool = True,
+        chain: bool = False,
     ) -> None:
         """``mountpoints`` and their daemons' ``pids``: by default the site's one mount;
         ``fresh_start=False`` starts a phase at once, counters from the status file as
-        it is (a cold read must not wait while the nodes verify: ``seqio.py``)."""
+        it is (a cold read must not wait while the nodes verify: ``seqio.py``);
+        ``chain=True`` starts each phase after the first from the counters its predecessor
+        ended with (phases back to back: one status rewrite waited for a phase, not two)."""
         self.cpu = profiling.CpuMeter(site)
         if mountpoints is None:
             mountpoints, pids = [site.path], [site.pids.get("mount")]
-        self.counters = MountCounters(site.config, mountpoints, pids, fresh_start=fresh_start)
+        self.counters = MountCounters(
+            site.config, mountpoints, pids, fresh_start=fresh_start, chain=chain
+        )
 
     def __call__(self, phase: str, what: str) -> None:
         if what == "start":

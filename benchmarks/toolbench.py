@@ -159,13 +159,15 @@ def measure(
             progress(f"run {rep + 1}/{args.runs} {spec.name}")
             try:
                 with variants.open_target(spec, work, f"r{rep}", args, progress) as site:
+                    # The cases run back to back: each starts from the counters the one
+                    # before ended with (a status rewrite, up to 2 s, waited for once).
+                    meter = costs.Costs(site, chain=True)
                     for i, case in enumerate(cases):
                         rec: dict[str, Any] = {"target": spec.name, "case": case.key, "rep": rep}
                         runs.append(rec)
                         progress(f"  {case.label:<40}", end="")
                         where = site.path / f"c{i}"
                         os.mkdir(where)
-                        meter = costs.Costs(site)
                         meter(case.key, "start")
                         try:
                             with common.Watchdog(site, args.cap + 120):

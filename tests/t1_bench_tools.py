@@ -476,6 +476,35 @@ def test_the_merged_run_on_the_local_disk_writes_every_tools_rows(tmp_path: Path
     assert result["config"]["versions"]["fio"] and result["config"]["left_out"] == {}
 
 
+def test_back_to_back_cases_wait_for_one_status_rewrite_each_not_two(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``costs.MountCounters(chain=True)`` (toolbench.measure's meter): the second phase
+    starts from the counters the first ended with, without reading the mount again."""
+    import costs
+
+    reads: list[float | None] = []
+    rounds = iter([10.0, 25.0, 40.0, 70.0])
+
+    def counters(_cfg: Any, _mnt: Path, *, after: float | None, pid: int | None) -> dict:
+        reads.append(after)
+        return {"rounds": next(rounds)}
+
+    monkeypatch.setattr(costs, "mount_counters", counters)
+    chained = costs.MountCounters(object(), [Path("/m")], chain=True)
+    for phase in ("a", "b"):
+        chained(phase, "start")
+        chained(phase, "end")
+    assert chained.phases == {"a": {"rounds": 15.0}, "b": {"rounds": 15.0}}
+    assert len(reads) == 3 and all(r is not None for r in reads)  # each a fresh rewrite
+    rounds = iter([10.0, 25.0, 40.0, 70.0])
+    plain = costs.MountCounters(object(), [Path("/m")])
+    for phase in ("a", "b"):
+        plain(phase, "start")
+        plain(phase, "end")
+    assert plain.phases == {"a": {"rounds": 15.0}, "b": {"rounds": 30.0}} and len(reads) == 7
+
+
 # Real runs ---------------------------------------------------------------------------------
 
 SMOKE = {
