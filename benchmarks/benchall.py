@@ -76,8 +76,8 @@ class Figure:
 
 
 #: The standard tools' sizes (``tools.py``: one process, each target set up once a run for
-#: all four).  Full: fio's random cases 5 s each (4 KiB IOPS are steady within a second or
-#: two) and dbench 10 s a client count, so that seven targets x 3 runs fit the hour.
+#: all four).  Full: fio's random cases 5 s each (the 1 and 4 job IOPS of the page) and
+#: dbench 10 s a client count, to fit seven targets x 3 runs in the hour (docs/benchmarks.md).
 TOOLS_SHORT = (
     *("--fio-jobs", "1", "--fio-size", "16", "--fio-seconds", "4"),
     *("--fsmark-threads", "1", "--fsmark-files", "100"),
