@@ -158,7 +158,7 @@ def test_the_tools_step_runs_every_tool_and_both_counts_of_each() -> None:
         if short:
             continue
         assert (args.fio_jobs, args.fsmark_threads, args.dbench_clients) == ([1, 4],) * 3
-        assert args.fio_seconds == 5 and args.dbench_seconds == 10 and args.subset == "kernel"
+        assert args.fio_seconds == 4 and args.dbench_seconds == 8 and args.subset == "kernel"
         args.idle = 0.0
         keys = [c.key for t in args.tools for c in tools.tool_cases(t, args)]
         for key in ("seqwrite-j1", "seqread-j4", "randread-j1", "randwrite-fsync-j4"):
