@@ -80,6 +80,9 @@ class MetadataCache:
         #: Directory id -> {name: (object id, type code)} (partial; see
         #: :mod:`bftfs.fs.filesystem`).
         self.names: dict[int, dict[bytes, tuple[int, int]]] = {}
+        #: Directories whose ``names`` came whole from a listing (and lost only the names
+        #: removed here since): how many entries they hold is known (:meth:`entries_left`).
+        self.listed: set[int] = set()
         self.parents: dict[int, int] = {}
         #: Object id -> (stat produced by our own update, trio time it arrived).
         self.own: dict[int, tuple[dict[str, Any], float]] = {}
@@ -212,6 +215,7 @@ class MetadataCache:
         if names is None:
             if sum(len(v) for v in self.names.values()) > NAME_CACHE_LIMIT:
                 self.names.clear()
+                self.listed.clear()
             names = self.names[parent] = {}
         names[name] = (oid, code)
         # A name found to lead to ``oid`` makes it usable again, should an abandoned
@@ -222,8 +226,21 @@ class MetadataCache:
     def forget(self, parent: int, name: bytes | None = None) -> None:
         if name is None:
             self.names.pop(parent, None)
+            self.listed.discard(parent)
         else:
             self.names.get(parent, {}).pop(name, None)
+
+    def listed_whole(self, parent: int, names: dict[bytes, tuple[int, int]]) -> None:
+        """``names`` is directory ``parent``'s whole listing, as the servers answered it."""
+        self.names[parent] = names
+        self.listed.add(parent)
+
+    def entries_left(self, parent: int) -> int | None:
+        """How many entries directory ``parent`` holds, when its listing was read whole
+        (then only the names removed here left it; another client's changes since are not
+        counted: an estimate, for deciding whether a lease pays), else None."""
+        names = self.names.get(parent)
+        return len(names) if names is not None and parent in self.listed else None
 
     def attr(self, oid: int, s: dict[str, Any]) -> Attr:
         f = self.files.get(oid)

@@ -101,7 +101,7 @@ class Listing:
         d = await self.meta.query(ino, "fs.readdir")
         ents = obj.entries(d)
         self.cache.parents[ino] = d["p"]
-        self.cache.names[ino] = {name: (oid, code) for name, (oid, code) in ents.items()}
+        self.cache.listed_whole(ino, {name: (oid, code) for name, (oid, code) in ents.items()})
         return ents
 
     async def _ask_missing(

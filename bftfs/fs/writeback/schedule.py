@@ -288,21 +288,17 @@ class WriteBack:
     def defer_unlink(self, u: PendingUnlink, *, reachable: bool = True) -> bool:
         """Whether removal ``u`` may wait: the directory is leased here exclusively for
         more than twice the margin, and so is the removed object when another client may
-        reach it (``reachable``: the servers hold it), and the bound leaves room.  Asks for
-        (or renews) the directory's exclusive lease, as a deferred create does.
+        reach it (``reachable``: the servers hold it), and the bound leaves room.  The
+        leases it waits on are asked for by the caller (``PendingUnlinks.defer``).
 
         The object's own lease: another client may reach the file again by a name its
         kernel caches, without reading the directory; only that lease makes its open
         recall something here, which sends the removal first (else it opened the
         removed file)."""
         left = self.leases.exclusive_left(u.parent)
-        self.leases.want_exclusive(u.parent)
         self.leases.taker.removes_in(u.parent)
         if reachable:
-            own = self.leases.exclusive_left(u.oid)
-            if own <= 0 and self.leases.kept_left(u.oid) > 0:
-                self.leases.reclaim_exclusive(u.parent)  # (went to the session: back)
-            left = min(left, own)
+            left = min(left, self.leases.exclusive_left(u.oid))
         if left <= 2 * LEASE_MARGIN or self.held() >= self.max_deferred:
             return False
         self._unlinks[u.oid] = (u, self._due_time(left))
