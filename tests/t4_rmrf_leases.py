@@ -17,6 +17,7 @@ synchronous).  A file asked back is now left exclusive for a term.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -132,3 +133,42 @@ def test_a_slow_rm_rf_asks_its_files_leases_back_once(
         small, big = SIZES
         assert rebound[big] <= rebound[small] + 0.3, figures
         assert lease_rounds[big] <= lease_rounds[small] + 0.3, figures
+
+
+@pytest.mark.slow
+def test_rm_rf_of_small_directories_asks_for_no_lease(
+    cluster: ProcessCluster, tmp_path: Path
+) -> None:
+    """``rm -rf`` of a tree of small directories (as ``.git/objects``: 12 of 2 files)
+    whose files' leases went to the mount's session: each removal there goes at once, and
+    no lease is asked for, neither a directory's exclusive one nor its files' back
+    (``REMOVALS_FOR_A_LEASE``): a directory of two files cannot pay back the grants.  The
+    old code asked for two or three leases in each directory, exclusive ones (152
+    ``fs.lease`` updates in 64 such directories in ``rm -rf`` of a git tree), and deferred
+    no removal with them."""
+    with Mount(cluster.config, tmp_path / "m", client="client0", options=OPTIONS) as m:
+        top = m.mountpoint / "objects"
+        top.mkdir()
+        files = []
+        for i in range(12):
+            (top / f"{i:02x}").mkdir()
+            files += [top / f"{i:02x}" / f"obj{j}" for j in range(2)]
+        for f in files:
+            f.write_bytes(b"blob\n")
+        fsync_paths(*files, *{f.parent for f in files}, top)
+        made = _fresh_leases(cluster, m).get("to_session", 0)
+        _wait(
+            "the files' leases gone to the session",
+            10 * TERM,
+            lambda: _fresh_leases(cluster, m).get("to_session", 0) - made >= len(files),
+        )
+        before, counted = _metrics(cluster, m), _fresh_leases(cluster, m)
+        subprocess.run(["rm", "-rf", str(top)], check=True, timeout=120)
+        work = _rounds(before, _metrics(cluster, m))
+        leases = _fresh_leases(cluster, m)
+        leases = {k: v - counted.get(k, 0) for k, v in leases.items() if v != counted.get(k, 0)}
+        assert not top.exists()
+        # No exclusive lease asked for; what the walk's listings take (shared, bound to
+        # the session, several in one update) at most one a directory.
+        assert leases.get("exclusive", 0) == 0, (leases, work)
+        assert work["fs.lease"] <= 13, (leases, work)
