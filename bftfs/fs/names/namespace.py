@@ -399,7 +399,7 @@ class Names:
             self.cache.own_stat(oid, child)
             self.cache.own_stat(parent, pst)
             if child["k"] == "d":
-                self.cache.names.pop(oid, None)
+                self.cache.forget(oid)
             else:
                 await self.reclaimer.unlinked(oid, child)
             return

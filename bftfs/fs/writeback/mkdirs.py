@@ -146,7 +146,7 @@ class PendingMkdirs:
         was to come with is forgotten, never granted."""
         self._forget(m)
         self.cache.forget(m.parent, m.name)
-        self.cache.names.pop(m.oid, None)
+        self.cache.forget(m.oid)
         self.cache.forget_own([m.oid])
         kept = self.cache.own.get(m.parent)
         if kept is not None:

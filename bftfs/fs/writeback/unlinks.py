@@ -217,9 +217,8 @@ class PendingUnlinks:
         :data:`REMOVALS_FOR_A_LEASE` entries: its listing was read whole here (``rm -rf``
         reads each), or is known under a lease."""
         left = self.cache.entries_left(parent)
-        leases = self.meta.leases
-        if left is None and leases is not None:
-            listing = leases.answers.listings.get(parent)
+        if left is None:
+            listing = self.writeback.leases.answers.listings.get(parent)
             left = None if listing is None else len(listing)
         return left is not None and left < REMOVALS_FOR_A_LEASE
 
