@@ -22,6 +22,10 @@ a client try:
   stat'ed: shared leases on all of them, taken again as soon as they are recalled) and
   holding a shared ``lockf`` lock on every file it can open, up to 256 at a time.
 
+``client-watch`` is no attack: a correct second mount listing and stat'ing the tree once
+a second (:func:`watch`), what a user's file manager does, for the hoarder's figure to be
+read against.
+
 It runs at nice 19 (its mount daemon too): on this two-core machine it would otherwise
 take the correct client's CPU, which on a real network it does not share; what the nodes
 spend serving it is what the variant measures.
@@ -51,6 +55,9 @@ CLIENT = "client"
 
 #: What the Byzantine client does (module docstring); ``client-PART`` does that part alone.
 CLIENT_PARTS = ("flood", "forge", "hoard")
+#: A part ``client-PART`` names but ``client`` leaves out: not an attack, the correct
+#: second mount the hoarder is to be compared with (:func:`watch`).
+WATCH = "watch"
 
 #: The ``bftfs node --byzantine`` profiles a Q/U cluster running these workloads can meet
 #: (bftfs/testing/byzantine/profiles.py).  Left out: the ``fab-*`` profiles (they act only
@@ -77,6 +84,9 @@ BAR = 0.7
 #: At most this many files the hoarding mount holds a lock on at once.
 MAX_LOCKS = 256
 
+#: Seconds between the watcher's walks (:func:`watch`).
+WATCH_EVERY = 1.0
+
 #: The hoarding mount's lease term: the longest a mount may ask for (docs/fs.md).
 HOARD_LEASE = 120
 
@@ -92,7 +102,7 @@ def attacks_from(value: str | None) -> list[str]:
         add = [*NODE_PROFILES, CLIENT] if name == "all" else [name]
         for a in add:
             if a not in NODE_PROFILES and not is_client(a):
-                parts = ", ".join(f"{CLIENT}-{p}" for p in CLIENT_PARTS)
+                parts = ", ".join(f"{CLIENT}-{p}" for p in (*CLIENT_PARTS, WATCH))
                 raise SystemExit(
                     f"--attack: unknown attack {a!r} "
                     f"(all, {CLIENT}, {parts}, {', '.join(NODE_PROFILES)})"
@@ -104,7 +114,7 @@ def attacks_from(value: str | None) -> list[str]:
 
 def is_client(attack: str) -> bool:
     """Whether ``attack`` is the Byzantine client (``client``) or one part of it."""
-    return attack == CLIENT or attack in (f"{CLIENT}-{p}" for p in CLIENT_PARTS)
+    return attack == CLIENT or attack in (f"{CLIENT}-{p}" for p in (*CLIENT_PARTS, WATCH))
 
 
 def client_parts(attack: str) -> tuple[str, ...]:
@@ -222,6 +232,21 @@ def hoard(root: Path, counts: Counts, stop: threading.Event) -> None:
                 os.close(fd)
 
 
+def watch(root: Path, counts: Counts, stop: threading.Event) -> None:
+    """What a correct user's second mount may do beside the writer (``client-watch``):
+    ``ls -lR`` of the tree once every :data:`WATCH_EVERY` seconds (a file manager, a
+    ``watch``), no opens, no locks.  Not an attack: the figure the hoarder's is read
+    against (the writer's loss to a reader it cannot refuse)."""
+    while not stop.is_set():
+        for d, _dirs, files in os.walk(root):
+            for name in files:
+                counts.stats += 1
+                with contextlib.suppress(OSError):
+                    os.stat(os.path.join(d, name))
+        counts.walks += 1
+        stop.wait(WATCH_EVERY)
+
+
 async def flood(cfg: Any, node: int, counts: Counts) -> None:
     """Pipelined PASIS time queries to ``node`` as client1, replies read by a task of their
     own; the connection is opened again whenever it breaks."""
@@ -305,11 +330,19 @@ def client_main(home: Path, mnt: Path, parts: Sequence[str] = CLIENT_PARTS) -> i
     counts = Counts()
     stop = threading.Event()
     options = ",".join(
-        x for x in ("allow_other" if os.getuid() == 0 else "", f"lease={HOARD_LEASE}") if x
+        x
+        for x in (
+            "allow_other" if os.getuid() == 0 else "",
+            f"lease={HOARD_LEASE}" if "hoard" in parts else "",  # the watcher: the default
+        )
+        if x
     )
     with Mount(cfg, mnt, client="client1", options=options):
         hoarder = threading.Thread(target=hoard, args=(mnt, counts, stop), daemon=True)
         if "hoard" in parts:
+            hoarder.start()
+        if WATCH in parts:
+            hoarder = threading.Thread(target=watch, args=(mnt, counts, stop), daemon=True)
             hoarder.start()
         print("attacking", flush=True)
 
@@ -337,7 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) not in (3, 4) or argv[0] != "client":
         print(
-            "usage: attack.py client CLUSTER_HOME MOUNTPOINT [flood,forge,hoard]", file=sys.stderr
+            "usage: attack.py client CLUSTER_HOME MOUNTPOINT [flood,forge,hoard,watch]",
+            file=sys.stderr,
         )
         return 2
     parts = argv[3].split(",") if len(argv) == 4 else list(CLIENT_PARTS)

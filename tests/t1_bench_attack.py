@@ -55,6 +55,10 @@ def test_an_unknown_attack_is_refused_naming_the_known_ones(bad: str) -> None:
 def test_the_client_parts() -> None:
     assert attack.client_parts("client") == attack.CLIENT_PARTS
     assert attack.client_parts("client-hoard") == ("hoard",)
+    # The watcher is a correct second mount, named on its own, never part of ``client``.
+    assert attack.attacks_from("client-watch") == ["client-watch"]
+    assert attack.client_parts("client-watch") == ("watch",)
+    assert "watch" not in attack.client_parts("client")
     assert attack.is_client("client-forge") and not attack.is_client("rational")
 
 

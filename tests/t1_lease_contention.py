@@ -9,7 +9,8 @@ import random
 from collections import Counter
 
 from bftfs.fs.leases.contention import BASE, LONGEST, Contention
-from bftfs.fs.leases.holdings import Holdings
+from bftfs.fs.leases.holdings import Holdings, Lease
+from bftfs.fsobjects.leases import EXCLUSIVE
 
 
 def fresh(k: int = 3, window: float = 30.0) -> tuple[Contention, Counter[str]]:
@@ -116,3 +117,46 @@ def test_a_cooled_directorys_entries_cool_with_it() -> None:
     assert c.contended(40, 3.0)
     assert c.cooled(43, 4.0) and c.cooled(44, 4.0) and not c.cooled(41, 4.0)
     assert not c.cooled(43, 3.0 + BASE)
+
+
+def test_recalls_of_read_leases_in_a_directory_let_the_others_there_go() -> None:
+    """A mount reading a directory another client writes in (a file manager beside a
+    build): each recall of one of its shared leases there counts once as contention of
+    the directory; the one that cools it lets go of its other shared leases there (and on
+    the directory), never of an exclusive one or of one continuing its own holding, nor of
+    leases elsewhere."""
+    stats: Counter[str] = Counter()
+    h = Holdings(30.0, lambda: 0, stats, dropped=lambda oid: None, woke=lambda oids: None)
+    d, other = 50, 60
+    files = list(range(51, 58))
+    h.seen_in(d, files)
+    h.seen_in(other, [61])
+    for o in [d, *files, 61]:
+        h.held[o] = Lease(0.0, 1e9)
+    h.held[56] = Lease(0.0, 1e9, kind=EXCLUSIVE)
+    h.held[57] = Lease(0.0, 1e9, kept=True)
+    # Three recalls (one of them of two files at once: one event) do not cool it.
+    assert h.read_where_changed([51], 1.0) == []
+    assert h.read_where_changed([52, 53], 2.0) == []
+    assert h.read_where_changed([54], 3.0) == []
+    for o in (51, 52, 53, 54):
+        del h.held[o]
+    # An exclusive lease recalled says nothing of readers: not counted.
+    assert h.read_where_changed([56], 3.5) == []
+    # The fourth recall of a read lease cools the directory: what else is read there goes.
+    assert sorted(h.read_where_changed([55], 4.0)) == [d]
+    assert h.contention.cooled(d, 4.0) and stats["read_leases_let_go"] == 1
+    assert 61 in h.held and not h.contention.cooled(other, 4.0)
+
+
+def test_a_recalled_directory_is_not_counted_twice_through_its_entries() -> None:
+    """A recall naming a directory and its entries counts the directory's own contention
+    (the caller's), not once more per entry."""
+    stats: Counter[str] = Counter()
+    h = Holdings(30.0, lambda: 0, stats, dropped=lambda oid: None, woke=lambda oids: None)
+    h.seen_in(70, [71, 72])
+    for o in (70, 71, 72):
+        h.held[o] = Lease(0.0, 1e9)
+    for t in range(5):
+        assert h.read_where_changed([70, 71, 72], float(t)) == []
+    assert not h.contention.cooled(70, 5.0)

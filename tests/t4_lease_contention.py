@@ -8,15 +8,17 @@ sees every file the other made.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
 
 import pytest
-from t4_leases import _leases, _two_mounts
+from t4_leases import _leases, _two_mounts, _wait
 from t4_stat_leases import _metrics
 
 from bftfs.fs.leases.contention import BASE
+from bftfs.fuse import control
 from bftfs.testing.mounts import Mount, fuse_available
 from bftfs.testing.processes import ProcessCluster
 
@@ -77,3 +79,52 @@ def test_a_mount_recalled_past_k_stops_asking_for_the_directorys_lease(
             assert names == set(made["a"]) | set(made["b"])
             for name in made["a"] + made["b"]:
                 assert (m.mountpoint / d / name).read_bytes() == name.encode()
+
+
+def test_a_reader_whose_leases_a_writer_keeps_recalling_lets_the_others_there_go(
+    tmp_path: Path,
+) -> None:
+    """A mount that read a directory (a file manager beside a build) holds shared leases
+    on its files; another mount appending to them recalls them one by one, each append
+    waiting for the reader's release.  The reader counts each recall of a read lease
+    there as contention of the directory, and when that cools it (past ``k``) it lets go
+    of its other leases there at once: the writer waits for a few recalls, not one per
+    file (``Holdings.read_where_changed``; before: one wait per file)."""
+    files = 12
+    with (
+        ProcessCluster(tmp_path / "c", map_size=64 * MIB, durable=False) as pc,
+        _two_mounts(pc, tmp_path, OPTIONS) as (a, b),
+    ):
+        d = Path("build")
+        (a.mountpoint / d).mkdir()
+        for i in range(files):
+            (a.mountpoint / d / f"f{i}").write_bytes(b"x")
+        os.sync()
+        for _ in range(6):  # opened past FILE_USES: the reader asks for their leases
+            for i in range(files):
+                assert (b.mountpoint / d / f"f{i}").read_bytes() == b"x"
+        _wait("the reader's leases", 30, lambda: _leases(pc, b).get("held", 0) >= files)
+        waits_before = _leases(pc, a).get("recall_waits", 0)
+        for i in range(files):
+            with open(a.mountpoint / d / f"f{i}", "ab") as f:
+                f.write(b"y")
+        after = time.time()
+        wrote, read = (
+            _wait("a status", 10, lambda m=m: _leases_after(pc, m, after)) for m in (a, b)
+        )
+        waits = wrote.get("recall_waits", 0) - waits_before
+        assert waits <= files // 2, (waits, wrote, read)  # the old rule: one per file
+        assert read.get("read_leases_let_go"), read
+        # Correctness: the reader sees every append.
+        for i in range(files):
+            assert (b.mountpoint / d / f"f{i}").read_bytes() == b"xy"
+
+
+def _leases_after(pc: ProcessCluster, m: Mount, after: float) -> dict[str, int] | None:
+    """``m``'s lease counters from a status file written after ``after`` (None: none yet)."""
+    status = control.status_file(pc.config, m.mountpoint)
+    try:
+        st = json.loads(status.read_text())
+    except (OSError, ValueError):
+        return None
+    return (st.get("leases") or {}) if float(st.get("updated") or 0) > after else None
