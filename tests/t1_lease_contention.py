@@ -9,7 +9,7 @@ import random
 from collections import Counter
 
 from bftfs.fs.leases.contention import BASE, LONGEST, Contention
-from bftfs.fs.leases.holdings import Holdings, Lease
+from bftfs.fs.leases.holdings import READ_COOL, Holdings, Lease
 from bftfs.fsobjects.leases import EXCLUSIVE
 
 
@@ -160,3 +160,28 @@ def test_a_recalled_directory_is_not_counted_twice_through_its_entries() -> None
     for t in range(5):
         assert h.read_where_changed([70, 71, 72], float(t)) == []
     assert not h.contention.cooled(70, 5.0)
+
+
+def test_while_a_directory_cools_a_recall_there_lets_its_read_leases_go() -> None:
+    """A directory cooled by recalls of its own lease (another client creating there):
+    the next recall of it or of a read lease there lets go of the mount's other read
+    leases there; a cool-down started by read leases lasts at least ``READ_COOL``."""
+    stats: Counter[str] = Counter()
+    h = Holdings(30.0, lambda: 0, stats, dropped=lambda oid: None, woke=lambda oids: None)
+    h.seen_in(80, [81, 82, 83])
+    for o in (81, 82, 83):
+        h.held[o] = Lease(0.0, 1e9)
+    for t in range(4):  # the directory's own lease recalled: counted by the caller
+        h.contention.contended(80, float(t))
+    assert h.contention.cooling_now(80, 3.5)
+    assert sorted(h.read_where_changed([80], 3.5)) == [81, 82, 83]
+    assert stats["read_leases_let_go"] == 3
+    # Another directory cooled through its read leases stays cooled READ_COOL.
+    h.seen_in(90, [91, 92, 93, 94])
+    for o in (91, 92, 93, 94):
+        h.held[o] = Lease(0.0, 1e9)
+    for t, o in enumerate((91, 92, 93, 94)):
+        h.read_where_changed([o], 100.0 + t)
+        del h.held[o]
+    assert h.contention.cooling_now(90, 103.0 + READ_COOL - 0.1)
+    assert not h.contention.cooling_now(90, 103.0 + READ_COOL)

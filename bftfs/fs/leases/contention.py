@@ -70,9 +70,10 @@ class Contention:
         #: The directory each entry of a contended one was seen in (:meth:`children`).
         self._parent: dict[int, int] = {}
 
-    def contended(self, oid: int, now: float) -> bool:
+    def contended(self, oid: int, now: float, base: float | None = None) -> bool:
         """A lease on ``oid`` was recalled here, or this mount's update of it was refused
-        by another's lease, at ``now``: True when that starts a cool-down of it."""
+        by another's lease, at ``now``: True when that starts a cool-down of it (at least
+        ``base`` seconds long, if given, else :data:`BASE` the first time)."""
         st = self._objects.get(oid)
         if st is None:
             if len(self._objects) >= MAX_OBJECTS:
@@ -87,7 +88,7 @@ class Contention:
         # A cool-down remembered: contention again right after it doubles it at once.
         if len(st.events) <= (0 if st.cool else self.k):
             return False
-        st.cool = min(self.longest, st.cool * 2) if st.cool else self.base
+        st.cool = min(self.longest, max(st.cool * 2 if st.cool else self.base, base or 0.0))
         st.until = now + st.cool
         st.events.clear()
         self._stats["cooled"] += 1
@@ -123,6 +124,11 @@ class Contention:
         if not st.cool and not st.events:
             del self._objects[oid]
         return False
+
+    def cooling_now(self, oid: int, now: float) -> bool:
+        """Whether ``oid`` itself cools down at ``now`` (not through its directory)."""
+        st = self._objects.get(oid)
+        return st is not None and now < st.until
 
     def skipped(self) -> None:
         """A lease request not made because its object is cooling down (counted)."""

@@ -27,6 +27,12 @@ log = logging.getLogger(__name__)
 
 #: Seconds after a recall or a refusal during which no lease on the object is asked for.
 COOLDOWN = 5.0
+#: Seconds at least that a directory cools down when another client's changes recall this
+#: mount's read leases there (:meth:`Holdings.read_where_changed`): two lease terms.  A
+#: directory someone writes in is likely to go on being written; each read lease taken
+#: there again costs the writer a wait on its recall (ten seconds let a mount listing the
+#: directory every second take 979 leases in 40 s beside a writer).
+READ_COOL = 60.0
 #: Files inherited under one directory (:meth:`Holdings.inherit`) past which those no
 #: longer held are forgotten.
 MAX_CHILDREN = 4096
@@ -319,34 +325,39 @@ class Holdings:
         return levels
 
     def read_where_changed(self, oids: Sequence[int], now: float) -> list[int]:
-        """``oids``' leases are being recalled at ``now`` (still held): what else to let go.
+        """``oids``' leases are being recalled at ``now`` (still held, their own contention
+        counted): what else to let go.
 
         A shared lease this mount took to read (not one continuing its own exclusive
         holding) that another client's change recalls says that client works in the
         directory the object was seen in: once per recall, that counts as contention of
-        the directory too.  When it starts the directory's cool-down, this mount's other
-        such leases there (and the directory's own) are of no use either: the other
-        client would recall them one by one, each of its changes waiting for this
-        mount's release (a mount listing a directory every second cost a writer there 278
-        waits in 40 s, 12 transactions a second against 885).  Returned, held and not
-        among ``oids``, for the caller to let go with them."""
+        the directory too, and a cool-down it starts lasts at least :data:`READ_COOL`.
+        While a directory cools (so, or by recalls of its own lease), this mount's read
+        leases there and on it are of no use: the other client would recall them one by
+        one, each of its changes waiting for this mount's release (a mount listing a
+        directory every second cost a writer there 278 waits in 40 s, 12 transactions a
+        second against 885).  Returned, held and not among ``oids``, for the caller to
+        let go with them."""
         dirs = {
             p
             for o in oids
             if (h := self.held.get(o)) is not None and h.kind == SHARED and not h.kept
             if (p := self.parents.get(o)) is not None and p not in oids
         }
-        cooling = {d for d in dirs if self.contention.contended(d, now)}
+        for d in dirs:
+            self.contention.contended(d, now, READ_COOL)
+        cooling = {d for d in dirs.union(oids) if self.contention.cooling_now(d, now)}
         if not cooling:
             return []
-        self.stats["read_leases_let_go"] += 1
         gone = set(oids)
-        return [
+        out = [
             o
             for o, h in self.held.items()
             if o not in gone and h.kind == SHARED and not h.kept and o not in self.converting
             if o in cooling or self.parents.get(o) in cooling
         ]
+        self.stats["read_leases_let_go"] += len(out)
+        return out
 
     def never_made(self, oid: int) -> None:
         """``Leases.never_made``: forget ``oid``'s lease, never granted."""

@@ -87,13 +87,12 @@ class Recalls:
             return
         self._stats["recalled"] += len(oids)
         now = trio.current_time()
-        also = self._holdings.read_where_changed(oids, now)
         for oid in oids:  # others work where it was made: the next mkdir there asks none
             self._holdings.contention.contended(oid, now)  # (contention.py)
             parent = self._holdings.made_in.get(oid)
             if parent is not None:
                 self._holdings.quiet_until[parent] = now + COOLDOWN
-        self.let_go(oids + also)
+        self.let_go(oids + self._holdings.read_where_changed(oids, now))
 
     def let_go(self, oids: list[int]) -> None:
         """Stop answering from the leases on ``oids`` now; the kernel forgets what it cached
