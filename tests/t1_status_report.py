@@ -154,7 +154,12 @@ def test_the_whole_report_fits_a_normal_terminal(capsys: pytest.CaptureFixture[s
             "options": "client=client0,rw,attr_timeout=1,entry_timeout=30,soft,timeo=10,"
             "nowsync,lease=30,commit=5,locklease=30,metrics_port=0,metrics_addr=127.0.0.1",
             "last_eio": [1_795_633_798.0, "read", "Unavailable: " + "fewer than q=5 " * 20],
-        }
+            "oldest_request": ["unlink", 612.4],
+        },
+        {
+            **{"mountpoint": "/mnt/b", "client": "client1", "state": "running", "pid": 7},
+            "oldest_request": ["getattr", 0.002],
+        },
     ]
     faults = {2: {"corrupt": 1234567, "timeout": 99}}
     record = health.Record(verify={2: 7}, verify_runs=2, last_verify=1_795_633_798.0)
@@ -170,6 +175,9 @@ def test_the_whole_report_fits_a_normal_terminal(capsys: pytest.CaptureFixture[s
     assert "      t=5,locklease=30" not in out  # options are broken between options
     assert "options: client=client0,rw," in out  # on its own line, under the mount
     assert "2026-11-25" in out or "2026-11-26" in out  # the last scrub, in local time
+    # A request waiting long is shown under its mount; a busy mount's short ones are not.
+    assert "a request waiting: unlink, 612 s" in out
+    assert "getattr" not in out
 
 
 def test_a_dead_or_hung_mount_makes_the_cluster_degraded() -> None:

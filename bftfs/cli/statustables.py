@@ -35,6 +35,9 @@ FAULT_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 #: Principals ``bftfs status`` names per node, the largest first.
 TOP_PRINCIPALS = 3
+#: A mount's oldest request in flight is shown from this many seconds on (a busy mount's
+#: requests take milliseconds; one waiting this long is waiting on the cluster).
+SHOWN_WAIT = 10.0
 
 
 def duration(seconds: float) -> str:
@@ -347,6 +350,9 @@ def print_mounts(mounts: list[dict], faults: dict[int, dict[str, int]], cfg: Clu
             options = str(m.get("options", "-")).split(",")
             print(_wrap_items("    options: ", options, ",", 6))
             print(_fit(f"    {_version_and_backlog(m)}", 6))
+            oldest = m.get("oldest_request")
+            if oldest and oldest[1] >= SHOWN_WAIT:
+                print(_fit(f"    a request waiting: {oldest[0]}, {oldest[1]:.0f} s", 6))
             if m.get("last_eio"):
                 when, op, cause = m["last_eio"]
                 stamp = time.strftime("%H:%M:%S", time.localtime(when))

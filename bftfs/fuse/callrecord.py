@@ -4,14 +4,35 @@ cluster.  The handler wrapper (``fuse/handler.py``) counts every call here."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from bftfs.metrics import Histogram
 
 # The handlers' own logger: an operator greps a mount's log for "bftfs.fuse.operations".
 log = logging.getLogger("bftfs.fuse.operations")
+
+
+#: Seconds a request may be in flight before it is logged at WARNING (again at each
+#: doubling): a hard mount on a live cluster waits, never fails (slow is not unavailable),
+#: so a request that never ends would otherwise show nowhere but in the program stuck on
+#: it (an ``unlink`` waited more than 10 minutes, its daemon idle, once in a benchmark).
+LONG_REQUEST = 60.0
+
+
+@dataclass
+class _InFlight:
+    """A request being answered: its handler, when it began (``time.perf_counter``), what
+    it is about (called only when it is logged), and the age at which it is logged next."""
+
+    name: str
+    start: float
+    what: Callable[[], str]
+    warn_at: float = LONG_REQUEST
 
 
 class CallRecord:
@@ -39,6 +60,47 @@ class CallRecord:
         #: the mount is quiet (:meth:`quiet`).
         self.inflight = 0
         self.last_done = float("-inf")
+        #: The requests in flight, by a number of their own (:meth:`begin`).
+        self._in_flight: dict[int, _InFlight] = {}
+        self._numbers = itertools.count()
+
+    def begin(self, name: str, start: float, what: Callable[[], str]) -> int:
+        """A request of handler ``name`` began at ``start`` (``time.perf_counter``); its
+        number, for :meth:`end`."""
+        number = next(self._numbers)
+        self._in_flight[number] = _InFlight(name, start, what)
+        return number
+
+    def end(self, number: int) -> None:
+        """Request ``number`` was answered (or failed)."""
+        self._in_flight.pop(number, None)
+
+    def oldest(self, now: float) -> tuple[str, float] | None:
+        """The handler of the request in flight longest and its age in seconds at ``now``
+        (``time.perf_counter``), or None when none is (``bftfs status``)."""
+        if not self._in_flight:
+            return None
+        first = min(self._in_flight.values(), key=lambda r: r.start)
+        return first.name, now - first.start
+
+    def log_long(self, now: float) -> int:
+        """Log at WARNING each request in flight past :data:`LONG_REQUEST` seconds at
+        ``now``, once per doubling of its age; how many were logged."""
+        logged = 0
+        for r in self._in_flight.values():
+            age = now - r.start
+            if age < r.warn_at:
+                continue
+            while r.warn_at <= age:
+                r.warn_at *= 2
+            logged += 1
+            log.warning(
+                "%s of %s has been waiting %.0fs for the cluster (still waiting)",
+                r.name,
+                r.what(),
+                age,
+            )
+        return logged
 
     def quiet(self, now: float, seconds: float) -> bool:
         """Whether no request has been in flight for ``seconds`` at trio time ``now``

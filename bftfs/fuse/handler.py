@@ -100,6 +100,7 @@ def handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[An
             if pid:
                 self.lookups.other_request(name, pid)
         record.inflight += 1  # (ended in the ``finally`` below)
+        number = record.begin(name, start, lambda: describe(self.paths, name, args))
         try:
             if self.revoked_in() is not None:  # the nodes refuse this client: no use asking
                 raise pyfuse3.FUSEError(errno.EACCES)
@@ -131,6 +132,7 @@ def handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[An
             raise pyfuse3.FUSEError(_answer(self, name, args, e, start)) from None
         finally:
             took = time.perf_counter() - start
+            record.end(number)
             record.inflight -= 1
             record.last_done = trio.current_time()
             record.calls[name] += 1

@@ -308,6 +308,8 @@ class _Book:
             "eio": dict(ops.record.eio),
             "last_eio": list(ops.record.last_eio) if ops.record.last_eio else None,
             "unavailable_since": ops.record.unavailable_since,
+            # The request in flight longest: [handler, seconds] (a stuck one shows here).
+            "oldest_request": ops.record.oldest(time.perf_counter()),
             "faults": {str(k): v for k, v in sorted(self.session.faults().items())},
             # The client's state, not the nodes' fault: `bftfs status` does not count the
             # refusals of a revoked client against the nodes (issue 60 item 17).
@@ -343,6 +345,7 @@ class _Book:
     async def run(self) -> None:
         while True:
             self.write()
+            self.ops.record.log_long(time.perf_counter())
             await trio.sleep(PUBLISH_INTERVAL)
 
     def remove(self) -> None:
