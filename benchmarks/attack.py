@@ -318,7 +318,7 @@ async def attack_nodes(cfg: Any, counts: Counts, parts: Sequence[str]) -> None:
 
 
 def client_main(home: Path, mnt: Path, parts: Sequence[str] = CLIENT_PARTS) -> int:
-    """The Byzantine client process: its mount and, of ``parts``, the hoarder thread, the
+    """The Byzantine client process: its mount and, of ``parts``, the walking threads, the
     flood and the forger; stops on SIGTERM, unmounts and prints what it did."""
     import trio
 
@@ -338,12 +338,13 @@ def client_main(home: Path, mnt: Path, parts: Sequence[str] = CLIENT_PARTS) -> i
         if x
     )
     with Mount(cfg, mnt, client="client1", options=options):
-        hoarder = threading.Thread(target=hoard, args=(mnt, counts, stop), daemon=True)
-        if "hoard" in parts:
-            hoarder.start()
-        if WATCH in parts:
-            hoarder = threading.Thread(target=watch, args=(mnt, counts, stop), daemon=True)
-            hoarder.start()
+        walkers = [
+            threading.Thread(target=walk, args=(mnt, counts, stop), daemon=True)
+            for part, walk in (("hoard", hoard), (WATCH, watch))
+            if part in parts
+        ]
+        for walker in walkers:
+            walker.start()
         print("attacking", flush=True)
 
         async def run() -> None:
@@ -358,8 +359,8 @@ def client_main(home: Path, mnt: Path, parts: Sequence[str] = CLIENT_PARTS) -> i
             trio.run(run)
         finally:
             stop.set()
-            if hoarder.is_alive():
-                hoarder.join(30)
+            for walker in walkers:
+                walker.join(30)
     print(counts.line(), flush=True)
     return 0
 

@@ -77,9 +77,10 @@ def test_a_busy_mount_collects_at_full_every_while_young_collections_go_on() -> 
 def test_the_call_record_is_quiet_only_with_nothing_in_flight_for_a_while() -> None:
     record = CallRecord()
     assert record.quiet(0.0, gcpace.QUIET)  # never asked anything
-    record.inflight = 1
+    number = record.begin("read", 0.0, lambda: "/f")
     assert not record.quiet(100.0, gcpace.QUIET)
-    record.inflight, record.last_done = 0, 100.0
+    record.end(number)
+    record.last_done = 100.0
     assert not record.quiet(100.0 + gcpace.QUIET / 2, gcpace.QUIET)
     assert record.quiet(100.0 + 2 * gcpace.QUIET, gcpace.QUIET)
 

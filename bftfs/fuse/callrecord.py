@@ -56,13 +56,16 @@ class CallRecord:
         #: volume, per mount: JuiceFS exports the same pair).
         self.read_bytes = 0
         self.written_bytes = 0
-        #: Requests being answered now, and the trio time the latest one ended: whether
-        #: the mount is quiet (:meth:`quiet`).
-        self.inflight = 0
-        self.last_done = float("-inf")
-        #: The requests in flight, by a number of their own (:meth:`begin`).
+        #: The requests being answered now, by a number of their own (:meth:`begin`), and
+        #: the trio time the latest one ended: whether the mount is quiet (:meth:`quiet`).
         self._in_flight: dict[int, _InFlight] = {}
         self._numbers = itertools.count()
+        self.last_done = float("-inf")
+
+    @property
+    def inflight(self) -> int:
+        """How many requests are being answered now."""
+        return len(self._in_flight)
 
     def begin(self, name: str, start: float, what: Callable[[], str]) -> int:
         """A request of handler ``name`` began at ``start`` (``time.perf_counter``); its

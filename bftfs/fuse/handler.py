@@ -99,7 +99,7 @@ def handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[An
             pid = getattr(ctx, "pid", 0)
             if pid:
                 self.lookups.other_request(name, pid)
-        record.inflight += 1  # (ended in the ``finally`` below)
+        # In flight until the ``finally`` below.
         number = record.begin(name, start, lambda: describe(self.paths, name, args))
         try:
             if self.revoked_in() is not None:  # the nodes refuse this client: no use asking
@@ -133,7 +133,6 @@ def handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[An
         finally:
             took = time.perf_counter() - start
             record.end(number)
-            record.inflight -= 1
             record.last_done = trio.current_time()
             record.calls[name] += 1
             record.seconds[name] += took
