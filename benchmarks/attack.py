@@ -28,7 +28,9 @@ read against.
 
 It runs at nice 19 (its mount daemon too): on this two-core machine it would otherwise
 take the correct client's CPU, which on a real network it does not share; what the nodes
-spend serving it is what the variant measures.
+spend serving it is what the variant measures.  With ``--client-cpu`` (``cpus.py``: the
+correct client on a CPU of its own, the servers on the others) it runs at full priority
+on the servers' CPUs, as a machine of its own beside them would.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import cpus
 
 #: A bftfs node profile is run on this node: every quorum the client prefers holds it.
 NODE = 0
@@ -138,17 +142,21 @@ def verdict(ratio: float | None) -> str:
 
 
 @contextlib.contextmanager
-def byzantine_client(site: Any, attack: str = CLIENT) -> Iterator[subprocess.Popen[bytes]]:
+def byzantine_client(
+    site: Any, attack: str = CLIENT, *, with_servers: bool = False
+) -> Iterator[subprocess.Popen[bytes]]:
     """The Byzantine client of ``attack`` (module docstring) on ``site``'s cluster while
     the body runs; stopped (SIGTERM: it unmounts) and reaped after, and what it did put in
-    ``site.info``."""
+    ``site.info``.  ``with_servers``: on the servers' CPUs at its full priority, as a
+    machine of its own would be (``cpus.py``), not at nice 19 beside everyone."""
     mnt = site.path.parent / "byzantine-mnt"
     report = site.path.parent / "byzantine-report.txt"
     here = str(Path(__file__).resolve())
     parts = ",".join(client_parts(attack))
     cmd = [sys.executable, here, "client", str(site.config.home), str(mnt), parts]
+    env = cpus.server_env() if with_servers else None
     with open(report, "wb") as out:
-        child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, close_fds=True)
+        child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, close_fds=True, env=env)
     try:
         wait_for_line(report, "attacking", child, 60.0)
         yield child
@@ -325,7 +333,10 @@ def client_main(home: Path, mnt: Path, parts: Sequence[str] = CLIENT_PARTS) -> i
     from bftfs.local import load_cluster
     from bftfs.testing.mounts import Mount
 
-    os.nice(19)  # before the mount daemon starts: it inherits it
+    # Before the mount daemon starts, which inherits both: on the servers' CPUs (a machine
+    # of its own, cpus.py), else at nice 19 beside the correct client.
+    if not cpus.place_self_with_servers():
+        os.nice(19)
     cfg = load_cluster(home)
     counts = Counts()
     stop = threading.Event()

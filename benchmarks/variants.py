@@ -10,7 +10,8 @@ GlusterFS brick, every thread of it; targets without servers get no such twin). 
 variant is a target of its own, interleaved with the others, so its figure over its
 twin's (aged / fresh, loaded / quiet) is a ratio of medians taken in the same run.
 ``--attack`` adds each bftfs target with one Byzantine node or a Byzantine client beside
-it (``attack.py``: attacked / healthy).
+it (``attack.py``: attacked / healthy).  ``--client-cpu`` runs every target of the run with
+the correct client on a CPU of its own and the servers on the others (``cpus.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 
 import attack
 import common
+import cpus
 from common import Progress, Site, TargetSpec
 
 LOADS = ("cpu", "nice-node")
@@ -56,6 +58,13 @@ def add_arguments(ap: argparse.ArgumentParser, attacks: bool = False) -> None:
             "comma-separated list of node profiles (`bftfs node --byzantine`, on node 0) and "
             "'client' (a Byzantine client beside the correct one), or 'all' (attack.py)",
         )
+    ap.add_argument(
+        "--client-cpu",
+        action="store_true",
+        help="every target with the correct client (this benchmark, its workload, its FUSE "
+        "daemon) on the first CPU and every server and the Byzantine client on the others, "
+        "as on a network (cpus.py)",
+    )
     ap.add_argument(
         "--age-big-mib", type=int, default=1024, help="ageing: the big file's MiB (1024)"
     )
@@ -188,10 +197,14 @@ def conditions(
     spec: TargetSpec, site: Site, args: argparse.Namespace, progress: Progress
 ) -> Iterator[None]:
     """Age ``site`` if ``spec`` is an aged variant (its seconds go to ``site.info``), then
-    hold ``spec``'s load while the body runs."""
+    hold ``spec``'s load while the body runs; with ``--client-cpu`` the client and the
+    servers are placed first (``cpus.place_site``)."""
+    apart = getattr(args, "client_cpu", False)
+    if apart:
+        site.info["cpus"] = cpus.place_site(site)
     if attack.is_client(spec.attack):
         progress.more(" (Byzantine client", end="")
-        with attack.byzantine_client(site, spec.attack):
+        with attack.byzantine_client(site, spec.attack, with_servers=apart):
             progress.more(" attacking)")
             yield
         return
@@ -230,6 +243,7 @@ def config(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "aged": args.aged,
         "load": args.load,
+        "client_cpu": getattr(args, "client_cpu", False),
         "attack": attack.attacks_from(getattr(args, "attack", None)),
         "ageing": {
             "andrew_rounds": args.age_andrew_rounds,
