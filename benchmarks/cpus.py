@@ -9,7 +9,8 @@ would: the benchmark process, everything it starts for the workload and every cl
 FUSE daemon (``site.pids["mount"]``, bindfs's) on the first CPU; every server process
 (``site.pids["node..."]``: bftfs nodes, GlusterFS bricks, chunk and volume servers) and
 the Byzantine client (``attack.byzantine_client``) on the others.  Every target of the run
-is placed alike, twins included, so attacked / healthy compares one layout; the figures
+is placed alike, twins included, so attacked / healthy compares one layout (a ``--load
+cpu`` hog still loads every CPU: it stands for the machine being busy); the figures
 of a run without the flag (everything on both cores) stay the ones the machine gives a
 user, and are reported beside.
 
@@ -30,6 +31,12 @@ SERVER_CPUS_ENV = "BFTFS_BENCH_SERVER_CPUS"
 
 #: The CPUs this process could use when it started, before ``place_site`` placed it.
 _USABLE = sorted(os.sched_getaffinity(0))
+
+
+def usable() -> set[int]:
+    """Every CPU this process could use at its start: where a load that stands for the
+    whole machine (``variants.CpuHog``) runs, however the benchmark placed itself."""
+    return set(_USABLE)
 
 
 def split() -> tuple[set[int], set[int]]:

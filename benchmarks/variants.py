@@ -160,9 +160,9 @@ class CpuHog:
 
     def __enter__(self) -> CpuHog:
         for _ in range(self.n):
-            self.procs.append(
-                subprocess.Popen([sys.executable, "-c", "while True: pass"], close_fds=True)
-            )
+            hog = subprocess.Popen([sys.executable, "-c", "while True: pass"], close_fds=True)
+            self.procs.append(hog)
+            cpus.place(hog.pid, cpus.usable())  # the whole machine, also under --client-cpu
         return self
 
     def __exit__(self, *exc: object) -> None:

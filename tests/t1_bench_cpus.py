@@ -122,3 +122,12 @@ def test_the_flag_is_offered_and_recorded_with_the_run() -> None:
     args = ap.parse_args(["--client-cpu", "--attack", "client"])
     assert variants.config(args)["client_cpu"] is True
     assert variants.config(ap.parse_args([]))["client_cpu"] is False
+
+
+@needs_two
+def test_the_cpu_hog_loads_every_cpu_even_when_the_benchmark_is_placed(own_affinity: None) -> None:
+    client, _ = cpus.split()
+    cpus.place(os.getpid(), client)
+    with variants.CpuHog(2) as hog:
+        for p in hog.procs:
+            assert all(a == cpus.usable() for a in _affinities(p.pid))
