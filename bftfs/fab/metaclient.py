@@ -24,7 +24,8 @@ code, as the Q/U client raises it, but ``quota`` is :class:`~bftfs.outcome.Quota
 (EDQUOT), as the Q/U client raises it for more than ``b`` nodes' ``quota`` refusals: here
 ``f + 1`` matching replies include a correct node's.  No ``f + 1`` matching replies within
 ``timeout`` is :class:`FabUnavailable` (a :class:`~bftfs.outcome.ClusterUnavailable`);
-under a mount's patience (``timeo``, :mod:`bftfs.outcome`) ``timeout`` is cut to it.
+under a mount's patience (``timeo``, :mod:`bftfs.outcome`) the wait is the patience's:
+as long as a quorum of nodes is live, else ``timeo`` (:class:`_Waiting`).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from bftfs.fab.sessions import EXPIRED
 from bftfs.ids import NodeId, PrincipalId
 from bftfs.net.endpoint import Endpoint
 from bftfs.net.errors import RemoteError, TransportError
-from bftfs.outcome import ClusterUnavailable, QuotaExceeded, current_patience
+from bftfs.outcome import ClusterUnavailable, Patience, QuotaExceeded, current_patience
 from bftfs.qu.objects import MethodRefused
 
 #: The method of :meth:`FabMetaClient.sync` (no object type has it).
@@ -56,6 +57,32 @@ SYNC = "fab.sync"
 
 class FabUnavailable(ClusterUnavailable):
     """No ``f + 1`` nodes answered an operation alike in time."""
+
+
+class _Waiting:
+    """How long one call still waits for ``f + 1`` matching replies.
+
+    Without a mount's patience: the client's ``timeout``.  Under one (``timeo``,
+    :mod:`bftfs.outcome`): slow is not unavailable (issue 60), so while a quorum of nodes is
+    live (the endpoint's ``quorum_live``: connected, answering within their own response
+    times) the call waits, and it runs down the patience's seconds only while fewer are;
+    a ``soft`` patience runs down regardless.  Not the transport's renewals, which the
+    patience itself takes: nodes that are up answer every send at once, ordered or not.
+    A leader killed under load (a view change, the restarted node's catch-up) took longer
+    than ``timeo`` and answered EIO with five of six nodes up."""
+
+    def __init__(self, timeout: float, patience: Patience | None, ep: Endpoint, now: float) -> None:
+        self.patience = patience
+        self.ep = ep
+        self.seconds = timeout if patience is None else patience.seconds
+        self.deadline = now + self.seconds
+
+    def left(self, now: float) -> float:
+        """Seconds still to wait at ``now`` (0 or less: give up)."""
+        p = self.patience
+        if p is not None and not p.soft and self.ep.quorum_live(now):
+            self.deadline = max(self.deadline, now + self.seconds)
+        return self.deadline - now
 
 
 @dataclass(frozen=True)
@@ -212,24 +239,21 @@ class FabMetaClient:
             data = encode(Request(value))
             collector = ReplyCollector(self.rid, self.f, self.stream)
             self._collector, self._done = collector, trio.Event()
-            limit = self.timeout
-            patience = current_patience()  # a mount's timeo (bftfs.outcome)
-            if patience is not None:
-                # Not the transport's renewals: nodes that are up answer every send at
-                # once, ordered or not, so only replies count as progress here.
-                limit = min(limit, patience.seconds)
+            waiting = _Waiting(self.timeout, current_patience(), self.ep, trio.current_time())
             try:
-                with trio.move_on_after(limit):
-                    async with trio.open_nursery() as nursery:
-                        # Sends are not waited for: a node that does not answer must
-                        # not hold up the f + 1 that do.
-                        while not self._done.is_set():
-                            self._n["sends"] += 1
-                            for j in self.nodes:
-                                nursery.start_soon(self._send, j, data)
-                            with trio.move_on_after(self.resend):
-                                await self._done.wait()
-                        nursery.cancel_scope.cancel()
+                async with trio.open_nursery() as nursery:
+                    # Sends are not waited for: a node that does not answer must not
+                    # hold up the f + 1 that do.
+                    while not self._done.is_set():
+                        left = waiting.left(trio.current_time())
+                        if left <= 0:
+                            break
+                        self._n["sends"] += 1
+                        for j in self.nodes:
+                            nursery.start_soon(self._send, j, data)
+                        with trio.move_on_after(min(self.resend, left)):
+                            await self._done.wait()
+                    nursery.cancel_scope.cancel()
                 result = self._collector.result
                 self.slot = max(self.slot, self._collector.slot)
             finally:
