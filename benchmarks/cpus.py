@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from typing import Any
 
 #: The environment variable that hands the servers' CPUs to a process the benchmark starts
@@ -46,19 +47,22 @@ def split() -> tuple[set[int], set[int]]:
     return {_USABLE[0]}, set(_USABLE[1:])
 
 
-def place(pid: int, cpus: set[int]) -> int:
-    """Put every thread of ``pid`` on ``cpus``; how many threads were placed (a thread
-    or process gone meanwhile is skipped)."""
+def for_each_thread(pid: int, act: Callable[[int], object]) -> int:
+    """``act(tid)`` for every thread of ``pid`` (Linux keeps affinity and nice values per
+    thread; threads made later inherit their creator's); how many it was done for (a
+    thread gone meanwhile is skipped; a process gone is an error: the run would be
+    labelled with a placement or priority it did not have)."""
     done = 0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
-        return 0
-    for tid in tids:
+    for tid in os.listdir(f"/proc/{pid}/task"):
         with contextlib.suppress(ProcessLookupError, FileNotFoundError):
-            os.sched_setaffinity(int(tid), cpus)
+            act(int(tid))
             done += 1
     return done
+
+
+def place(pid: int, cpus: set[int]) -> int:
+    """Put every thread of ``pid`` on ``cpus``; how many threads were placed."""
+    return for_each_thread(pid, lambda tid: os.sched_setaffinity(tid, cpus))
 
 
 def place_site(site: Any) -> dict[str, Any]:

@@ -184,12 +184,7 @@ def first_server(pids: dict[str, int]) -> tuple[str, int] | None:
 def renice(pid: int, nice: int = NICE) -> int:
     """Renice every thread of ``pid`` (Linux keeps a nice value per thread); threads
     made later inherit it from their creator.  How many threads were reniced."""
-    done = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(ProcessLookupError):
-            os.setpriority(os.PRIO_PROCESS, int(tid), nice)
-            done += 1
-    return done
+    return cpus.for_each_thread(pid, lambda tid: os.setpriority(os.PRIO_PROCESS, tid, nice))
 
 
 @contextlib.contextmanager
