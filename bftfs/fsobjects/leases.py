@@ -60,6 +60,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from bftfs.fsobjects.limits import MAX_TIME, MIN_TIME
+from bftfs.fsobjects.pubstate import PUB_KEY, TOKENS, published_for, query_tokens, with_wire_tokens
 from bftfs.fsobjects.sessions import SLOT, SLOTS, live_generation, pin, session_oid, session_state
 from bftfs.fsobjects.state import check_arg, check_int, node_state
 from bftfs.qu.objects import MethodRefused, States
@@ -106,7 +107,7 @@ SLOW_RELEASE = 2 * 10**9
 #: The state key of that quiet time: ``[writer's client id, until (ns)]``.
 QUIET_KEY = "lq"
 #: The state keys of the lease records (carried over by every change, stripped by a move).
-RECORD_KEYS = ("ls", "lr", QUIET_KEY)
+RECORD_KEYS = ("ls", "lr", QUIET_KEY, PUB_KEY)
 #: The argument key of a recall saying the caller waits no longer (its query was
 #: answered, its update refused for another reason): its entry goes, nothing is recalled.
 DONE = "ld"
@@ -132,7 +133,7 @@ Waiting = list[int]  # [client, mount, time of its first recall]
 Who = tuple[int, int]
 
 
-def _mount(a: Any) -> int:
+def mount_of(a: Any) -> int:
     """The calling mount's number in an argument map (0: none given)."""
     if not isinstance(a, Mapping) or a.get(MOUNT) is None:
         return 0
@@ -144,15 +145,22 @@ def who(h: Holder) -> Who:
     return h[0], (h[3] if len(h) > 3 else 0)
 
 
-def tag_query(arg: Any, mount: int) -> dict[str, Any]:
-    """A query's argument with the asking mount's number, for :func:`guarded`."""
-    return {MOUNT: mount, QUERY_ARG: arg}
+def tag_query(arg: Any, mount: int, tokens: dict[int, int] | None = None) -> dict[str, Any]:
+    """A query's argument with the asking mount's number, for :func:`guarded`, and the
+    publication tokens it reads with (``fsobjects/pubstate.py``)."""
+    tagged, wire = {MOUNT: mount, QUERY_ARG: arg}, with_wire_tokens(tokens)
+    return tagged if wire is None else {**tagged, TOKENS: wire}
 
 
 def untag_query(arg: Any) -> tuple[Any, int]:
     """The argument a query's method takes and the asking mount (0 for an untagged one)."""
-    if isinstance(arg, dict) and len(arg) == 2 and MOUNT in arg and QUERY_ARG in arg:
-        return arg[QUERY_ARG], _mount(arg)
+    if (
+        isinstance(arg, dict)
+        and MOUNT in arg
+        and QUERY_ARG in arg
+        and (len(arg) == 2 or (len(arg) == 3 and TOKENS in arg))
+    ):
+        return arg[QUERY_ARG], mount_of(arg)
     return arg, 0
 
 
@@ -306,7 +314,7 @@ def leased(fn: Callable[[States, Any], tuple[Mapping[int, Any], Any]]) -> Callab
 
     def update(states: States, arg: Any, caller: int = 0) -> tuple[dict[int, Any], Any]:
         at = _lease_time(arg) if isinstance(arg, Mapping) else None
-        me = (caller, _mount(arg))
+        me = (caller, mount_of(arg))
         made, answer = fn(states, arg)
         new = dict(made)
         inherit = isinstance(arg, Mapping) and bool(arg.get(INHERIT))
@@ -397,8 +405,9 @@ def guarded(fn: Callable[[States, Any], Any]) -> Callable[..., Any]:
     """``fn`` (an ``fs`` query) under exclusive leases: refused ``leased`` when another
     client holds an exclusive lease on one of its objects, whose holder may have changes
     buffered (directory write-back, ``fs/writeback/``) that the answer would not show.
-    The asker then recalls the lease (the holder sends what it buffered and releases) and
-    asks again, as for an update.
+    The asker then asks the holder to publish (``fsobjects/publish.py``: it sends what it
+    buffered and keeps its lease) and asks again with its token, which passes once the
+    holder has published up to it; or it recalls the lease, as for an update.
 
     A query carries no lease time, so every exclusive record counts until an update tidies
     it (the asker's recall does: records of leases that ended go then).  A client that
@@ -408,8 +417,11 @@ def guarded(fn: Callable[[States, Any], Any]) -> Callable[..., Any]:
 
     def query(states: States, arg: Any, caller: int = 0) -> Any:
         inner, mount = untag_query(arg)
+        tokens = query_tokens(arg) if inner is not arg else {}
         for oid, state in states.items():
-            if any(h[1] == EXCLUSIVE and who(h) != (caller, mount) for h in holders(state)):
+            if any(
+                h[1] == EXCLUSIVE and who(h) != (caller, mount) for h in holders(state)
+            ) and not published_for(state, tokens.get(oid)):
                 raise MethodRefused("leased", f"object {oid} is leased to another client")
         return fn(states, inner)
 
@@ -434,7 +446,7 @@ def fs_lease(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], Any
     generation, last recall number]`` of the session (a recall listed later with a
     higher number pinned this grant, one with a number up to it an earlier grant)."""
     a = check_arg(arg)
-    me = (caller, _mount(a))
+    me = (caller, mount_of(a))
     kind = check_int(a, "kind", SHARED, EXCLUSIVE)
     at = check_int(a, LEASE_TIME, MIN_TIME, MAX_TIME)
     expiry = min(at + check_int(a, "term", 1, MAX_TERM), MAX_TIME)
@@ -492,7 +504,7 @@ def fs_release(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], A
     answer: None."""
     a = check_arg(arg)
     at = _lease_time(a)
-    me = (caller, _mount(a))
+    me = (caller, mount_of(a))
     new: dict[int, Any] = {}
     for oid, state in states.items():
         if state is None:
@@ -521,7 +533,7 @@ def fs_recall(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], An
     with those sessions (``fs/leases/sessions.py``)."""
     a = check_arg(arg)
     at = check_int(a, LEASE_TIME, MIN_TIME, MAX_TIME)
-    me = (caller, _mount(a))
+    me = (caller, mount_of(a))
     done = bool(a.get(DONE))
     new: dict[int, Any] = {oid: st for oid, st in states.items() if session_state(st) is not None}
     out = []

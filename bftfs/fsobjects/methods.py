@@ -39,6 +39,7 @@ from bftfs.fsobjects.names import (
     fs_unlink,
     fs_unlink_many,
 )
+from bftfs.fsobjects.publish import fs_askpub, fs_pub_asked, fs_publish
 from bftfs.fsobjects.queries import (
     fs_getxattr,
     fs_listxattr,
@@ -164,6 +165,9 @@ FS = ObjectType(
         _lease_method("fs.lease", fs_lease, grants=True),
         _lease_method("fs.release", fs_release),
         _lease_method("fs.recall", fs_recall),
+        _lease_method("fs.askpub", fs_askpub),
+        _lease_method("fs.publish", fs_publish),
+        Method("fs.pubasked", Class.QUERY, fs_pub_asked, 1, MAX_OBJECTS),
         _lock_method("fs.setlk", fs_setlk, grants=True),
         _lock_method("fs.renewlk", fs_renewlk, grants=True, many=True),
         _lock_method("fs.unlockowner", fs_unlock_owner, grants=False, many=True),

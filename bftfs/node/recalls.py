@@ -10,6 +10,10 @@ give a lease up nor, by withholding its push, keep a recall from arriving: every
 node of the update's quorum pushes.  Under FaB (``node/fab_server.py``) a node pushes when
 it *executes* the recall: every correct node executes every slot, once.
 
+An accepted ``fs.askpub`` (``fsobjects/publish.py``) pushes ``{"publish": [oid, ...]}`` to
+the exclusive holders its answer names the same way: they send what they held back and
+keep their leases.
+
 The answer pushed is the one the update stored (the applied table answers a retried
 recall the same), so a recall sent again pushes again: a holder that lost a push is told
 at the requester's next try.
@@ -47,6 +51,9 @@ if TYPE_CHECKING:
 
 #: The method whose answer names the holders to push to.
 RECALL = "fs.recall"
+#: The method whose answer names the exclusive holders asked to publish
+#: (``fsobjects/publish.py``): pushed ``{"publish": [oid, ...]}``.
+ASK_PUBLISH = "fs.askpub"
 #: The lock updates whose answers name waiters to wake (``fsobjects/locks.py``).
 LOCK_WAKES = frozenset({"fs.setlk", "fs.unlockowner", "fs.renewlk"})
 #: Objects looked at per read transaction by :func:`recall_stored`.
@@ -76,14 +83,15 @@ class Recalls:
         if method in LOCK_WAKES and isinstance(answer, dict):
             self._wake(answer.get("w"))
             return
-        if method != RECALL or not isinstance(answer, list):
+        if method not in (RECALL, ASK_PUBLISH) or not isinstance(answer, list):
             return
         if not self.enabled:
             self.stats["qu.recalls.withheld"] += 1
             return
+        key, stat = ("recall", "qu.recalls") if method == RECALL else ("publish", "qu.publish")
         for holder, oids in _per_client(answer).items():
-            sent = self._push(PrincipalId(holder), {"recall": oids[:MAX_RECALLED]})
-            self.stats["qu.recalls.pushed" if sent else "qu.recalls.unconnected"] += 1
+            sent = self._push(PrincipalId(holder), {key: oids[:MAX_RECALLED]})
+            self.stats[f"{stat}.pushed" if sent else f"{stat}.unconnected"] += 1
 
     def _wake(self, wake: Any) -> None:
         if not self.enabled:

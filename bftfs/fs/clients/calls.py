@@ -32,6 +32,7 @@ import trio
 
 from bftfs import fsobjects as obj
 from bftfs.fs.clients.protocols import BlockClient, MetadataClient
+from bftfs.fs.clients.reading import PUBLISH_WAIT, ask_publication, reading_with
 from bftfs.fs.errors import NoSpace, OverQuota, Unavailable, from_refusal
 from bftfs.fs.leases import Leases, made_entries, recall_with_sessions
 from bftfs.fsobjects.leases import DONE, LEASE_SKEW, LEASE_TIME, MAX_TERM
@@ -68,7 +69,11 @@ CHUNK = 256
 T = TypeVar("T")
 
 #: The lease methods: they change no content, so they drop nothing the leases keep.
-_LEASE_METHODS = frozenset({"fs.lease", "fs.release", "fs.recall", "session.renew"})
+_LEASE_METHODS = frozenset(
+    {"fs.lease", "fs.release", "fs.recall", "session.renew", "fs.askpub", "fs.publish"}
+)
+#: Queries never answered from the leases (the holder's read of requests to publish).
+_UNCACHED = frozenset({"fs.pubasked"})
 
 #: What the protocol clients raise when the cluster cannot answer (``bftfs.outcome``).
 _PROTOCOL_ERRORS = (ClusterUnavailable,)
@@ -193,6 +198,10 @@ class Meta:
         self._object_locks: dict[int, ObjectLock] = {}
         #: The wall clock of lease times (``lt``): the nodes check it against theirs.
         self.wall_ns: Callable[[], int] = time.time_ns
+        #: A query another client's exclusive lease refuses asks the holder to publish
+        #: before it recalls the lease (``fs/clients/reading.py``, issue 64); off on a
+        #: cluster of groups, whose holders take no sessions nor publish.
+        self.publish_reads = layout is None
 
     async def query(self, oid: int | list[int], method: str, arg: Any = None) -> Any:
         """A Q/U query, after whatever the gate says it must follow."""
@@ -210,7 +219,7 @@ class Meta:
     async def query_now(self, oid: int | list[int], method: str, arg: Any = None) -> Any:
         """A Q/U query, not gated (the gate's own calls); answered from the leases when
         they keep its answer good (``fs/leases/``)."""
-        leases = self.leases
+        leases = self.leases if method not in _UNCACHED else None
         oids = oid if isinstance(oid, list) else [oid]
         if leases is not None:
             hit, answer = leases.cached(oids, method, arg)
@@ -328,9 +337,11 @@ class Meta:
     ) -> Any:
         """The update (with ``query``: the query of those objects), recalling other
         clients' leases that refuse it: any lease for an update, an exclusive one for a
-        query (``fsobjects.leases.guarded``).  The wait is the holders', bounded by a
-        lease's longest term (and the skew) for a holder that never releases; it uses up no
-        patience (contention, not the cluster's silence).
+        query (``fsobjects.leases.guarded``), whose holder a query first asks to publish
+        (``fs/clients/reading.py``) and recalls only after :data:`PUBLISH_WAIT`.  The wait
+        is the holders', bounded by a lease's longest term (and the skew) for a holder
+        that never releases; it uses up no patience (contention, not the cluster's
+        silence).
 
         The objects are held (:meth:`_one_update_per_object`) for each attempt, not across
         the wait: this mount's own release of a lease another client recalled, on the same
@@ -339,12 +350,15 @@ class Meta:
         started = trio.current_time()
         deadline = started + (MAX_TERM + 2 * LEASE_SKEW) / 1e9 + 1.0
         attempt = 0
+        tokens: dict[int, int] | None = None  # a publication asked for (a query's)
+        recalled = False
         try:
             while True:
                 try:
                     if query is not None:
-                        answer = await self.qu.query(query, method, arg)
-                        if attempt:
+                        with reading_with(tokens):
+                            answer = await self.qu.query(query, method, arg)
+                        if recalled:
                             await self._done_waiting(objects)
                         return answer
                     async with self._one_update_per_object(objects):
@@ -357,15 +371,20 @@ class Meta:
                         return await self.qu.update(objects, method, arg)
                 except MethodRefused as e:
                     if e.code != "leased" or method in _LEASE_METHODS:
-                        if attempt:
+                        if recalled:
                             await self._done_waiting(objects)
                         raise
                     if not attempt and self.leases is not None:
                         self.leases.contended(objects)  # another's lease: contention
                     if trio.current_time() > deadline:
                         raise MethodRefused("busy", "a lease holder did not release") from None
-                if attempt % 8 == 0:  # ask again now and then: a holder may have lost a push
+                publishing = trio.current_time() - started < PUBLISH_WAIT
+                if query is not None and self.publish_reads and publishing:
+                    if tokens is None:  # (None again: no exclusive lease stood at the ask)
+                        tokens = await self._ask_publication(objects) or None
+                elif not recalled or attempt % 8 == 0:  # now and then: a push may be lost
                     self.methods["fs.recall"] += 1
+                    recalled = True
                     async with self._one_update_per_object(objects):
                         await recall_with_sessions(self.qu.update, objects, self.wall_ns)
                 await self.back_off(min(attempt, 6))
@@ -375,6 +394,13 @@ class Meta:
         finally:
             if attempt and self.leases is not None:  # waited behind a recall
                 self.leases.waited(trio.current_time() - started)
+
+    async def _ask_publication(self, objects: list[int]) -> dict[int, int]:
+        """Ask the exclusive holders of ``objects`` to publish (``fs/clients/reading.py``):
+        the tokens a query of them reads with."""
+        self.methods["fs.askpub"] += 1
+        async with self._one_update_per_object(objects):
+            return await ask_publication(self.qu.update, objects, self.wall_ns())
 
     async def _done_waiting(self, objects: list[int]) -> None:
         """Tell the nodes this mount's recall of ``objects`` waits no longer (its query was

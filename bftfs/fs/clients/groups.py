@@ -37,6 +37,7 @@ from bftfs.fs.clients.protocols import BlockClient, EngineClient, Objects
 from bftfs.fs.errors import CrossDevice
 from bftfs.fsobjects import RENAME_EXCHANGE
 from bftfs.fsobjects.leases import INHERIT, tag_query, untag_query
+from bftfs.fsobjects.pubstate import query_tokens
 from bftfs.layout.model import Layout
 from bftfs.outcome import GenerationMoved
 from bftfs.qu.client import ClientStatistics, QUClient
@@ -60,7 +61,7 @@ PER_OBJECT = frozenset({"fs.statmany", "fs.peekmany"})
 #: acts on every object alone (a lease given back; a recall queued, its answer a list of
 #: ``[oid, holders]``), so one per group is what one on all would do, and their answers
 #: (None, or those lists) are put together.
-PER_OBJECT_UPDATES = frozenset({"fs.release", "fs.recall"})
+PER_OBJECT_UPDATES = frozenset({"fs.release", "fs.recall", "fs.askpub", "fs.publish"})
 #: The updates run as a cross-group transaction when their objects span groups.
 CROSSING = frozenset({"fs.rename", "fs.link", "fs.mkdir", *REMOVALS})
 
@@ -216,7 +217,8 @@ class GroupedQU:
         out: dict[str, Any] = {}
         if method == "fs.lookupstat":
             inner, mount = untag_query(arg)
-            tag = (lambda a: tag_query(a, mount)) if inner is not arg else (lambda a: a)
+            tokens = query_tokens(arg)
+            tag = (lambda a: tag_query(a, mount, tokens)) if inner is not arg else (lambda a: a)
 
             async def stat() -> None:
                 try:

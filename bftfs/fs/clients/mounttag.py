@@ -18,6 +18,7 @@ from typing import Any
 
 from bftfs.fab.metaclient import FabClientStatistics
 from bftfs.fs.clients.protocols import MetadataClient, Objects
+from bftfs.fs.clients.reading import TOKENS
 from bftfs.fsobjects.leases import MOUNT, tag_query
 from bftfs.fsobjects.methods import GUARDED_QUERIES
 from bftfs.qu.client import ClientStatistics
@@ -45,9 +46,10 @@ class MountTagged:
         return self.inner.statistics()
 
     async def query(self, objects: Objects, method: str, arg: Any = None) -> Any:
-        """``QUClient.query``; a guarded query's argument in this mount's envelope."""
+        """``QUClient.query``; a guarded query's argument in this mount's envelope, with
+        the publication tokens the asking task reads with (``fs/clients/reading.py``)."""
         if method in GUARDED_QUERIES:
-            arg = tag_query(arg, self.mount)
+            arg = tag_query(arg, self.mount, TOKENS.get())
         return await self.inner.query(objects, method, arg)
 
     async def update(self, objects: Objects, method: str, arg: Any = None) -> Any:

@@ -53,6 +53,7 @@ import trio
 
 from bftfs.fs.leases.answers import LeasedAnswers, looked_up_name, passing
 from bftfs.fs.leases.holdings import Holdings, Lease
+from bftfs.fs.leases.publish import Publisher
 from bftfs.fs.leases.recalls import Recalls
 from bftfs.fs.leases.releases import Releases, Spawn, Update
 from bftfs.fs.leases.sessions import Sessions
@@ -106,6 +107,15 @@ class Leases:
         self.answers = LeasedAnswers()
         self.holdings = Holdings(term, wall_ns, self.stats, dropped=self._dropped, woke=self._woke)
         self.recalls = Recalls(self.holdings, self.releases, RecallVotes(b), spawn, self.stats)
+        #: Publishing what is held back under an exclusive lease a reader asks about,
+        #: keeping the lease (``publish.py``, issue 64; None without a query to read with).
+        self.publisher: Publisher | None = None
+        if query is not None:
+            votes = RecallVotes(b, "publish")
+            self.publisher = Publisher(
+                self.holdings, votes, query, update, spawn, wall_ns, self.stats
+            )
+            self.recalls.on_publish = self.publisher.on_push
         #: The files no other client can have seen (``leases/unseen.py``, issue 62).
         self.unseen = self.holdings.unseen
         self.sessions: Sessions | None = None

@@ -46,6 +46,8 @@ class Recalls:
         #: Awaited with the objects whose lease was recalled, before they are released
         #: (the FUSE layer drops what the kernel cached under them).
         self.before_release: Callable[[list[int]], Awaitable[None]] | None = None
+        #: Takes the nodes' requests to publish (``fs/leases/publish.py``; None: dropped).
+        self.on_publish: Callable[[int, Any], None] | None = None
 
     def listen(self, endpoint: Endpoint, nodes: Sequence[int]) -> None:
         """``Leases.listen``: take the recalls ``endpoint`` is pushed, pass the rest on."""
@@ -55,7 +57,7 @@ class Recalls:
         else:
 
             def on_push(node: NodeId, body: Any) -> None:
-                if isinstance(body, dict) and "recall" in body:
+                if isinstance(body, dict) and ("recall" in body or "publish" in body):
                     self.on_push(node, body)
                 else:
                     previous(node, body)
@@ -64,7 +66,12 @@ class Recalls:
         endpoint.stay_connected([NodeId(n) for n in nodes])
 
     def on_push(self, node: int, body: Any) -> None:
-        """A node's push (``Endpoint.on_push``): a recall is believed from ``b + 1`` nodes."""
+        """A node's push (``Endpoint.on_push``): a recall is believed from ``b + 1`` nodes;
+        a request to publish goes to :attr:`on_publish`."""
+        if isinstance(body, dict) and "publish" in body and "recall" not in body:
+            if self.on_publish is not None:
+                self.on_publish(node, body)
+            return
         held = self._holdings.held
         asking = self._holdings.asking
         believed = self._votes.count(node, body, lambda oid: oid in held or oid in asking)

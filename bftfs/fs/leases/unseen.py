@@ -29,9 +29,14 @@ class UnseenFiles:
         self._exclusive_from = exclusive_from
         #: file -> (directory, when that holding began), oldest first.
         self._made: dict[int, tuple[int, float]] = {}
+        #: Directories published under their holding that began then (``publish.py``).
+        self._published: dict[int, float] = {}
 
     def made(self, parent: int, oids: Sequence[int], since: float) -> None:
-        """``oids`` were made in ``parent`` under its holding that began at ``since``."""
+        """``oids`` were made in ``parent`` under its holding that began at ``since``
+        (none is unseen in a directory published under that holding)."""
+        if self._published.get(parent) == since:
+            return
         for oid in oids:
             self._made[oid] = (parent, since)
         while len(self._made) > MAX_UNSEEN:
@@ -48,6 +53,18 @@ class UnseenFiles:
             del self._made[oid]
             return None
         return parent
+
+    def publish(self, parent: int) -> None:
+        """``parent`` is being published (``fs/leases/publish.py``): another client may
+        list it, so no file made in it under this holding is unseen."""
+        since = self._exclusive_from(parent)
+        if since is None:
+            return
+        self._published[parent] = since
+        while len(self._published) > MAX_UNSEEN:
+            del self._published[next(iter(self._published))]
+        for oid in [o for o, (p, _) in self._made.items() if p == parent]:
+            del self._made[oid]
 
     def seen(self, oids: Sequence[int]) -> None:
         """``oids`` may be reached by another client from now on (renamed or linked by this

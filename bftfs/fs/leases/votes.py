@@ -16,15 +16,18 @@ class RecallVotes:
     distinct nodes pushed it (one of them correct), so a Byzantine node's false pushes
     alone take nothing from the holder."""
 
-    def __init__(self, b: int) -> None:
+    def __init__(self, b: int, key: str = "recall") -> None:
+        """``key``: the push's key naming the objects (``"publish"``: a request to publish,
+        ``fs/leases/publish.py``)."""
         self.b = b
+        self.key = key
         self._pushed: dict[int, set[int]] = {}
         self._stats: Counter[str] = Counter()
 
     def count(self, node: int, body: Any, wanted: Callable[[int], bool]) -> list[int]:
         """Count node ``node``'s push ``body``: the objects of it now believed recalled.
         Pushes for objects not ``wanted`` (neither held nor asked for) are not counted."""
-        oids = body.get("recall") if isinstance(body, dict) else None
+        oids = body.get(self.key) if isinstance(body, dict) else None
         if not isinstance(oids, list) or len(oids) > MAX_RECALLED:
             self._stats["pushes_malformed"] += 1
             return []

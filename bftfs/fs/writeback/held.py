@@ -291,14 +291,15 @@ class HeldFiles:
     async def before(self, objects: list[int], method: str = "") -> None:
         """Send the buffered writes of the held files among ``objects`` (a call of this
         mount on them, or their lease's release, must follow them); for the release of a
-        directory (``fs.release``: recalled, or given up), also those of the unseen files
-        held back under its lease (:meth:`defer`): another client reads the directory
-        next, and may open them.  A release also waits for the sends in flight of the
+        directory (``fs.release``: recalled, or given up) or its publication
+        (``fs.publish``), also those of the unseen files held back under its lease
+        (:meth:`defer`): another client reads the directory next, and may open them.  A
+        release also waits for the sends in flight of the
         files it must follow (it is what another client's recall waits for)."""
         for ino in objects:
             if ino in self._due and ino not in self._sending and not self._flushing_here(ino):
                 await self._send(ino)
-        if method != "fs.release":
+        if method not in ("fs.release", "fs.publish"):  # (a publication: leases/publish.py)
             return
         dirs = set(objects)
         under = [ino for ino, parent in self._under.items() if parent in dirs]

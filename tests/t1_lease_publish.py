@@ -1,0 +1,108 @@
+"""Tier 1: publication (``bftfs/fsobjects/publish.py``, issue 64) through the ``fs``
+registry as a node runs it: a reader's query refused by another client's exclusive lease
+passes with a token once the holder published up to it, and not before; only the
+exclusive holder publishes, never past what was asked; a stale token reads nothing new."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bftfs.fsobjects import FS, new_dir
+from bftfs.fsobjects.leases import EXCLUSIVE, SHARED, holders, tag_query
+from bftfs.fsobjects.pubstate import counts, published_for, query_tokens
+from bftfs.qu.canon import unpack
+from bftfs.qu.objects import MethodRefused, Registry
+
+REG = Registry([FS])
+DIR = 16
+A, B, C = 101, 102, 103
+S = 10**9
+T0 = 1_700_000_000 * S
+
+
+def update(
+    method: str, states: dict[int, Any], caller: int, **arg: Any
+) -> tuple[dict[int, Any], Any]:
+    raw, answer = REG.update(method, states, arg, caller)
+    return {oid: unpack(b) for oid, b in raw.items()}, answer
+
+
+def held_by(caller: int, kind: int = EXCLUSIVE) -> Any:
+    d = new_dir(1, 0o755, 0, 0, T0)
+    new, _ = update("fs.lease", {DIR: d}, caller, kind=kind, lt=T0, term=30 * S)
+    return new[DIR]
+
+
+def stat(state: Any, caller: int, tokens: dict[int, int] | None = None) -> Any:
+    return REG.query("fs.stat", {DIR: state}, tag_query(None, 0, tokens), caller)
+
+
+def ask(state: Any, caller: int) -> tuple[Any, Any]:
+    new, out = update("fs.askpub", {DIR: state}, caller, lt=T0 + S)
+    return new[DIR], out
+
+
+def publish(state: Any, caller: int, n: int, at: int = T0 + 2 * S) -> tuple[Any, Any]:
+    new, out = update("fs.publish", {DIR: state}, caller, lt=at, n=[[DIR, n]])
+    return new[DIR], out
+
+
+def test_a_token_passes_once_the_holder_published_up_to_it_and_the_lease_stays() -> None:
+    d = held_by(A)
+    with pytest.raises(MethodRefused, match="leased"):
+        stat(d, B)
+    d, out = ask(d, B)
+    assert out == [[DIR, [A], 1]] and counts(d) == (1, 0)
+    with pytest.raises(MethodRefused, match="leased"):  # asked, not yet published
+        stat(d, B, {DIR: 1})
+    asked = REG.query("fs.pubasked", {DIR: d}, None, A)
+    assert asked == [[DIR, 1]]
+    d, done = publish(d, A, 1)
+    assert done == [DIR] and counts(d) == (1, 1)
+    assert stat(d, B, {DIR: 1})["mode"]  # answered
+    assert [h[:2] for h in holders(d)] == [[A, EXCLUSIVE]]  # the holder keeps its lease
+    # A second reader's request is a later token: the first publication does not cover it.
+    d, out = ask(d, C)
+    assert out == [[DIR, [A], 2]]
+    with pytest.raises(MethodRefused, match="leased"):
+        stat(d, C, {DIR: 2})
+    with pytest.raises(MethodRefused, match="leased"):  # no token, or a zero one
+        stat(d, C, {DIR: 0})
+
+
+def test_only_the_exclusive_holder_publishes_and_never_past_what_was_asked() -> None:
+    d, _ = ask(held_by(A), B)
+    for other in (B, C):  # a reader cannot publish on the holder's behalf
+        same, done = publish(d, other, 1)
+        assert done == [] and counts(same) == (1, 0)
+    d, done = publish(d, A, 99)  # clamped to the requests counted
+    assert done == [DIR] and counts(d) == (1, 1)
+    d, _ = publish(d, A, 0)  # never backwards
+    assert counts(d) == (1, 1)
+    _, done = publish(d, A, 1, at=T0 + 31 * S)  # its lease ended: nothing recorded
+    assert done == []
+    with pytest.raises(MethodRefused, match="invalid"):
+        update("fs.publish", {DIR: d}, A, lt=T0 + 2 * S, n="all")
+
+
+def test_an_object_with_no_exclusive_lease_of_another_is_not_counted() -> None:
+    """A shared lease refuses no query, the caller's own exclusive lease neither: the ask
+    names nothing and changes nothing, and the reader reads at once."""
+    for state, caller in ((held_by(A, SHARED), B), (held_by(A), A)):
+        new, out = ask(state, caller)
+        assert out == [] and counts(new) == (0, 0)
+
+
+def test_malformed_tokens_are_ignored_and_only_the_named_object_passes() -> None:
+    d, _ = ask(held_by(A), B)
+    d, _ = publish(d, A, 1)
+    assert query_tokens({"pw": [[DIR, 1], "x", [1, 2, 3], [True, 1]]}) == {DIR: 1}
+    assert query_tokens({"pw": "nope"}) == {}
+    assert published_for(d, 1) and not published_for(d, 2) and not published_for(d, None)
+    with pytest.raises(MethodRefused, match="leased"):
+        stat(d, B, {DIR + 1: 1})  # a token for another object
+    bad = {"lm": 0, "q": None, "pw": [[DIR, "1"]]}
+    with pytest.raises(MethodRefused, match="leased"):
+        REG.query("fs.stat", {DIR: d}, bad, B)

@@ -1,0 +1,83 @@
+"""Tier 3: a reader beside a writer's write-back, on real node processes (issue 64;
+``fsobjects/publish.py``, ``fs/leases/publish.py``, ``fs/clients/reading.py``).
+
+Another client's look into a directory a mount holds exclusively asks the holder to
+publish: the holder sends what it held back and keeps its lease and its write-back, so a
+reader beside a writer no longer ends the writer's fast path.  The reader sees everything
+the writer closed before it looked (close-to-open), at every look.  A holder that does not
+publish is recalled after ``PUBLISH_WAIT``, as before."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+from fs_helpers import Env, run
+from t3_fs_writeback import exclusive, new_file
+
+from bftfs.fsobjects import ROOT
+
+OPTIONS = {"lease_term": 30.0, "write_behind": True, "commit": 60.0}
+
+
+def test_a_reader_sees_every_closed_file_at_each_look_and_the_writer_keeps_its_lease(
+    tmp_path: Path,
+) -> None:
+    """Three rounds of: the writer makes files (and a subdirectory with files) under its
+    exclusive lease, sending nothing; the reader lists both directories and reads a file.
+    Each look shows everything made before it; the writer's closes still send nothing
+    between looks, it never gives the lease up, and the reader never recalls."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        leases = a.meta.leases
+        assert leases is not None
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        await exclusive(a, d)
+        sub = (await a.mkdir(d, b"sub", 0o755, 0, 0)).ino
+        made: set[bytes] = {b"warm0", b"warm1", b"warm2", b"sub"}
+        in_sub: set[bytes] = set()
+        for look in range(3):
+            before = Counter(a.meta.methods)
+            for k in range(4):
+                name = b"f%d.%d" % (look, k)
+                await new_file(a, d, name, b"look %d file %d" % (look, k))
+                made.add(name)
+            await new_file(a, sub, b"s%d" % look, b"in sub")
+            in_sub.add(b"s%d" % look)
+            sent = Counter(a.meta.methods) - before
+            assert not sent, f"a close waited for the servers: {sent}"
+            assert {n for n, _ in await b.readdir(d)} == made
+            assert {n for n, _ in await b.readdir(sub)} == in_sub
+            ino = (await b.lookup(d, b"f%d.3" % look)).ino
+            fh = await b.open(ino, os.O_RDONLY)
+            assert await b.read(fh, 0, 100) == b"look %d file 3" % look
+            await b.release(fh)
+            assert leases.exclusive_left(d) > 0 and leases.exclusive_left(sub) > 0
+        assert b.meta.methods["fs.recall"] == 0 and a.meta.methods["fs.release"] == 0
+        assert leases.stats["published"] >= 3 and b.meta.methods["fs.askpub"] >= 3
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
+def test_a_holder_that_does_not_publish_is_recalled(tmp_path: Path) -> None:
+    """The holder drops every request to publish (as an older mount, or a Byzantine one,
+    would): the reader waits ``PUBLISH_WAIT``, recalls the lease as before, and sees the
+    files; the holder sent them at the recall and gave the lease up."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        leases = a.meta.leases
+        assert leases is not None
+        leases.recalls.on_publish = None  # deaf to the nodes' requests
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        await exclusive(a, d)
+        for k in range(3):
+            await new_file(a, d, b"late%d" % k, b"x")
+        names = {n for n, _ in await b.readdir(d)}
+        assert {b"late0", b"late1", b"late2"} <= names
+        assert b.meta.methods["fs.askpub"] >= 1 and b.meta.methods["fs.recall"] >= 1
+        assert leases.exclusive_left(d) == 0 and leases.stats["published"] == 0
+
+    run(tmp_path, body, fs_options=OPTIONS)
