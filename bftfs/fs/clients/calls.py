@@ -32,7 +32,12 @@ import trio
 
 from bftfs import fsobjects as obj
 from bftfs.fs.clients.protocols import BlockClient, MetadataClient
-from bftfs.fs.clients.reading import PUBLISH_WAIT, ask_publication, reading_with
+from bftfs.fs.clients.reading import (
+    PUBLISH_WAIT,
+    RecentTokens,
+    ask_publication,
+    reading_with,
+)
 from bftfs.fs.errors import NoSpace, OverQuota, Unavailable, from_refusal
 from bftfs.fs.leases import Leases, made_entries, recall_with_sessions
 from bftfs.fsobjects.leases import DONE, LEASE_SKEW, LEASE_TIME, MAX_TERM
@@ -202,6 +207,8 @@ class Meta:
         #: before it recalls the lease (``fs/clients/reading.py``, issue 64); off on a
         #: cluster of groups, whose holders take no sessions nor publish.
         self.publish_reads = layout is None
+        #: The tokens a lookup or stat may read with again (``fs/clients/reading.py``).
+        self.recent = RecentTokens()
 
     async def query(self, oid: int | list[int], method: str, arg: Any = None) -> Any:
         """A Q/U query, after whatever the gate says it must follow."""
@@ -350,14 +357,17 @@ class Meta:
         started = trio.current_time()
         deadline = started + (MAX_TERM + 2 * LEASE_SKEW) / 1e9 + 1.0
         attempt = 0
-        tokens: dict[int, int] | None = None  # a publication asked for (a query's)
-        recalled = False
+        # A publication asked for (a query's), or one a lookup or stat may read with again.
+        tokens = None if query is None else self.recent.reusable(method, objects, started)
+        recalled = asked = False
         try:
             while True:
                 try:
                     if query is not None:
                         with reading_with(tokens):
                             answer = await self.qu.query(query, method, arg)
+                        if tokens:
+                            self.recent.read_with(tokens, trio.current_time())
                         if recalled:
                             await self._done_waiting(objects)
                         return answer
@@ -380,8 +390,8 @@ class Meta:
                         raise MethodRefused("busy", "a lease holder did not release") from None
                 publishing = trio.current_time() - started < PUBLISH_WAIT
                 if query is not None and self.publish_reads and publishing:
-                    if tokens is None:  # (None again: no exclusive lease stood at the ask)
-                        tokens = await self._ask_publication(objects) or None
+                    if tokens is None or not asked:  # (None: no exclusive lease at the ask)
+                        tokens, asked = await self._ask_publication(objects) or None, True
                 elif not recalled or attempt % 8 == 0:  # now and then: a push may be lost
                     self.methods["fs.recall"] += 1
                     recalled = True

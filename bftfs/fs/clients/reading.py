@@ -12,13 +12,26 @@ recalled as before (``Meta._recalling``).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any
 
 #: Seconds a reader waits for a publication before it recalls the lease: a correct
 #: holder publishes within its pace and a few rounds (``fs/leases/publish.py``).
 PUBLISH_WAIT = 2.0
+
+#: Seconds a publication answers this mount's lookups and stats again, as the kernel keeps
+#: what an unleased object's lookup or stat answered (``attr_timeout``, 1 s by default):
+#: a walk asks a directory once a second, not once an entry.  An open or a listing asks
+#: for a publication of its own (close-to-open).
+REUSE = 1.0
+#: Queries that may read with a recent publication's tokens (:class:`RecentTokens`).
+REUSABLE = frozenset(
+    {"fs.lookup", "fs.lookupstat", "fs.stat", "fs.statmany", "fs.getxattr", "fs.listxattr"}
+)
+#: Objects whose last publication is remembered at most.
+MAX_RECENT = 4096
 
 #: The tokens the current task's queries read with (object -> token; None: none).
 TOKENS: ContextVar[dict[int, int] | None] = ContextVar("publication_tokens", default=None)
@@ -51,3 +64,34 @@ def reading_with(tokens: dict[int, int] | None) -> Iterator[None]:
         yield
     finally:
         TOKENS.reset(reset)
+
+
+class RecentTokens:
+    """The tokens this mount last read with, per object, and when (trio time): a lookup or
+    stat within :data:`REUSE` reads with them again rather than asking for a publication
+    (the nodes take any token up to what was published; a reused one shows this mount what
+    was published then, as a kernel's cached answer would)."""
+
+    def __init__(self) -> None:
+        self._tokens: OrderedDict[int, tuple[int, float]] = OrderedDict()
+
+    def reusable(self, method: str, objects: Sequence[int], now: float) -> dict[int, int] | None:
+        """The tokens of the objects of a :data:`REUSABLE` query read with within
+        :data:`REUSE` of ``now`` (None: none, or not such a query; an object without one
+        may need none: a lookup's entry, given up by its maker)."""
+        if method not in REUSABLE:
+            return None
+        out = {}
+        for oid in objects:
+            got = self._tokens.get(oid)
+            if got is not None and now - got[1] <= REUSE:
+                out[oid] = got[0]
+        return out or None
+
+    def read_with(self, tokens: dict[int, int], now: float) -> None:
+        """A query was answered with ``tokens`` at ``now``."""
+        for oid, token in tokens.items():
+            self._tokens[oid] = (token, now)
+            self._tokens.move_to_end(oid)
+        while len(self._tokens) > MAX_RECENT:
+            self._tokens.popitem(last=False)

@@ -331,6 +331,11 @@ class Holdings:
             levels.append(nxt)
         return levels
 
+    def below(self, oid: int) -> list[list[int]]:
+        """What was leased with its create in ``oid`` and is still held, then in those,
+        ...: level by level, forgotten as children (``oid`` itself stays held)."""
+        return self.with_children([oid])[1:]
+
     def _take_children(self, oid: int) -> set[int]:
         """Forget what was leased with its create in ``oid`` (and when to look at it)."""
         self._children_at.pop(oid, None)

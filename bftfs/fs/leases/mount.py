@@ -109,13 +109,7 @@ class Leases:
         self.recalls = Recalls(self.holdings, self.releases, RecallVotes(b), spawn, self.stats)
         #: Publishing what is held back under an exclusive lease a reader asks about,
         #: keeping the lease (``publish.py``, issue 64; None without a query to read with).
-        self.publisher: Publisher | None = None
-        if query is not None:
-            votes = RecallVotes(b, "publish")
-            self.publisher = Publisher(
-                self.holdings, votes, query, update, spawn, wall_ns, self.stats
-            )
-            self.recalls.on_publish = self.publisher.on_push
+        self.publisher = None if query is None else _publisher(self, b, query, update, spawn)
         #: The files no other client can have seen (``leases/unseen.py``, issue 62).
         self.unseen = self.holdings.unseen
         self.sessions: Sessions | None = None
@@ -130,7 +124,7 @@ class Leases:
                 spawn=spawn,
                 stats=self.stats,
             )
-            self._wire_sessions(self.sessions)
+            _wire_sessions(self, self.sessions)
         self.taker = Taker(
             self.holdings,
             self.recalls,
@@ -142,33 +136,6 @@ class Leases:
             stats=self.stats,
             sessions=self.sessions,
         )
-
-    def _wire_sessions(self, sessions: Sessions) -> None:
-        """What the sessions tell the holdings and the recalls, and ask of them."""
-        holdings = self.holdings
-        holdings.session_ends = sessions.ends
-        sessions.holds = lambda slot: any(h.slot == slot for h in holdings.held.values())
-
-        def recalled(slot: int, recalls: list[list[int]]) -> None:
-            gone = []
-            for oid, seq in recalls:
-                h = holdings.held.get(oid)
-                if h is None and oid in holdings.asking:  # its grant is given back
-                    holdings.epoch[oid] += 1
-                elif h is not None and (h.slot is None or h.seq < seq):
-                    gone.append(oid)  # granted before the recall pinned it
-            self.recalls.revoke(gone)
-
-        def ended(slot: int) -> None:
-            self.recalls.let_go(holdings.bound(slot))
-
-        def sweep(slot: int) -> None:
-            idle = holdings.idle(slot, trio.current_time() - holdings.term)
-            if idle:
-                self.stats["session_idle"] += len(idle)
-                self.recalls.let_go(idle)
-
-        sessions.recalled, sessions.ended, sessions.sweep = recalled, ended, sweep
 
     def _dropped(self, oid: int) -> None:
         self.taker.forget(oid)
@@ -474,6 +441,52 @@ class Leases:
     async def release_all(self) -> None:
         """Give every lease back (an unmount): other clients need not recall them."""
         await self.recalls.release_all()
+
+
+def _publisher(leases: Leases, b: int, query: Query, update: Update, spawn: Spawn) -> Publisher:
+    """The publisher of ``leases`` (``publish.py``), told the nodes' requests."""
+    votes = RecallVotes(b, "publish")
+    recalls = leases.recalls
+    publisher = Publisher(
+        leases.holdings,
+        votes,
+        query,
+        update,
+        spawn,
+        leases.releases.wall_ns,
+        leases.stats,
+        recalls.give_up,
+    )
+    recalls.on_publish = publisher.on_push
+    return publisher
+
+
+def _wire_sessions(leases: Leases, sessions: Sessions) -> None:
+    """What the sessions tell the holdings and the recalls, and ask of them."""
+    holdings = leases.holdings
+    holdings.session_ends = sessions.ends
+    sessions.holds = lambda slot: any(h.slot == slot for h in holdings.held.values())
+
+    def recalled(slot: int, recalls: list[list[int]]) -> None:
+        gone = []
+        for oid, seq in recalls:
+            h = holdings.held.get(oid)
+            if h is None and oid in holdings.asking:  # its grant is given back
+                holdings.epoch[oid] += 1
+            elif h is not None and (h.slot is None or h.seq < seq):
+                gone.append(oid)  # granted before the recall pinned it
+        leases.recalls.revoke(gone)
+
+    def ended(slot: int) -> None:
+        leases.recalls.let_go(holdings.bound(slot))
+
+    def sweep(slot: int) -> None:
+        idle = holdings.idle(slot, trio.current_time() - holdings.term)
+        if idle:
+            leases.stats["session_idle"] += len(idle)
+            leases.recalls.let_go(idle)
+
+    sessions.recalled, sessions.ended, sessions.sweep = recalled, ended, sweep
 
 
 def _entries_told(oids: Sequence[int], method: str, answer: Any) -> tuple[int, list[int]] | None:

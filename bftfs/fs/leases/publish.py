@@ -5,16 +5,22 @@ A reader whose query one of this mount's exclusive leases refused asks the nodes
 publication; every correct node that takes the request pushes ``{"publish": [oid, ...]}``
 here.  A request is believed from ``b + 1`` nodes (:class:`RecallVotes` on that key), so a
 Byzantine node alone cannot make the mount send early (which would cost only rounds).
-The mount then, at most once per :data:`PACE` and for up to :data:`BATCH` objects at a
-time: reads the requests counted on them (``fs.pubasked``), sends what it holds back for
-them with the gated update ``fs.publish`` (the gate sends a directory's held-back creates,
+The mount then, at most :data:`RATE` times a second after a burst of :data:`BURST`, for
+up to :data:`BATCH` objects at a time: reads the requests counted on them
+(``fs.pubasked``), sends what it holds back for them with the gated update
+``fs.publish`` (the gate sends a directory's held-back creates,
 mkdirs, removals and the buffered writes of the files under it first, as for a release),
 which records the publication.  The lease, its cache and the directory's write-back stay:
-a writer with a reader beside it keeps working without a round per operation, and the
-reader waits for at most a pace and a few rounds per look.
+a writer with a reader beside it keeps working without a round per operation, and a
+reader looking now and then waits a few rounds a look.
 
 The files made under a published directory are no longer *unseen* (``leases/unseen.py``):
-the reader may now know them, so they are answered and removed as any leased file.
+the reader may now know them, so they are answered and removed as any leased file; those
+still leased with their create there (and the directories made there, and what was made
+in those) are given up, released after what the mount holds back for them, as a recall of
+the directory gives them up: the reader looks at them next, and each would cost it a
+publication of its own.  The directory itself stays held, so its creates and removals go
+on in write-back.
 """
 
 from __future__ import annotations
@@ -27,15 +33,20 @@ from typing import Any
 import trio
 
 from bftfs.fs.leases.holdings import Holdings
-from bftfs.fs.leases.releases import BATCH, Spawn, Update
+from bftfs.fs.leases.releases import Spawn, Update
 from bftfs.fs.leases.votes import RecallVotes
-from bftfs.fsobjects.leases import EXCLUSIVE
 
 log = logging.getLogger(__name__)
 
-#: Seconds between two publications of this mount: what a reader beside a busy writer
-#: waits at most for a look, and what bounds the rounds readers cost the writer.
-PACE = 0.2
+#: Publications this mount makes at once, and a second after that: what bounds the rounds
+#: readers cost a writer (two a publication, and what it held back sent early); a reader
+#: looking now and then is answered at once.
+BURST = 8
+RATE = 5.0
+#: Objects one publication names at most (``MAX_OBJECTS``).
+BATCH = 32
+#: Objects whose pushes are counted at most (then they are forgotten).
+MAX_COUNTED = 4096
 #: The query the requests counted are read with (not answered from the leases).
 ASKED = "fs.pubasked"
 
@@ -55,10 +66,16 @@ class Publisher:
         spawn: Spawn,
         wall_ns: Callable[[], int],
         stats: Counter[str],
+        give_up: Callable[[list[list[int]]], Awaitable[None]],
     ) -> None:
+        """``give_up``: lets leases go and releases them (``Recalls.give_up``)."""
+        self._give_up = give_up
         self._holdings = holdings
         self._votes = votes
-        self._query = query
+        #: What ``fs.pubasked`` is read with: the file system gives the gated query
+        #: (``Meta.query``), so what the mount holds back for the objects goes before
+        #: the read too, and what it made there is leased, and given up, by then.
+        self.query = query
         self._update = update
         self._spawn = spawn
         self._wall_ns = wall_ns
@@ -66,15 +83,26 @@ class Publisher:
         #: Objects asked for and not yet published, in order.
         self._wanted: dict[int, None] = {}
         self._running = False
-        self._last = -PACE
+        #: Publications this mount may make now (a token bucket: :data:`BURST`, refilled
+        #: :data:`RATE` a second), and when it was last refilled (trio time).
+        self._allowance = float(BURST)
+        self._refilled: float | None = None
 
-    def _exclusive(self, oid: int) -> bool:
-        h = self._holdings.held.get(oid)
-        return h is not None and h.kind == EXCLUSIVE
+    def _ours(self, oid: int) -> bool:
+        """Whether a request to publish ``oid`` is taken: always, but that the pushes
+        counted stay bounded (a Byzantine node's for objects nobody asked about).  Not
+        only the objects held here exclusively: an unseen file whose own lease lapsed
+        here, or a lease this mount stopped using ``HOLDER_MARGIN`` before its end, still
+        stands on the nodes, and what the mount holds back for it must go; a publication
+        of an object it holds nothing back for sends nothing, and the nodes record it
+        only while its exclusive lease stands."""
+        if len(self._votes) > MAX_COUNTED:
+            self._votes.clear()
+        return True
 
     def on_push(self, node: int, body: Any) -> None:
         """A node's push of a request to publish (``Recalls.on_publish``)."""
-        believed = self._votes.count(node, body, self._exclusive)
+        believed = self._votes.count(node, body, self._ours)
         for key, n in self._votes.take_stats().items():
             self._stats["publish_" + key] += n
         for oid in believed:
@@ -89,16 +117,19 @@ class Publisher:
     async def _run(self) -> None:
         try:
             while self._wanted:
-                wait = self._last + PACE - trio.current_time()
-                if wait > 0:
-                    await trio.sleep(wait)
-                self._last = trio.current_time()
-                batch = [oid for oid in list(self._wanted)[:BATCH]]
+                now = trio.current_time()
+                if self._refilled is None:
+                    self._refilled = now
+                self._allowance = min(BURST, self._allowance + (now - self._refilled) * RATE)
+                self._refilled = now
+                if self._allowance < 1:
+                    await trio.sleep((1 - self._allowance) / RATE)
+                    continue
+                self._allowance -= 1
+                batch = list(self._wanted)[:BATCH]
                 for oid in batch:
                     del self._wanted[oid]
-                batch = [oid for oid in batch if self._exclusive(oid)]
-                if batch:
-                    await self.publish(batch)
+                await self.publish(batch)
         finally:
             self._running = False
 
@@ -106,10 +137,15 @@ class Publisher:
         """Publish ``oids`` now (at most :data:`BATCH`): whether the nodes recorded it.  A
         failure leaves the readers to ask again or recall the lease."""
         oids = list(oids)
+        unseen = self._holdings.unseen
+        unseen.seen(oids)  # the reader knows them now
         for oid in oids:
-            self._holdings.unseen.publish(oid)
+            unseen.publish(oid)
+        started = trio.current_time()
         try:
-            asked = await self._query(oids, ASKED, None)
+            asked = await self.query(oids, ASKED, None)
+            for oid in oids:  # a reader there looks at them next: not one publication each
+                await self._give_up(self._holdings.below(oid))
             await self._update(oids, "fs.publish", {"lt": self._wall_ns(), "n": asked})
         except Exception as e:  # noqa: BLE001 - readers recall the lease in the end
             self._stats["publish_failed"] += 1
@@ -117,6 +153,7 @@ class Publisher:
             return False
         for oid in oids:
             self._holdings.unseen.publish(oid)  # files made while it was being sent too
+        self._stats["publish_ms"] += round((trio.current_time() - started) * 1000)
         self._stats["published"] += len(oids)
         self._stats["publications"] += 1
         return True

@@ -114,6 +114,20 @@ class Recalls:
                 self._holdings.quiet_until[oid] = now + COOLDOWN
         self._spawn(lambda: self._releases.after(self.before_release, levels))
 
+    async def give_up(self, levels: list[list[int]]) -> None:
+        """Let the objects of ``levels`` go and release them now, deepest first (what the
+        mount held back for them goes first): what was made under a directory being
+        published (``publish.py``)."""
+        if not levels:
+            return
+        now = trio.current_time()
+        for level in levels:
+            for oid in level:
+                self._holdings.drop(oid)
+                self._holdings.quiet_until[oid] = now + COOLDOWN
+            self._stats["given_up_published"] += len(level)
+        await self._releases.after(self.before_release, levels)
+
     def give_back(self, oids: Sequence[int]) -> None:
         """Release leases granted but not to be held (recalled or ended meanwhile), in the
         background."""

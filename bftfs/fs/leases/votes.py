@@ -49,6 +49,14 @@ class RecallVotes:
         """Whether ``b + 1`` nodes pushed a recall of ``oid`` (a grant that raced it)."""
         return len(self._pushed.get(oid, ())) > self.b
 
+    def __len__(self) -> int:
+        """Objects with pushes counted (a bound on what a Byzantine node can make it keep)."""
+        return len(self._pushed)
+
+    def clear(self) -> None:
+        """Forget every push counted."""
+        self._pushed.clear()
+
     def forget(self, oid: int) -> None:
         """The lease on ``oid`` ended: its pushes were for that lease."""
         self._pushed.pop(oid, None)
