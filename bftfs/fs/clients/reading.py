@@ -21,15 +21,14 @@ from typing import Any
 #: holder publishes within its pace and a few rounds (``fs/leases/publish.py``).
 PUBLISH_WAIT = 2.0
 
-#: Seconds a publication answers this mount's lookups and stats again, as the kernel keeps
-#: what an unleased object's lookup or stat answered (``attr_timeout``, 1 s by default):
-#: a walk asks a directory once a second, not once an entry.  An open or a listing asks
-#: for a publication of its own (close-to-open).
+#: Seconds a publication answers this mount's stats again, as the kernel keeps what an
+#: unleased object's stat answered (``attr_timeout``, 1 s by default).  A lookup, an open
+#: or a listing asks for a publication of its own: the kernel looks a name up again when
+#: the one it cached went stale (ESTALE), and must then find what was made since
+#: (close-to-open; ``t4_mount.py::test_cached_names_that_went_stale_are_looked_up_again``).
 REUSE = 1.0
 #: Queries that may read with a recent publication's tokens (:class:`RecentTokens`).
-REUSABLE = frozenset(
-    {"fs.lookup", "fs.lookupstat", "fs.stat", "fs.statmany", "fs.getxattr", "fs.listxattr"}
-)
+REUSABLE = frozenset({"fs.stat", "fs.statmany", "fs.getxattr", "fs.listxattr"})
 #: Objects whose last publication is remembered at most.
 MAX_RECENT = 4096
 

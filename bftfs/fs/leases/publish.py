@@ -41,8 +41,8 @@ log = logging.getLogger(__name__)
 #: Publications this mount makes at once, and a second after that: what bounds the rounds
 #: readers cost a writer (two a publication, and what it held back sent early); a reader
 #: looking now and then is answered at once.
-BURST = 8
-RATE = 5.0
+BURST = 32
+RATE = 10.0
 #: Objects one publication names at most (``MAX_OBJECTS``).
 BATCH = 32
 #: Objects whose pushes are counted at most (then they are forgotten).
