@@ -5,10 +5,14 @@ exclusive holder publishes, never past what was asked; a stale token reads nothi
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
+import trio
 
+from bftfs.config import ClusterConfig
+from bftfs.fs.clients.calls import Meta
 from bftfs.fsobjects import FS, new_dir
 from bftfs.fsobjects.leases import EXCLUSIVE, SHARED, holders, tag_query
 from bftfs.fsobjects.pubstate import counts, published_for, query_tokens
@@ -106,3 +110,39 @@ def test_malformed_tokens_are_ignored_and_only_the_named_object_passes() -> None
     bad = {"lm": 0, "q": None, "pw": [[DIR, "1"]]}
     with pytest.raises(MethodRefused, match="leased"):
         REG.query("fs.stat", {DIR: d}, bad, B)
+
+
+class OlderNodes:
+    """Nodes of an older release (a Q/U client's face): ``fs.askpub`` is no method of
+    theirs, and a query stays refused ``leased`` until it recalls the lease."""
+
+    client_id = 7
+
+    def __init__(self) -> None:
+        self.recalled = False
+        self.calls: list[str] = []
+
+    async def query(self, objects: Any, method: str, arg: Any = None) -> Any:
+        self.calls.append(method)
+        if not self.recalled:
+            raise MethodRefused("leased", "object 16 is leased to another client")
+        return {"mode": 0o40755}
+
+    async def update(self, objects: Any, method: str, arg: Any = None) -> Any:
+        self.calls.append(method)
+        if method == "fs.askpub":
+            raise MethodRefused("no-such-method", method)
+        if method == "fs.recall":
+            self.recalled = True
+            return []
+        return None
+
+
+def test_a_reader_on_older_nodes_recalls_as_before() -> None:
+    """Rolling upgrade: nodes that do not know ``fs.askpub`` refuse it ``no-such-method``;
+    the reader stops asking for publications and recalls the lease, as before."""
+    nodes = OlderNodes()
+    meta = Meta(nodes, None, ClusterConfig.for_test(), rng=random.Random(1), clock_ns=lambda: T0)  # type: ignore[arg-type]
+    got = trio.run(meta.query_now, DIR, "fs.stat", None)
+    assert got == {"mode": 0o40755} and not meta.publish_reads
+    assert nodes.calls.count("fs.askpub") == 1 and "fs.recall" in nodes.calls

@@ -409,8 +409,15 @@ class Meta:
         """Ask the exclusive holders of ``objects`` to publish (``fs/clients/reading.py``):
         the tokens a query of them reads with."""
         self.methods["fs.askpub"] += 1
-        async with self._one_update_per_object(objects):
-            return await ask_publication(self.qu.update, objects, self.wall_ns())
+        try:
+            async with self._one_update_per_object(objects):
+                return await ask_publication(self.qu.update, objects, self.wall_ns())
+        except MethodRefused as e:
+            if e.code != "no-such-method":
+                raise
+            log.info("nodes do not know publication (an older release): reads recall leases")
+            self.publish_reads = False  # (the caller recalls from here on, as before)
+            return {}
 
     async def _done_waiting(self, objects: list[int]) -> None:
         """Tell the nodes this mount's recall of ``objects`` waits no longer (its query was
