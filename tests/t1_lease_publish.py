@@ -143,6 +143,7 @@ def test_a_reader_on_older_nodes_recalls_as_before() -> None:
     the reader stops asking for publications and recalls the lease, as before."""
     nodes = OlderNodes()
     meta = Meta(nodes, None, ClusterConfig.for_test(), rng=random.Random(1), clock_ns=lambda: T0)  # type: ignore[arg-type]
+    meta.publish_reads = True  # (the mount option ``publish``)
     got = trio.run(meta.query_now, DIR, "fs.stat", None)
     assert got == {"mode": 0o40755} and not meta.publish_reads
     assert nodes.calls.count("fs.askpub") == 1 and "fs.recall" in nodes.calls

@@ -81,3 +81,13 @@ def test_readahead_max_bounds_the_measured_window_and_round_trips() -> None:
     for bad in ("readahead_max=0", "readahead_max=big"):
         with pytest.raises(OptionError, match="readahead_max"):
             parse(bad)
+
+
+def test_publish_is_off_unless_asked_and_round_trips() -> None:
+    """``publish`` (issue 64, docs/fs.md "Publication"): a look asks the holder of an
+    exclusive lease to publish instead of recalling it; off by default."""
+    assert not parse("").publish
+    o = parse("publish")
+    assert o.publish and parse(o.to_string()).publish
+    assert not parse("publish,nopublish").publish
+    assert "publish" not in parse("").to_string()

@@ -34,8 +34,7 @@ def test_a_tree_made_in_a_held_directory_costs_no_round_until_written_back(
     """``mkdir -p top/x/y`` and files in each (a copy's tree) under ``top``, which came
     leased with its mkdir: no round at all, the directories' link counts and listings
     answered in the mount.  ``fsync`` sends the two mkdirs, outer first, then the
-    creates; the other client then finds the tree with its contents (asking the holder to
-    publish, which keeps its leases)."""
+    creates; the other client then finds the tree with its contents without a recall."""
 
     async def body(env: Env) -> None:
         a, b = env.fss
@@ -61,10 +60,9 @@ def test_a_tree_made_in_a_held_directory_costs_no_round_until_written_back(
         recalls = b.meta.methods["fs.recall"]
         await a.write_back()  # nothing left: nothing sent again
         assert rounds_since(a, before)["fs.mkdir"] == 2
-        # The leases are still a's: b's reads ask a to publish (they keep), and find
-        # everything.
+        # The leases are still a's: b's reads recall them, and find everything.
         assert {n for n, _ in await b.readdir(top)} == {b"x"}
-        assert b.meta.methods["fs.askpub"] > 0 and b.meta.methods["fs.recall"] == recalls
+        assert b.meta.methods["fs.recall"] > recalls
         bx = (await b.lookup(top, b"x")).ino
         assert bx == x and (await b.getattr(x)).mode & 0o7777 == 0o750
         assert {n for n, _ in await b.readdir(x)} == {b"fx", b"y"}

@@ -18,7 +18,7 @@ from t3_fs_writeback import exclusive, new_file
 
 from bftfs.fsobjects import ROOT
 
-OPTIONS = {"lease_term": 30.0, "write_behind": True, "commit": 60.0}
+OPTIONS = {"lease_term": 30.0, "write_behind": True, "commit": 60.0, "publish": True}
 
 
 def test_a_reader_sees_every_closed_file_at_each_look_and_the_writer_keeps_its_lease(

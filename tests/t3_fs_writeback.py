@@ -58,10 +58,10 @@ async def exclusive(fs: FileSystem, directory: int) -> None:
 def test_closes_under_an_exclusive_lease_leave_creates_to_write_back(
     tmp_path: Path, twins: bool
 ) -> None:
-    """The closes send nothing; another client's listing asks the holder to publish, the
-    holder sends its creates and keeps its lease, and the listing shows every file with
-    its contents.  The same for another mount of the same client identity (``twins``;
-    before, its listing was not refused and missed the files)."""
+    """The closes send nothing; another client's listing recalls the lease, the holder
+    sends its creates first, and the listing shows every file with its contents.  The
+    same for another mount of the same client identity (``twins``; before, its listing
+    was not refused and missed the files)."""
 
     async def body(env: Env) -> None:
         a, b = env.fss
@@ -76,14 +76,13 @@ def test_closes_under_an_exclusive_lease_leave_creates_to_write_back(
         assert a.meta.leases.stats["deferred"] == deferred + 5
         names = {n for n, _ in await b.readdir(d)}
         assert {b"f%d" % k for k in range(5)} <= names
-        # Sent at the publication: together, in one update.
+        # Sent at the recall, before the release: together, in one update.
         assert a.meta.methods["fs.createmany"] == createmany + 1 and sent(a) == before
         ino = (await b.lookup(d, b"f3")).ino
         fh = await b.open(ino, os.O_RDONLY)
         assert await b.read(fh, 0, 100) == b"data 3"
         await b.release(fh)
-        assert a.meta.leases.exclusive_left(d) > 0  # published, kept
-        assert a.meta.leases.stats["published"] >= 1 and b.meta.methods["fs.recall"] == 0
+        assert a.meta.leases.exclusive_left(d) == 0  # recalled
 
     run(tmp_path, body, twins=twins, fs_options=OPTIONS)
 
@@ -118,7 +117,7 @@ def test_files_past_the_inline_limit_are_written_back_with_their_blocks(tmp_path
         # Made together, empty and with their write leases: their blocks needed no lock.
         assert a.meta.methods["fs.createmany"] == many + 1 and sent(a) == before[0] + 1
         assert a.meta.methods["fs.lock"] == locks
-        assert a.meta.leases.exclusive_left(d) > 0  # published, kept
+        assert a.meta.leases.exclusive_left(d) == 0  # recalled
 
     run(tmp_path, body, fs_options=OPTIONS)
 
@@ -295,7 +294,6 @@ def test_a_query_refused_for_an_exclusive_lease_recalls_it(tmp_path: Path) -> No
 
     async def body(env: Env) -> None:
         a, b = env.fss
-        b.meta.publish_reads = False  # (a reader that recalls at once: the fallback)
         d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
         await exclusive(a, d)
         ino = await new_file(a, d, b"new", b"hello")
@@ -368,7 +366,6 @@ def test_a_directory_made_under_an_exclusive_lease_comes_leased_with_its_empty_l
 
     async def body(env: Env) -> None:
         a, b = env.fss
-        b.meta.publish_reads = False  # the recall's path (a reader recalls at once)
         d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
         await exclusive(a, d)
         leases = a.meta.leases
@@ -405,7 +402,6 @@ def test_a_directory_made_where_the_mount_holds_nothing_comes_leased_on_its_own(
 
     async def body(env: Env) -> None:
         a, b = env.fss
-        b.meta.publish_reads = False  # the recall's path (a reader recalls at once)
         leases = a.meta.leases
         assert leases is not None
         top = (await a.mkdir(ROOT, b"top", 0o755, 0, 0)).ino

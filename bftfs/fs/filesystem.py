@@ -162,17 +162,18 @@ class FileSystem:
         lease_term: float = 0.0,
         commit: float = 0.0,
         hard: bool = False,
+        publish: bool = False,
     ) -> None:
         self.config, self.uid, self.gid, self.clock_ns = config, uid, gid, clock_ns
         self.rng = rng or random.SystemRandom()
         self.bs: int = config.block_size
         inline = min(getattr(config, "inline_limit", 0), self.bs)
-        #: The long-lived tasks (read-ahead, write-behind, write-back sweeps).
-        self.background = Background()
+        self.background = Background()  # the long-lived tasks (read-ahead, write-behind...)
         # The parts, bottom-up: each is given the parts it calls.
         self.meta = Meta(qu, rw, config, rng=self.rng, clock_ns=clock_ns)
         self.cache = MetadataCache(self.meta, attr_ttl=attr_ttl, inline=inline)
         self.meta.leases = _leases(self.meta, self.cache, lease_term, self.background.spawn)
+        self.meta.publish_reads = publish and self.meta.layout is None  # (issue 64)
         self.reclaimer = Reclaimer(self.meta, self.cache)
         self.engine = FlushEngine(
             self.meta,

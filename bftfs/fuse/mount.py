@@ -127,6 +127,7 @@ async def serve(
         write_behind=options.write_behind and not options.read_only,
         lease_term=options.lease,
         commit=options.commit,
+        publish=options.publish,
         readahead_max=min(DEFAULT_READAHEAD_MAX, options.readahead_max << 20),
         readahead_ceiling=options.readahead_max << 20,
         hard=options.hard,  # (a hard mount keeps what a call could not send: docs/fs.md)

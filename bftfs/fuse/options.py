@@ -39,6 +39,10 @@ Pure (no pyfuse3), so the command line and the helper parse options without load
 ``commit=S``         with ``lease=``: the longest a close or unlink left to write-back waits
                      before it is sent (default 5, as ext4; 0: every close and unlink waits,
                      as without leases)
+``publish``          with ``lease=``: this mount's look at a directory another mount holds
+                     exclusively asks that mount to publish what it held back, which keeps
+                     its lease and write-back (docs/fs.md, "Publication"), instead of
+                     recalling it; ``nopublish`` (the default) recalls
 ``locklease=S``      how long this mount's ``fcntl`` and ``flock`` locks live on the servers
                      unless renewed (10 to 120, default 30): a mount killed or cut off
                      frees its locks for the others within it (docs/fs.md, "Locks")
@@ -165,6 +169,9 @@ class MountOptions:
     lease: float = DEFAULT_LEASE
     #: Seconds directory write-back keeps a closed create (``commit=``; 0: closes wait).
     commit: float = DEFAULT_COMMIT
+    #: Another mount's look at a directory this one holds asks it to publish rather than
+    #: recalling its lease, and this mount's looks ask so (``publish``; off by default).
+    publish: bool = False
     #: Seconds this mount's locks live on the servers unless renewed (``locklease=``).
     lock_lease: float = DEFAULT_LOCK_LEASE
     #: FUSE passthrough of verified copies (``passthrough``), and their bound in MiB.
@@ -197,6 +204,8 @@ class MountOptions:
             out.append("soft")
         out.append(f"timeo={self.timeo:g}")
         out.append("nowsync" if self.write_behind else "wsync")
+        if self.publish:
+            out.append("publish")
         if self.lease != DEFAULT_LEASE:
             out.append(f"lease={self.lease:g}")
         if self.commit != DEFAULT_COMMIT:
@@ -254,7 +263,8 @@ def parse(text: str | None, base: MountOptions | None = None) -> MountOptions:
             raise OptionError(
                 f"unknown mount option {item!r} (bftfs knows client=, ro, rw, allow_other, "
                 "attr_timeout=, entry_timeout=, timeo=, hard, soft, wsync, "
-                "nowsync, lease=, commit=, locklease=, passthrough, nopassthrough, "
+                "nowsync, lease=, commit=, locklease=, publish, nopublish, passthrough, "
+                "nopassthrough, "
                 "passthrough_cache=, readahead_max=, metrics_port=, metrics_addr=, nonempty, "
                 + ", ".join(KERNEL_FLAGS)
                 + ")"
@@ -277,6 +287,8 @@ def _flag(item: str, kernel: list[str]) -> dict[str, object] | None:
         return {"nonempty": True}
     if item in ("passthrough", "nopassthrough"):
         return {"passthrough": item == "passthrough"}
+    if item in ("publish", "nopublish"):
+        return {"publish": item == "publish"}
     if item in KERNEL_FLAGS:
         if item not in kernel:
             kernel.append(item)

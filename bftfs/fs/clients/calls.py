@@ -204,9 +204,9 @@ class Meta:
         #: The wall clock of lease times (``lt``): the nodes check it against theirs.
         self.wall_ns: Callable[[], int] = time.time_ns
         #: A query another client's exclusive lease refuses asks the holder to publish
-        #: before it recalls the lease (``fs/clients/reading.py``, issue 64); off on a
-        #: cluster of groups, whose holders take no sessions nor publish.
-        self.publish_reads = layout is None
+        #: before it recalls the lease (``fs/clients/reading.py``, issue 64): the mount
+        #: option ``publish`` (off by default); never on a cluster of groups.
+        self.publish_reads = False
         #: The tokens a lookup or stat may read with again (``fs/clients/reading.py``).
         self.recent = RecentTokens()
 
