@@ -35,6 +35,7 @@ import trio
 from bftfs.fs.leases.holdings import Holdings
 from bftfs.fs.leases.releases import Spawn, Update
 from bftfs.fs.leases.votes import RecallVotes
+from bftfs.rate import ByteRate
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 #: readers cost a writer (two a publication, and what it held back sent early); a reader
 #: looking now and then is answered at once.
 BURST = 32
-RATE = 10.0
+RATE = 10
 #: Objects one publication names at most (``MAX_OBJECTS``).
 BATCH = 32
 #: Objects whose pushes are counted at most (then they are forgotten).
@@ -83,10 +84,8 @@ class Publisher:
         #: Objects asked for and not yet published, in order.
         self._wanted: dict[int, None] = {}
         self._running = False
-        #: Publications this mount may make now (a token bucket: :data:`BURST`, refilled
-        #: :data:`RATE` a second), and when it was last refilled (trio time).
-        self._allowance = float(BURST)
-        self._refilled: float | None = None
+        #: The publications' pace: :data:`BURST` at once, then :data:`RATE` a second.
+        self._pace = ByteRate(RATE, burst=BURST / RATE)
 
     def _ours(self, oid: int) -> bool:
         """Whether a request to publish ``oid`` is taken: always, but that the pushes
@@ -117,15 +116,7 @@ class Publisher:
     async def _run(self) -> None:
         try:
             while self._wanted:
-                now = trio.current_time()
-                if self._refilled is None:
-                    self._refilled = now
-                self._allowance = min(BURST, self._allowance + (now - self._refilled) * RATE)
-                self._refilled = now
-                if self._allowance < 1:
-                    await trio.sleep((1 - self._allowance) / RATE)
-                    continue
-                self._allowance -= 1
+                await self._pace.spend(1)
                 batch = list(self._wanted)[:BATCH]
                 for oid in batch:
                     del self._wanted[oid]
