@@ -13,21 +13,25 @@ import os
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from fs_helpers import Env, run
 from t3_fs_writeback import exclusive, new_file
 
+from bftfs.fs.leases import publish
 from bftfs.fsobjects import ROOT
 
 OPTIONS = {"lease_term": 30.0, "write_behind": True, "commit": 60.0, "publish": True}
 
 
 def test_a_reader_sees_every_closed_file_at_each_look_and_the_writer_keeps_its_lease(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Three rounds of: the writer makes files under its exclusive lease, sending nothing;
     the reader lists the directory and reads the newest file.  Each look shows everything
     made before it; the writer's closes still send nothing between looks, it never gives
-    the directory's lease up, and the reader never recalls."""
+    the directory's lease up, and the reader never recalls.  (``IDLE`` is long: a loaded
+    machine's pauses must not make this writer look idle.)"""
+    monkeypatch.setattr(publish, "IDLE", 60.0)
 
     async def body(env: Env) -> None:
         a, b = env.fss
@@ -57,7 +61,7 @@ def test_a_reader_sees_every_closed_file_at_each_look_and_the_writer_keeps_its_l
 
 
 def test_a_reader_walking_a_tree_made_under_one_lease_asks_nothing_below_its_top(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The writer makes a tree under one exclusive lease (a copy: a directory, files, a
     subdirectory with files); the reader walks it, looking every entry up and listing
@@ -65,7 +69,8 @@ def test_a_reader_walking_a_tree_made_under_one_lease_asks_nothing_below_its_top
     under it (the files, the subdirectory and its files) is given up with it, as a recall
     would give it up: the walk asks a publication for each look into the top directory
     (its listing, each lookup: a lookup must find what was made since), none below it,
-    and the top directory stays the writer's."""
+    and the top directory stays the writer's (``IDLE`` long, as above)."""
+    monkeypatch.setattr(publish, "IDLE", 60.0)
 
     async def body(env: Env) -> None:
         a, b = env.fss
@@ -113,5 +118,35 @@ def test_a_holder_that_does_not_publish_is_recalled(tmp_path: Path) -> None:
         assert {b"late0", b"late1", b"late2"} <= names
         assert b.meta.methods["fs.askpub"] >= 1 and b.meta.methods["fs.recall"] >= 1
         assert leases.exclusive_left(d) == 0 and leases.stats["published"] == 0
+
+    run(tmp_path, body, fs_options=OPTIONS)
+
+
+def test_a_holder_no_longer_working_there_hands_the_directory_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer made files and went on elsewhere (here: ``IDLE`` is 0, so no use is recent
+    enough): the reader's look asks a publication, and the writer, rather than keep a
+    directory it no longer works in, sends what it held back and releases the lease, as at
+    a recall.  The reader sees every file without recalling, and its next looks find no
+    exclusive lease to ask about.  Before: the writer kept it, so every look of a reader
+    beside an idle writer cost a publication, and the reader could never lease there."""
+    monkeypatch.setattr(publish, "IDLE", 0.0)
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        leases = a.meta.leases
+        assert leases is not None
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        await exclusive(a, d)
+        for k in range(3):
+            await new_file(a, d, b"left%d" % k, b"x")
+        assert {b"left0", b"left1", b"left2"} <= {n for n, _ in await b.readdir(d)}
+        assert leases.stats["handed_over"] >= 1 and leases.exclusive_left(d) == 0
+        asked = b.meta.methods["fs.askpub"]
+        assert asked >= 1 and b.meta.methods["fs.recall"] == 0
+        for k in range(3):
+            assert (await b.lookup(d, b"left%d" % k)).size == 1
+        assert b.meta.methods["fs.askpub"] == asked  # nothing held there any more
 
     run(tmp_path, body, fs_options=OPTIONS)

@@ -38,6 +38,7 @@ from bftfs.fsobjects.leases import EXCLUSIVE, holders, tag_query, who
 from bftfs.fsobjects.locks import lock_object
 from bftfs.fsobjects.methods import FS
 from bftfs.fsobjects.moves import pack_state, unpack_state
+from bftfs.fsobjects.pubstate import PUB_KEY
 from bftfs.fsobjects.state import new_dir
 from bftfs.ids import client_id
 from bftfs.qu.canon import canonical, unpack
@@ -410,6 +411,9 @@ def a_file(**extra: Any) -> dict[str, Any]:
 def test_movein_installs_a_well_formed_state_without_leases_and_refuses_the_rest() -> None:
     d = new_dir(ROOT, 0o755, 0, 0, 10)
     made, _ = movein(ROOT, None, {**d, "ls": [[1, EXCLUSIVE, 99, 0]], "lr": [1, 2, 0, 99]})
+    assert made == {ROOT: d}
+    # So do the publication counts (fsobjects/publish.py): before, "lp" refused the move.
+    made, _ = movein(ROOT, None, {**d, "ls": [[1, EXCLUSIVE, 99, 0]], PUB_KEY: [3, 2]})
     assert made == {ROOT: d}
     with pytest.raises(MethodRefused, match="exists"):
         movein(ROOT, d, d)

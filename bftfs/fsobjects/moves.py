@@ -44,7 +44,16 @@ from typing import Any
 import msgpack
 
 from bftfs.fsobjects.dirents import BUCKETS, bucket_of
-from bftfs.fsobjects.leases import EXCLUSIVE, MAX_MOUNT, MAX_TERM, MOUNT, SHARED, holders, who
+from bftfs.fsobjects.leases import (
+    EXCLUSIVE,
+    MAX_MOUNT,
+    MAX_TERM,
+    MOUNT,
+    RECORD_KEYS,
+    SHARED,
+    holders,
+    who,
+)
 from bftfs.fsobjects.limits import (
     DIR_TYPE,
     FILE_TYPES,
@@ -92,8 +101,9 @@ _FILE_KEYS = frozenset(
     {"k", "mode", "uid", "gid", "rdev", "nl", "size", "alloc", "d", "at", "mt", "ct", "t", "x", "v"}
 )
 _FILE_OPTIONAL = frozenset({"i", "w", "z", "bs", "bt"})
-#: The lease records ``fs.movein`` strips (leases.py; ``wl``: ranges.py).
-LEASE_KEYS = ("ls", "lr", "lq", "wl")
+#: The lease records ``fs.movein`` strips (leases.py, with the publication counts of
+#: pubstate.py: g + 1 starts with no lease; ``wl``: ranges.py).
+LEASE_KEYS = (*RECORD_KEYS, "wl")
 
 
 # Packing -----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import trio
@@ -24,6 +25,10 @@ from bftfs.fs.leases.unseen import UnseenFiles
 from bftfs.fsobjects.leases import EXCLUSIVE, HOLDER_MARGIN, SHARED
 
 log = logging.getLogger(__name__)
+
+#: False in a task whose looks at the leases are not uses of the objects (a publication's
+#: own reads and sends, ``publish.py``): they must not make an object seem in use there.
+COUNT_USES: ContextVar[bool] = ContextVar("lease_uses_counted", default=True)
 
 #: Seconds after a recall or a refusal during which no lease on the object is asked for.
 COOLDOWN = 5.0
@@ -148,8 +153,9 @@ class Holdings:
             self.stats["woke_past_expiry"] += 1
             self._woke(list(self.held))
             return None
-        h.used = now  # (a bound lease whose tree is unused for a term is let go: ``Leases``)
-        self._tree_use(oid, now)
+        if COUNT_USES.get():
+            h.used = now  # (a bound lease whose tree is unused for a term is let go: ``Leases``)
+            self._tree_use(oid, now)
         return h
 
     def _tree_use(self, oid: int, now: float) -> None:
@@ -254,6 +260,15 @@ class Holdings:
             for oid, h in self.held.items()
             if h.slot == slot and h.used < before and not self._tree_busy(oid, before)
         ]
+
+    def used_since(self, oid: int, since: float, now: float) -> bool:
+        """Whether ``oid`` is held at ``now`` and it or its tree was used since ``since``
+        (as :meth:`idle` judges; nothing is counted as a use, nothing dropped)."""
+        h = self.held.get(oid)
+        ends = None if h is None else self.ends(h)
+        if h is None or ends is None or now >= ends[0]:
+            return False
+        return h.used >= since or self._tree_busy(oid, since)
 
     def _tree_busy(self, oid: int, since: float) -> bool:
         for _ in range(TREE_LEVELS + 1):

@@ -32,7 +32,7 @@ from typing import Any
 
 import trio
 
-from bftfs.fs.leases.holdings import Holdings
+from bftfs.fs.leases.holdings import COUNT_USES, Holdings
 from bftfs.fs.leases.releases import Spawn, Update
 from bftfs.fs.leases.votes import RecallVotes
 from bftfs.rate import ByteRate
@@ -48,6 +48,10 @@ RATE = 10
 BATCH = 32
 #: Objects whose pushes are counted at most (then they are forgotten).
 MAX_COUNTED = 4096
+#: Seconds without a use of an object or its tree after which a request to publish it
+#: hands it over instead (released: the reader may lease it), as a recall would: a
+#: writer keeps what it works on, not what it made and left (``Holdings.used_since``).
+IDLE = 1.0
 #: The query the requests counted are read with (not answered from the leases).
 ASKED = "fs.pubasked"
 
@@ -92,9 +96,11 @@ class Publisher:
         counted stay bounded (a Byzantine node's for objects nobody asked about).  Not
         only the objects held here exclusively: an unseen file whose own lease lapsed
         here, or a lease this mount stopped using ``HOLDER_MARGIN`` before its end, still
-        stands on the nodes, and what the mount holds back for it must go; a publication
-        of an object it holds nothing back for sends nothing, and the nodes record it
-        only while its exclusive lease stands."""
+        stands on the nodes, and what the mount holds back for it must go: such an
+        object, like one not used here for :data:`IDLE`, is released rather than
+        published (:meth:`publish`), so its record goes and readers need no token and
+        may lease it; a publication of an object it holds nothing back for
+        sends nothing, and the nodes record it only while its exclusive lease stands."""
         if len(self._votes) > MAX_COUNTED:
             self._votes.clear()
         return True
@@ -126,18 +132,30 @@ class Publisher:
 
     async def publish(self, oids: Sequence[int]) -> bool:
         """Publish ``oids`` now (at most :data:`BATCH`): whether the nodes recorded it.  A
-        failure leaves the readers to ask again or recall the lease."""
-        oids = list(oids)
+        failure leaves the readers to ask again or recall the lease.  What it reads of
+        the leases is no use of the objects (``COUNT_USES``): it would keep them in use."""
+        reset = COUNT_USES.set(False)
+        try:
+            return await self._publish(list(oids))
+        finally:
+            COUNT_USES.reset(reset)
+
+    async def _publish(self, oids: list[int]) -> bool:
+        started = now = trio.current_time()
+        kept = [o for o in oids if self._holdings.used_since(o, now - IDLE, now)]
         unseen = self._holdings.unseen
         unseen.seen(oids)  # the reader knows them now
         for oid in oids:
             unseen.publish(oid)
-        started = trio.current_time()
         try:
-            asked = await self.query(oids, ASKED, None)
+            asked = await self.query(kept, ASKED, None) if kept else []
             for oid in oids:  # a reader there looks at them next: not one publication each
                 await self._give_up(self._holdings.below(oid))
-            await self._update(oids, "fs.publish", {"lt": self._wall_ns(), "n": asked})
+            if handed := [o for o in oids if o not in kept]:
+                await self._give_up([handed])  # not in use here: the reader may lease it
+                self._stats["handed_over"] += len(handed)
+            if kept:
+                await self._update(kept, "fs.publish", {"lt": self._wall_ns(), "n": asked})
         except Exception as e:  # noqa: BLE001 - readers recall the lease in the end
             self._stats["publish_failed"] += 1
             log.debug("publication of %s failed: %s", oids, e)
