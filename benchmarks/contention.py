@@ -38,7 +38,13 @@ from bftfs.fuse import control
 from bftfs.testing.mounts import Mount
 from bftfs.testing.processes import ProcessCluster
 
-TARGETS = {"bftfs-nolease": "allow_other,lease=0", "bftfs-lease": "allow_other,lease=30"}
+#: ``bftfs-recall``: leases, but a look at the other mount's exclusive lease recalls it
+#: (``nopublish``, the default before 12-04) rather than asking for a publication.
+TARGETS = {
+    "bftfs-nolease": "allow_other,lease=0",
+    "bftfs-lease": "allow_other,lease=30",
+    "bftfs-recall": "allow_other,lease=30,nopublish",
+}
 DATA = b"x" * 3000
 
 

@@ -17,7 +17,9 @@ Targets, interleaved per repetition:
   on each mount (two clients, as bftfs);
 * ``bftfs-nolease`` / ``bftfs-lease``: a fresh cluster (t = b = 1, durable) with two mounts
   (client0, client1, as ``contention.py``), mount option ``lease=0`` / ``lease=30``; the
-  leases' counters (recalls, refusals, exclusive, deferred) from both mounts' status files.
+  leases' counters (recalls, refusals, exclusive, deferred) from both mounts' status files;
+* ``bftfs-recall``: as ``bftfs-lease`` with ``nopublish`` (a look recalls the other's
+  exclusive lease instead of asking it to publish).
 
 Reported: transactions per second of both processes together (the sum of their rates) and
 of each, medians over ``--runs`` interleaved runs, and the ratios to local and GlusterFS.
@@ -50,7 +52,7 @@ import postmark  # noqa: E402
 import variants  # noqa: E402
 from common import Progress, Site, TargetSpec  # noqa: E402
 
-TARGETS = ("local", "glusterfs", "bftfs-nolease", "bftfs-lease")
+TARGETS = ("local", "glusterfs", "bftfs-nolease", "bftfs-lease", "bftfs-recall")
 LEASE_KEYS = ("recalled", "refused", "exclusive", "deferred", "taken")
 
 

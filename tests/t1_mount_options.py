@@ -83,11 +83,12 @@ def test_readahead_max_bounds_the_measured_window_and_round_trips() -> None:
             parse(bad)
 
 
-def test_publish_is_off_unless_asked_and_round_trips() -> None:
+def test_publish_is_on_unless_refused_and_round_trips() -> None:
     """``publish`` (issue 64, docs/fs.md "Publication"): a look asks the holder of an
-    exclusive lease to publish instead of recalling it; off by default."""
-    assert not parse("").publish
-    o = parse("publish")
-    assert o.publish and parse(o.to_string()).publish
-    assert not parse("publish,nopublish").publish
+    exclusive lease to publish instead of recalling it; on by default, ``nopublish``
+    recalls."""
+    assert parse("").publish and parse("publish").publish
+    o = parse("nopublish")
+    assert not o.publish and not parse(o.to_string()).publish
+    assert parse("nopublish,publish").publish
     assert "publish" not in parse("").to_string()

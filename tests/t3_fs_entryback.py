@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from fs_helpers import Env, run
-from t3_fs_writeback import OPTIONS, new_file, rounds_since
+from t3_fs_writeback import OPTIONS, RECALLING, new_file, rounds_since
 
 from bftfs.fs.errors import NotEmpty, NotFound
 from bftfs.fs.filesystem import FileSystem
@@ -70,7 +70,7 @@ def test_a_tree_made_in_a_held_directory_costs_no_round_until_written_back(
         assert await read_all(b, y, b"fy") == b"in y"
         assert (await b.getattr(top)).nlink == 3
 
-    run(tmp_path, body, fs_options=OPTIONS)
+    run(tmp_path, body, fs_options=RECALLING)
 
 
 def test_a_recall_sends_the_waiting_mkdirs_before_the_release(tmp_path: Path) -> None:

@@ -23,6 +23,10 @@ from bftfs.fs.writeback import MAX_FILE
 from bftfs.fsobjects import ROOT
 
 OPTIONS = {"lease_term": 30.0, "write_behind": True, "commit": 60.0}
+#: The options of a test of the recall path: a mount that does not publish (``publish``
+#: off), whose looks take another mount's exclusive lease away (``t3_fs_publish.py``
+#: tests the looks that ask for a publication instead).
+RECALLING = {**OPTIONS, "publish": False}
 
 
 def rounds(fs: FileSystem) -> Counter[str]:
@@ -82,7 +86,7 @@ def test_a_held_file_is_reopened_appended_and_read_without_a_round_then_seen_els
         assert leases is not None
         assert leases.exclusive_left(ino) == 0 and leases.exclusive_left(d) == 0
 
-    run(tmp_path, body, fs_options=OPTIONS)
+    run(tmp_path, body, fs_options=RECALLING)
 
 
 def test_a_held_file_whose_writes_went_back_is_still_reopened_without_a_round(
@@ -252,7 +256,7 @@ def test_a_file_another_client_made_is_leased_after_a_few_written_closes(
         assert await read_all(b, attr.ino) == expected  # recalled: written back first
         assert leases.exclusive_left(ino) == 0
 
-    run(tmp_path, body, fs_options=OPTIONS)
+    run(tmp_path, body, fs_options=RECALLING)
 
 
 def test_a_file_past_max_file_is_not_leased_for_its_written_closes(tmp_path: Path) -> None:

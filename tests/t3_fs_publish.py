@@ -17,10 +17,22 @@ import pytest
 from fs_helpers import Env, run
 from t3_fs_writeback import exclusive, new_file
 
-from bftfs.fs.leases import publish
+from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.leases import Leases, publish
 from bftfs.fsobjects import ROOT
 
 OPTIONS = {"lease_term": 30.0, "write_behind": True, "commit": 60.0, "publish": True}
+
+
+async def held_directory(env: Env) -> tuple[FileSystem, FileSystem, Leases, int]:
+    """The writer, the reader, the writer's leases, and a directory ``d`` the writer holds
+    exclusively."""
+    a, b = env.fss
+    leases = a.meta.leases
+    assert leases is not None
+    d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+    await exclusive(a, d)
+    return a, b, leases, d
 
 
 def test_a_reader_sees_every_closed_file_at_each_look_and_the_writer_keeps_its_lease(
@@ -34,11 +46,7 @@ def test_a_reader_sees_every_closed_file_at_each_look_and_the_writer_keeps_its_l
     monkeypatch.setattr(publish, "IDLE", 60.0)
 
     async def body(env: Env) -> None:
-        a, b = env.fss
-        leases = a.meta.leases
-        assert leases is not None
-        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
-        await exclusive(a, d)
+        a, b, leases, d = await held_directory(env)
         made: set[bytes] = {b"warm0", b"warm1", b"warm2"}
         for look in range(3):
             before = Counter(a.meta.methods)
@@ -106,12 +114,8 @@ def test_a_holder_that_does_not_publish_is_recalled(tmp_path: Path) -> None:
     files; the holder sent them at the recall and gave the lease up."""
 
     async def body(env: Env) -> None:
-        a, b = env.fss
-        leases = a.meta.leases
-        assert leases is not None
+        a, b, leases, d = await held_directory(env)
         leases.recalls.on_publish = None  # deaf to the nodes' requests
-        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
-        await exclusive(a, d)
         for k in range(3):
             await new_file(a, d, b"late%d" % k, b"x")
         names = {n for n, _ in await b.readdir(d)}
@@ -134,11 +138,7 @@ def test_a_holder_no_longer_working_there_hands_the_directory_over(
     monkeypatch.setattr(publish, "IDLE", 0.0)
 
     async def body(env: Env) -> None:
-        a, b = env.fss
-        leases = a.meta.leases
-        assert leases is not None
-        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
-        await exclusive(a, d)
+        a, b, leases, d = await held_directory(env)
         for k in range(3):
             await new_file(a, d, b"left%d" % k, b"x")
         assert {b"left0", b"left1", b"left2"} <= {n for n, _ in await b.readdir(d)}

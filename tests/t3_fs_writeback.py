@@ -28,6 +28,10 @@ from bftfs.fs.writeback import MAX_FILE
 from bftfs.fsobjects import ROOT
 
 OPTIONS = {"lease_term": 30.0, "write_behind": True, "commit": 60.0}
+#: The options of a test of the recall path: a mount that does not publish (``publish``
+#: off), whose looks take another mount's exclusive lease away (``t3_fs_publish.py``
+#: tests the looks that ask for a publication instead).
+RECALLING = {**OPTIONS, "publish": False}
 
 
 def sent(fs: FileSystem) -> int:
@@ -84,7 +88,7 @@ def test_closes_under_an_exclusive_lease_leave_creates_to_write_back(
         await b.release(fh)
         assert a.meta.leases.exclusive_left(d) == 0  # recalled
 
-    run(tmp_path, body, twins=twins, fs_options=OPTIONS)
+    run(tmp_path, body, twins=twins, fs_options=RECALLING)
 
 
 def test_files_past_the_inline_limit_are_written_back_with_their_blocks(tmp_path: Path) -> None:
@@ -119,7 +123,7 @@ def test_files_past_the_inline_limit_are_written_back_with_their_blocks(tmp_path
         assert a.meta.methods["fs.lock"] == locks
         assert a.meta.leases.exclusive_left(d) == 0  # recalled
 
-    run(tmp_path, body, fs_options=OPTIONS)
+    run(tmp_path, body, fs_options=RECALLING)
 
 
 def test_a_stat_of_a_file_left_to_write_back_sends_nothing(tmp_path: Path) -> None:
@@ -301,7 +305,7 @@ def test_a_query_refused_for_an_exclusive_lease_recalls_it(tmp_path: Path) -> No
         assert got.ino == ino and got.size == 5
         assert b.meta.methods["fs.recall"] >= 1
 
-    run(tmp_path, body, fs_options=OPTIONS)
+    run(tmp_path, body, fs_options=RECALLING)
 
 
 @pytest.mark.parametrize("commit", [0.0])
@@ -425,7 +429,7 @@ def test_a_directory_made_where_the_mount_holds_nothing_comes_leased_on_its_own(
         again = (await a.mkdir(top, b"again", 0o755, 0, 0)).ino
         assert leases.exclusive_left(again) == 0
 
-    run(tmp_path, body, fs_options=OPTIONS)
+    run(tmp_path, body, fs_options=RECALLING)
 
 
 def test_a_rename_of_a_waiting_create_to_a_new_name_is_applied_in_the_mount(

@@ -89,11 +89,14 @@ def test_a_reader_whose_leases_a_writer_keeps_recalling_lets_the_others_there_go
     waiting for the reader's release.  The reader counts each recall of a read lease
     there as contention of the directory, and when that cools it (past ``k``) it lets go
     of its other leases there at once: the writer waits for a few recalls, not one per
-    file (``Holdings.read_where_changed``; before: one wait per file)."""
+    file (``Holdings.read_where_changed``; before: one wait per file).  The mounts do
+    not publish: the reader's first looks recall the writer's lease on the directory, so
+    it leases the files at once (with publication the writer, having written a moment
+    before, would keep the directory, and the reader lease there once it stops)."""
     files = 12
     with (
         ProcessCluster(tmp_path / "c", map_size=64 * MIB, durable=False) as pc,
-        _two_mounts(pc, tmp_path, OPTIONS) as (a, b),
+        _two_mounts(pc, tmp_path, OPTIONS + ",nopublish") as (a, b),
     ):
         d = Path("build")
         (a.mountpoint / d).mkdir()

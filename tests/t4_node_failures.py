@@ -35,6 +35,13 @@ def _write_tree(root: Path, tag: str, count: int) -> dict[str, bytes]:
         data = f"{tag} file {i}\n".encode() * (1 + i * 37 % 400)
         (root / tag / f"f{i}").write_bytes(data)
         made[f"{tag}/f{i}"] = data
+    # On the servers before a node restarts: its catch-up must find them (write-back holds
+    # the creates up to ``commit=`` seconds; the directory's fsync sends them).
+    fd = os.open(root / tag, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     return made
 
 

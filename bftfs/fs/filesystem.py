@@ -162,7 +162,7 @@ class FileSystem:
         lease_term: float = 0.0,
         commit: float = 0.0,
         hard: bool = False,
-        publish: bool = False,
+        publish: bool = True,
     ) -> None:
         self.config, self.uid, self.gid, self.clock_ns = config, uid, gid, clock_ns
         self.rng = rng or random.SystemRandom()

@@ -39,10 +39,10 @@ Pure (no pyfuse3), so the command line and the helper parse options without load
 ``commit=S``         with ``lease=``: the longest a close or unlink left to write-back waits
                      before it is sent (default 5, as ext4; 0: every close and unlink waits,
                      as without leases)
-``publish``          with ``lease=``: this mount's look at a directory another mount holds
-                     exclusively asks that mount to publish what it held back, which keeps
-                     its lease and write-back (docs/fs.md, "Publication"), instead of
-                     recalling it; ``nopublish`` (the default) recalls
+``publish``          with ``lease=`` (the default): this mount's look at a directory another
+                     mount holds exclusively asks that mount to publish what it held back,
+                     which keeps its lease and write-back (docs/fs.md, "Publication"),
+                     instead of recalling it; ``nopublish`` recalls
 ``locklease=S``      how long this mount's ``fcntl`` and ``flock`` locks live on the servers
                      unless renewed (10 to 120, default 30): a mount killed or cut off
                      frees its locks for the others within it (docs/fs.md, "Locks")
@@ -170,8 +170,8 @@ class MountOptions:
     #: Seconds directory write-back keeps a closed create (``commit=``; 0: closes wait).
     commit: float = DEFAULT_COMMIT
     #: Another mount's look at a directory this one holds asks it to publish rather than
-    #: recalling its lease, and this mount's looks ask so (``publish``; off by default).
-    publish: bool = False
+    #: recalling its lease, and this mount's looks ask so (``nopublish``: they recall).
+    publish: bool = True
     #: Seconds this mount's locks live on the servers unless renewed (``locklease=``).
     lock_lease: float = DEFAULT_LOCK_LEASE
     #: FUSE passthrough of verified copies (``passthrough``), and their bound in MiB.
@@ -204,8 +204,8 @@ class MountOptions:
             out.append("soft")
         out.append(f"timeo={self.timeo:g}")
         out.append("nowsync" if self.write_behind else "wsync")
-        if self.publish:
-            out.append("publish")
+        if not self.publish:
+            out.append("nopublish")
         if self.lease != DEFAULT_LEASE:
             out.append(f"lease={self.lease:g}")
         if self.commit != DEFAULT_COMMIT:

@@ -205,7 +205,8 @@ class Meta:
         self.wall_ns: Callable[[], int] = time.time_ns
         #: A query another client's exclusive lease refuses asks the holder to publish
         #: before it recalls the lease (``fs/clients/reading.py``, issue 64): the mount
-        #: option ``publish`` (off by default); never on a cluster of groups.
+        #: option ``publish`` (the file system's default; ``nopublish``: it recalls);
+        #: never on a cluster of groups.
         self.publish_reads = False
         #: The tokens a lookup or stat may read with again (``fs/clients/reading.py``).
         self.recent = RecentTokens()
