@@ -299,8 +299,9 @@ CALL_PATIENCE = 1.0
 #: client's backoff (since fixed, ``qu.client.ObjectLock``); 3 s leaves a loaded CI room.
 PROCESS_CALL_PATIENCE = 3.0
 #: Rounds of the journal each client runs at most before contention must have shown: 300
-#: left node processes one backoff short (5 of 6) once; the loop stops as soon as it shows.
-JOURNAL_ROUNDS = 600
+#: left node processes one backoff short (5 of 6) once, 600 two backoffs of four (12-04);
+#: the loop stops as soon as it shows.
+JOURNAL_ROUNDS = 1200
 
 
 def backoff_past(call_patience: float) -> Callable[[float], Awaitable[None]]:
