@@ -12,7 +12,9 @@ up to :data:`BATCH` objects at a time: reads the requests counted on them
 mkdirs, removals and the buffered writes of the files under it first, as for a release),
 which records the publication.  The lease, its cache and the directory's write-back stay:
 a writer with a reader beside it keeps working without a round per operation, and a
-reader looking now and then waits a few rounds a look.
+reader looking now and then waits a few rounds a look.  An object the mount has not used
+for :data:`IDLE` (nor anything in its tree), or no longer holds, is handed over instead:
+released after what it held back, as at a recall, so that the reader may lease it.
 
 The files made under a published directory are no longer *unseen* (``leases/unseen.py``):
 the reader may now know them, so they are answered and removed as any leased file; those
