@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from fs_helpers import Env, run
-from t3_fs_writeback import OPTIONS, RECALLING, new_file, rounds_since
+from t3_fs_writeback import OPTIONS, new_file, rounds_since
 
 from bftfs.fs.errors import NotEmpty, NotFound
 from bftfs.fs.filesystem import FileSystem
@@ -28,13 +28,15 @@ async def read_all(fs: FileSystem, parent: int, name: bytes) -> bytes:
     return data
 
 
+@pytest.mark.usefixtures("busy_writer")
 def test_a_tree_made_in_a_held_directory_costs_no_round_until_written_back(
     tmp_path: Path,
 ) -> None:
     """``mkdir -p top/x/y`` and files in each (a copy's tree) under ``top``, which came
     leased with its mkdir: no round at all, the directories' link counts and listings
     answered in the mount.  ``fsync`` sends the two mkdirs, outer first, then the
-    creates; the other client then finds the tree with its contents without a recall."""
+    creates; the other client then finds the tree with its contents (asking the holder to
+    publish, which keeps its leases)."""
 
     async def body(env: Env) -> None:
         a, b = env.fss
@@ -60,9 +62,10 @@ def test_a_tree_made_in_a_held_directory_costs_no_round_until_written_back(
         recalls = b.meta.methods["fs.recall"]
         await a.write_back()  # nothing left: nothing sent again
         assert rounds_since(a, before)["fs.mkdir"] == 2
-        # The leases are still a's: b's reads recall them, and find everything.
+        # The leases are still a's: b's reads ask a to publish (they keep), and find
+        # everything.
         assert {n for n, _ in await b.readdir(top)} == {b"x"}
-        assert b.meta.methods["fs.recall"] > recalls
+        assert b.meta.methods["fs.askpub"] > 0 and b.meta.methods["fs.recall"] == recalls
         bx = (await b.lookup(top, b"x")).ino
         assert bx == x and (await b.getattr(x)).mode & 0o7777 == 0o750
         assert {n for n, _ in await b.readdir(x)} == {b"fx", b"y"}
@@ -70,7 +73,7 @@ def test_a_tree_made_in_a_held_directory_costs_no_round_until_written_back(
         assert await read_all(b, y, b"fy") == b"in y"
         assert (await b.getattr(top)).nlink == 3
 
-    run(tmp_path, body, fs_options=RECALLING)
+    run(tmp_path, body, fs_options=OPTIONS)
 
 
 def test_a_recall_sends_the_waiting_mkdirs_before_the_release(tmp_path: Path) -> None:

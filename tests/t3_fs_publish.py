@@ -35,15 +35,15 @@ async def held_directory(env: Env) -> tuple[FileSystem, FileSystem, Leases, int]
     return a, b, leases, d
 
 
+@pytest.mark.usefixtures("busy_writer")
 def test_a_reader_sees_every_closed_file_at_each_look_and_the_writer_keeps_its_lease(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     """Three rounds of: the writer makes files under its exclusive lease, sending nothing;
     the reader lists the directory and reads the newest file.  Each look shows everything
     made before it; the writer's closes still send nothing between looks, it never gives
-    the directory's lease up, and the reader never recalls.  (``IDLE`` is long: a loaded
-    machine's pauses must not make this writer look idle.)"""
-    monkeypatch.setattr(publish, "IDLE", 60.0)
+    the directory's lease up, and the reader never recalls (the writer ``busy_writer``:
+    a loaded machine's pauses must not make it look idle)."""
 
     async def body(env: Env) -> None:
         a, b, leases, d = await held_directory(env)
@@ -68,8 +68,9 @@ def test_a_reader_sees_every_closed_file_at_each_look_and_the_writer_keeps_its_l
     run(tmp_path, body, fs_options=OPTIONS)
 
 
+@pytest.mark.usefixtures("busy_writer")
 def test_a_reader_walking_a_tree_made_under_one_lease_asks_nothing_below_its_top(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     """The writer makes a tree under one exclusive lease (a copy: a directory, files, a
     subdirectory with files); the reader walks it, looking every entry up and listing
@@ -77,8 +78,7 @@ def test_a_reader_walking_a_tree_made_under_one_lease_asks_nothing_below_its_top
     under it (the files, the subdirectory and its files) is given up with it, as a recall
     would give it up: the walk asks a publication for each look into the top directory
     (its listing, each lookup: a lookup must find what was made since), none below it,
-    and the top directory stays the writer's (``IDLE`` long, as above)."""
-    monkeypatch.setattr(publish, "IDLE", 60.0)
+    and the top directory stays the writer's (``busy_writer``, as above)."""
 
     async def body(env: Env) -> None:
         a, b = env.fss

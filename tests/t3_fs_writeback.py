@@ -28,10 +28,6 @@ from bftfs.fs.writeback import MAX_FILE
 from bftfs.fsobjects import ROOT
 
 OPTIONS = {"lease_term": 30.0, "write_behind": True, "commit": 60.0}
-#: The options of a test of the recall path: a mount that does not publish (``publish``
-#: off), whose looks take another mount's exclusive lease away (``t3_fs_publish.py``
-#: tests the looks that ask for a publication instead).
-RECALLING = {**OPTIONS, "publish": False}
 
 
 def sent(fs: FileSystem) -> int:
@@ -58,14 +54,15 @@ async def exclusive(fs: FileSystem, directory: int) -> None:
     await fs.write_back()
 
 
+@pytest.mark.usefixtures("busy_writer")
 @pytest.mark.parametrize("twins", [False, True], ids=["two-clients", "one-client-two-mounts"])
 def test_closes_under_an_exclusive_lease_leave_creates_to_write_back(
     tmp_path: Path, twins: bool
 ) -> None:
-    """The closes send nothing; another client's listing recalls the lease, the holder
-    sends its creates first, and the listing shows every file with its contents.  The
-    same for another mount of the same client identity (``twins``; before, its listing
-    was not refused and missed the files)."""
+    """The closes send nothing; another client's listing asks the holder to publish, the
+    holder sends its creates and keeps its lease, and the listing shows every file with
+    its contents.  The same for another mount of the same client identity (``twins``;
+    before, its listing was not refused and missed the files)."""
 
     async def body(env: Env) -> None:
         a, b = env.fss
@@ -80,17 +77,19 @@ def test_closes_under_an_exclusive_lease_leave_creates_to_write_back(
         assert a.meta.leases.stats["deferred"] == deferred + 5
         names = {n for n, _ in await b.readdir(d)}
         assert {b"f%d" % k for k in range(5)} <= names
-        # Sent at the recall, before the release: together, in one update.
+        # Sent at the publication: together, in one update.
         assert a.meta.methods["fs.createmany"] == createmany + 1 and sent(a) == before
         ino = (await b.lookup(d, b"f3")).ino
         fh = await b.open(ino, os.O_RDONLY)
         assert await b.read(fh, 0, 100) == b"data 3"
         await b.release(fh)
-        assert a.meta.leases.exclusive_left(d) == 0  # recalled
+        assert a.meta.leases.exclusive_left(d) > 0  # published, kept
+        assert a.meta.leases.stats["published"] >= 1 and b.meta.methods["fs.recall"] == 0
 
-    run(tmp_path, body, twins=twins, fs_options=RECALLING)
+    run(tmp_path, body, twins=twins, fs_options=OPTIONS)
 
 
+@pytest.mark.usefixtures("busy_writer")
 def test_files_past_the_inline_limit_are_written_back_with_their_blocks(tmp_path: Path) -> None:
     """A new file too big to go inline (a source file, an object file) is deferred too: its
     close neither creates it nor writes its blocks; at another client's look the holder
@@ -121,9 +120,9 @@ def test_files_past_the_inline_limit_are_written_back_with_their_blocks(tmp_path
         # Made together, empty and with their write leases: their blocks needed no lock.
         assert a.meta.methods["fs.createmany"] == many + 1 and sent(a) == before[0] + 1
         assert a.meta.methods["fs.lock"] == locks
-        assert a.meta.leases.exclusive_left(d) == 0  # recalled
+        assert a.meta.leases.exclusive_left(d) > 0  # published, kept
 
-    run(tmp_path, body, fs_options=RECALLING)
+    run(tmp_path, body, fs_options=OPTIONS)
 
 
 def test_a_stat_of_a_file_left_to_write_back_sends_nothing(tmp_path: Path) -> None:
@@ -298,6 +297,7 @@ def test_a_query_refused_for_an_exclusive_lease_recalls_it(tmp_path: Path) -> No
 
     async def body(env: Env) -> None:
         a, b = env.fss
+        b.meta.publish_reads = False  # (a reader that recalls at once: the fallback)
         d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
         await exclusive(a, d)
         ino = await new_file(a, d, b"new", b"hello")
@@ -305,7 +305,7 @@ def test_a_query_refused_for_an_exclusive_lease_recalls_it(tmp_path: Path) -> No
         assert got.ino == ino and got.size == 5
         assert b.meta.methods["fs.recall"] >= 1
 
-    run(tmp_path, body, fs_options=RECALLING)
+    run(tmp_path, body, fs_options=OPTIONS)
 
 
 @pytest.mark.parametrize("commit", [0.0])
@@ -370,6 +370,7 @@ def test_a_directory_made_under_an_exclusive_lease_comes_leased_with_its_empty_l
 
     async def body(env: Env) -> None:
         a, b = env.fss
+        b.meta.publish_reads = False  # the recall's path (a reader recalls at once)
         d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
         await exclusive(a, d)
         leases = a.meta.leases
@@ -406,6 +407,7 @@ def test_a_directory_made_where_the_mount_holds_nothing_comes_leased_on_its_own(
 
     async def body(env: Env) -> None:
         a, b = env.fss
+        b.meta.publish_reads = False  # the recall's path (a reader recalls at once)
         leases = a.meta.leases
         assert leases is not None
         top = (await a.mkdir(ROOT, b"top", 0o755, 0, 0)).ino
@@ -429,7 +431,7 @@ def test_a_directory_made_where_the_mount_holds_nothing_comes_leased_on_its_own(
         again = (await a.mkdir(top, b"again", 0o755, 0, 0)).ino
         assert leases.exclusive_left(again) == 0
 
-    run(tmp_path, body, fs_options=RECALLING)
+    run(tmp_path, body, fs_options=OPTIONS)
 
 
 def test_a_rename_of_a_waiting_create_to_a_new_name_is_applied_in_the_mount(
