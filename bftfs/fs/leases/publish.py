@@ -151,10 +151,10 @@ class Publisher:
             unseen.publish(oid)
         try:
             asked = await self.query(kept, ASKED, None) if kept else []
-            for oid in oids:  # a reader there looks at them next: not one publication each
+            for oid in kept:  # a reader there looks at them next: not one publication each
                 await self._give_up(self._holdings.below(oid))
-            if handed := [o for o in oids if o not in kept]:
-                await self._give_up([handed])  # not in use here: the reader may lease it
+            if handed := [o for o in oids if o not in kept]:  # not in use here: the reader
+                await self._give_up(self._holdings.with_children(handed))  # may lease them
                 self._stats["handed_over"] += len(handed)
             if kept:
                 await self._update(kept, "fs.publish", {"lt": self._wall_ns(), "n": asked})
