@@ -69,13 +69,3 @@ def _trio_limit(item: pytest.Function) -> float | None:
     except (TypeError, ValueError):
         return None
     return 0.9 * limit if limit > 0 else None
-
-
-@pytest.fixture
-def busy_writer(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A writer that keeps what it holds when a reader asks it to publish, however long a
-    loaded machine pauses it between its work and the reader's look (``publish.IDLE``
-    raised to a minute; ``t3_fs_publish.py`` tests the hand-over of what is left idle)."""
-    from bftfs.fs.leases import publish
-
-    monkeypatch.setattr(publish, "IDLE", 60.0)

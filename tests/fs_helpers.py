@@ -31,6 +31,7 @@ from bftfs import fsobjects as obj
 from bftfs.fab.metaclient import FabMetaClient
 from bftfs.fs.errors import NotFound, StaleView
 from bftfs.fs.filesystem import FileSystem, open_file_system
+from bftfs.fs.leases import publish
 from bftfs.fsobjects.leases import DONE, LEASE_TIME
 from bftfs.ids import client_id
 from bftfs.outcome import patience
@@ -55,6 +56,20 @@ def _scoped(stack: list[T], value: T) -> Iterator[None]:
         yield
     finally:
         stack.pop()
+
+
+@contextmanager
+def busy_writer() -> Iterator[None]:
+    """A writer that keeps what it holds when a reader asks it to publish, however long a
+    loaded machine pauses it between its work and the reader's look: ``publish.IDLE``
+    raised to a minute inside the block (``t3_fs_publish.py`` tests the hand-over of what
+    is left idle).  A block, not a fixture: ``t3_fab_fs.py`` calls the tests itself."""
+    idle = publish.IDLE
+    publish.IDLE = 60.0
+    try:
+        yield
+    finally:
+        publish.IDLE = idle
 
 
 def engine(name: str) -> AbstractContextManager[None]:

@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from fs_helpers import Env, run
+from fs_helpers import Env, busy_writer, run
 from t3_fs_writeback import OPTIONS, new_file, rounds_since
 
 from bftfs.fs.errors import NotEmpty, NotFound
@@ -28,7 +28,6 @@ async def read_all(fs: FileSystem, parent: int, name: bytes) -> bytes:
     return data
 
 
-@pytest.mark.usefixtures("busy_writer")
 def test_a_tree_made_in_a_held_directory_costs_no_round_until_written_back(
     tmp_path: Path,
 ) -> None:
@@ -73,7 +72,8 @@ def test_a_tree_made_in_a_held_directory_costs_no_round_until_written_back(
         assert await read_all(b, y, b"fy") == b"in y"
         assert (await b.getattr(top)).nlink == 3
 
-    run(tmp_path, body, fs_options=OPTIONS)
+    with busy_writer():
+        run(tmp_path, body, fs_options=OPTIONS)
 
 
 def test_a_recall_sends_the_waiting_mkdirs_before_the_release(tmp_path: Path) -> None:

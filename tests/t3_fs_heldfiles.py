@@ -13,8 +13,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
-import pytest
-from fs_helpers import Env, run
+from fs_helpers import Env, busy_writer, run
 from t3_fs_leases import until
 from t3_fs_writeback import exclusive, new_file
 
@@ -58,7 +57,6 @@ async def read_all(fs: FileSystem, ino: int) -> bytes:
         await fs.release(fh)
 
 
-@pytest.mark.usefixtures("busy_writer")
 def test_a_held_file_is_reopened_appended_and_read_without_a_round_then_seen_elsewhere(
     tmp_path: Path,
 ) -> None:
@@ -89,7 +87,8 @@ def test_a_held_file_is_reopened_appended_and_read_without_a_round_then_seen_els
         assert await read_all(b, ino_b) == b"first\nline 0\nline 1\nline 2\nafter\n"
         assert b.meta.methods["fs.recall"] == 0
 
-    run(tmp_path, body, fs_options=OPTIONS)
+    with busy_writer():
+        run(tmp_path, body, fs_options=OPTIONS)
 
 
 def test_a_held_file_whose_writes_went_back_is_still_reopened_without_a_round(
@@ -223,7 +222,6 @@ def test_a_file_whose_lease_ended_with_writes_due_opens_and_sends_them(tmp_path:
     run(tmp_path, body, fs_options=OPTIONS)
 
 
-@pytest.mark.usefixtures("busy_writer")
 def test_a_file_another_client_made_is_leased_after_a_few_written_closes(
     tmp_path: Path,
 ) -> None:
@@ -260,7 +258,8 @@ def test_a_file_another_client_made_is_leased_after_a_few_written_closes(
         assert await read_all(b, attr.ino) == expected  # published: written back first
         assert leases.stats["published"] >= 1
 
-    run(tmp_path, body, fs_options=OPTIONS)
+    with busy_writer():
+        run(tmp_path, body, fs_options=OPTIONS)
 
 
 def test_a_file_past_max_file_is_not_leased_for_its_written_closes(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from fs_helpers import Env, run
+from fs_helpers import Env, busy_writer, run
 from t3_fs_writeback import exclusive, new_file
 
 from bftfs.fs.filesystem import FileSystem
@@ -35,7 +35,6 @@ async def held_directory(env: Env) -> tuple[FileSystem, FileSystem, Leases, int]
     return a, b, leases, d
 
 
-@pytest.mark.usefixtures("busy_writer")
 def test_a_reader_sees_every_closed_file_at_each_look_and_the_writer_keeps_its_lease(
     tmp_path: Path,
 ) -> None:
@@ -65,10 +64,10 @@ def test_a_reader_sees_every_closed_file_at_each_look_and_the_writer_keeps_its_l
         assert b.meta.methods["fs.recall"] == 0
         assert leases.stats["published"] >= 3 and b.meta.methods["fs.askpub"] >= 3
 
-    run(tmp_path, body, fs_options=OPTIONS)
+    with busy_writer():
+        run(tmp_path, body, fs_options=OPTIONS)
 
 
-@pytest.mark.usefixtures("busy_writer")
 def test_a_reader_walking_a_tree_made_under_one_lease_asks_nothing_below_its_top(
     tmp_path: Path,
 ) -> None:
@@ -105,7 +104,8 @@ def test_a_reader_walking_a_tree_made_under_one_lease_asks_nothing_below_its_top
         assert leases.stats["given_up_published"] >= 7  # top's files and the subdirectory
         assert leases.exclusive_left(top) > 0 and leases.exclusive_left(sub) == 0
 
-    run(tmp_path, body, fs_options=OPTIONS)
+    with busy_writer():
+        run(tmp_path, body, fs_options=OPTIONS)
 
 
 def test_a_holder_that_does_not_publish_is_recalled(tmp_path: Path) -> None:

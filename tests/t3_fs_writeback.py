@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import trio
-from fs_helpers import Env, run
+from fs_helpers import Env, busy_writer, run
 from t3_fs_leases import until
 
 from bftfs.fs.errors import Exists, NotEmpty, NotFound, StaleView
@@ -54,7 +54,6 @@ async def exclusive(fs: FileSystem, directory: int) -> None:
     await fs.write_back()
 
 
-@pytest.mark.usefixtures("busy_writer")
 @pytest.mark.parametrize("twins", [False, True], ids=["two-clients", "one-client-two-mounts"])
 def test_closes_under_an_exclusive_lease_leave_creates_to_write_back(
     tmp_path: Path, twins: bool
@@ -86,10 +85,10 @@ def test_closes_under_an_exclusive_lease_leave_creates_to_write_back(
         assert a.meta.leases.exclusive_left(d) > 0  # published, kept
         assert a.meta.leases.stats["published"] >= 1 and b.meta.methods["fs.recall"] == 0
 
-    run(tmp_path, body, twins=twins, fs_options=OPTIONS)
+    with busy_writer():
+        run(tmp_path, body, twins=twins, fs_options=OPTIONS)
 
 
-@pytest.mark.usefixtures("busy_writer")
 def test_files_past_the_inline_limit_are_written_back_with_their_blocks(tmp_path: Path) -> None:
     """A new file too big to go inline (a source file, an object file) is deferred too: its
     close neither creates it nor writes its blocks; at another client's look the holder
@@ -122,7 +121,8 @@ def test_files_past_the_inline_limit_are_written_back_with_their_blocks(tmp_path
         assert a.meta.methods["fs.lock"] == locks
         assert a.meta.leases.exclusive_left(d) > 0  # published, kept
 
-    run(tmp_path, body, fs_options=OPTIONS)
+    with busy_writer():
+        run(tmp_path, body, fs_options=OPTIONS)
 
 
 def test_a_stat_of_a_file_left_to_write_back_sends_nothing(tmp_path: Path) -> None:
