@@ -111,6 +111,23 @@ def test_a_connection_attempt_far_past_its_round_trip_is_stuck() -> None:
     assert s.stuck(N, 12.1, rto) == {N[4]}
 
 
+def test_an_attempt_that_kept_a_caller_waiting_stays_stuck_until_it_ends() -> None:
+    """A caller waited its patience (the RTO unknown then: the floor); the attempt's TCP
+    set-up, sampled since on a loaded machine, now gives the node more: it stays stuck,
+    so the calls that follow do not ask it first and wait for it again (CI: five reads
+    of sixteen paid two rounds)."""
+    s = Suspects()
+    rto = {3: 0.2}.__getitem__
+    s.connect_overdue(3)  # no attempt under way: nothing to mark
+    s.connect_started(3, 10.0)
+    assert s.stuck([N[3]], 10.0 + CONNECTING_FLOOR + 0.01, rto) == set()
+    s.connect_overdue(3)
+    assert s.stuck([N[3]], 10.0 + CONNECTING_FLOOR + 0.01, rto) == {N[3]}
+    s.connect_ended(3)
+    s.connect_started(3, 20.0)
+    assert s.stuck([N[3]], 20.1, rto) == set()
+
+
 def test_the_reserve_is_asked_when_silent_targets_leave_the_others_short() -> None:
     """Nine targets, seven replies wanted, node 0 suspect; nodes 1 and 2 are silent
     (crashed, withholding: no failure, no trouble reported).  The six that answer cannot

@@ -99,6 +99,7 @@ class Pool:
         async def report() -> None:
             with scope:
                 await trio.sleep(connect_patience(self.ep.rtt.rto(node)))
+                self.suspects.connect_overdue(node)
                 trouble()
 
         self._nursery.start_soon(report)  # the endpoint's: the errors of get stay ours

@@ -31,7 +31,8 @@ the attempt lasts (:meth:`Suspects.stuck`): a node that stopped reading (its pro
 and until the connect timeout gave up on it (seconds) every read asked it for its
 fragment and waited for a probe to another node.  A call waiting for that connection
 reports trouble to its quorum call at the same mark (``Pool.connect``), so the call asks
-another node at once instead of after its ``probe_after``.
+another node at once instead of after its ``probe_after``; from then the attempt is stuck
+until it ends, whatever the node's round trip, sampled by the attempt since, says.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ CONNECTING_K = 4.0
 class Suspects:
     """Suspect nodes and connection attempts under way (see the module docstring)."""
 
-    __slots__ = ("until", "reasons", "connecting")
+    __slots__ = ("until", "reasons", "connecting", "overdue")
 
     def __init__(self) -> None:
         #: Per suspect node, when it stops being one.
@@ -63,6 +64,9 @@ class Suspects:
         self.reasons: Counter[tuple[int, str]] = Counter()
         #: Per node with a connection attempt under way, when it began.
         self.connecting: dict[int, float] = {}
+        #: Nodes whose attempt under way already kept a caller waiting its patience
+        #: (:meth:`connect_overdue`): stuck whatever their round trip says since.
+        self.overdue: set[int] = set()
 
     def suspect(self, node: int, reason: str, now: float) -> None:
         """``node`` sent a frame that proves it faulty (``reason``) at ``now``."""
@@ -86,19 +90,31 @@ class Suspects:
     def connect_started(self, node: int, now: float) -> None:
         self.connecting[int(node)] = now
 
+    def connect_overdue(self, node: int) -> None:
+        """A caller waited its patience for ``node``'s attempt under way: the attempt is
+        stuck until it ends, also if the node's round trip, sampled by the attempt's own
+        TCP set-up since, now gives it more patience (a loaded machine's first sample:
+        else every call in between asked it first again and waited for it)."""
+        if int(node) in self.connecting:
+            self.overdue.add(int(node))
+
     def connect_ended(self, node: int) -> None:
         self.connecting.pop(int(node), None)
+        self.overdue.discard(int(node))
 
     def stuck(self, targets: Iterable[N], now: float, rto: Callable[[int], float]) -> set[N]:
         """Those of ``targets`` whose connection attempt has lasted ``max(CONNECTING_FLOOR,
-        CONNECTING_K * rto(node))``."""
+        CONNECTING_K * rto(node))``, or kept a caller waiting that long
+        (:meth:`connect_overdue`)."""
         connecting = self.connecting
         if not connecting:
             return set()
         out = set()
         for n in targets:
             began = connecting.get(int(n))
-            if began is not None and now - began > connect_patience(rto(n)):
+            if began is None:
+                continue
+            if int(n) in self.overdue or now - began > connect_patience(rto(n)):
                 out.add(n)
         return out
 
