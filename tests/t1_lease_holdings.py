@@ -110,3 +110,38 @@ def test_files_no_longer_held_leave_their_directory_s_set() -> None:
         assert DIRECTORY not in h.children
 
     trio.run(main, clock=clock)
+
+
+def test_a_directory_in_use_keeps_the_files_made_there_in_use() -> None:
+    """A writer creating and removing in a directory uses the directory's lease, not its
+    files': the files it made there and left are still in use (``used_since``), so a
+    reader's request to publish one does not hand it over.  Here the directory is the
+    root (its own parent, as the mount's root is), where only the directory's own use
+    can say so: before, it did not count, and each file a reader looked at there was
+    handed over.  Once neither the directory nor anything in it was used for the
+    window, they are not in use."""
+    clock = trio.testing.MockClock()
+
+    async def main() -> None:
+        h = Holdings(
+            TERM,
+            lambda: int(trio.current_time() * 1e9),
+            Counter(),
+            dropped=lambda oid: None,
+            woke=lambda oids: None,
+        )
+        h.made(DIRECTORY, DIRECTORY, trio.current_time(), int(trio.current_time() * 1e9))
+        files = [1000, 1001]
+        assert h.inherit(DIRECTORY, files)
+        clock.jump(5.0)
+        now = trio.current_time()
+        assert not h.used_since(files[0], now - 1.0, now)
+        assert h.live(DIRECTORY, now) is not None  # a create there: the directory used
+        assert h.used_since(files[0], now - 1.0, now)
+        clock.jump(2.0)
+        now = trio.current_time()
+        assert not h.used_since(files[0], now - 1.0, now)
+        assert h.live(files[1], now) is not None  # another file of the directory used
+        assert h.used_since(files[0], now - 1.0, now)
+
+    trio.run(main, clock=clock)

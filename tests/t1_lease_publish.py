@@ -13,6 +13,7 @@ import trio
 
 from bftfs.config import ClusterConfig
 from bftfs.fs.clients.calls import Meta
+from bftfs.fs.clients.reading import PUBLISH_PATIENCE, PUBLISH_WAIT, RecentTokens
 from bftfs.fsobjects import FS, new_dir
 from bftfs.fsobjects.leases import EXCLUSIVE, SHARED, holders, tag_query
 from bftfs.fsobjects.pubstate import counts, published_for, query_tokens
@@ -147,3 +148,21 @@ def test_a_reader_on_older_nodes_recalls_as_before() -> None:
     got = trio.run(meta.query_now, DIR, "fs.stat", None)
     assert got == {"mode": 0o40755} and not meta.publish_reads
     assert nodes.calls.count("fs.askpub") == 1 and "fs.recall" in nodes.calls
+
+
+def test_a_reader_waits_on_while_the_publications_it_asked_for_come() -> None:
+    """A reader recalls a holder that published nothing it asked for within
+    ``PUBLISH_WAIT`` (a crashed or Byzantine one), but waits up to ``PUBLISH_PATIENCE``
+    while publications it asked for still come (a busy holder working through a
+    listing's entries); a reused token is no publication."""
+    recent = RecentTokens()
+    assert recent.publishing(10.0, 10.0 + PUBLISH_WAIT - 0.1)
+    assert not recent.publishing(10.0, 10.0 + PUBLISH_WAIT)
+    recent.read_with({5: 1}, 13.0)  # a reuse: no publication came
+    assert not recent.publishing(10.0, 13.5)
+    recent.read_with({6: 2}, 13.0, asked=True)
+    assert recent.publishing(10.0, 13.5)
+    assert not recent.publishing(10.0, 13.0 + PUBLISH_WAIT)
+    recent.read_with({7: 3}, 10.0 + PUBLISH_PATIENCE - 1, asked=True)
+    assert recent.publishing(10.0, 10.0 + PUBLISH_PATIENCE - 0.5)
+    assert not recent.publishing(10.0, 10.0 + PUBLISH_PATIENCE)

@@ -33,7 +33,6 @@ import trio
 from bftfs import fsobjects as obj
 from bftfs.fs.clients.protocols import BlockClient, MetadataClient
 from bftfs.fs.clients.reading import (
-    PUBLISH_WAIT,
     RecentTokens,
     ask_publication,
     reading_with,
@@ -346,7 +345,8 @@ class Meta:
         """The update (with ``query``: the query of those objects), recalling other
         clients' leases that refuse it: any lease for an update, an exclusive one for a
         query (``fsobjects.leases.guarded``), whose holder a query first asks to publish
-        (``fs/clients/reading.py``) and recalls only after :data:`PUBLISH_WAIT`.  The wait
+        (``fs/clients/reading.py``) and recalls once none it asked for came for
+        ``PUBLISH_WAIT`` (``PUBLISH_PATIENCE`` at most).  The wait
         is the holders', bounded by a lease's longest term (and the skew) for a holder
         that never releases; it uses up no patience (contention, not the cluster's
         silence).
@@ -368,7 +368,7 @@ class Meta:
                         with reading_with(tokens):
                             answer = await self.qu.query(query, method, arg)
                         if tokens:
-                            self.recent.read_with(tokens, trio.current_time())
+                            self.recent.read_with(tokens, trio.current_time(), asked=asked)
                         if recalled:
                             await self._done_waiting(objects)
                         return answer
@@ -389,7 +389,7 @@ class Meta:
                         self.leases.contended(objects)  # another's lease: contention
                     if trio.current_time() > deadline:
                         raise MethodRefused("busy", "a lease holder did not release") from None
-                publishing = trio.current_time() - started < PUBLISH_WAIT
+                publishing = self.recent.publishing(started, trio.current_time())
                 if query is not None and self.publish_reads and publishing:
                     if tokens is None or not asked:  # (None: no exclusive lease at the ask)
                         tokens, asked = await self._ask_publication(objects) or None, True

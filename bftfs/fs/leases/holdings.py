@@ -48,7 +48,7 @@ MAX_PARENTS = 1 << 18
 #: twice as many as were left): :meth:`Holdings.tidy`.
 PURGE_AT = 4096
 #: Directories above a leased object whose use keeps its lease (the tree in use): its
-#: directory and the one above, so a file stays held while its directory's other
+#: directory and the one above, so a file stays held while its directory, its other
 #: entries or its cousins are worked on (git walking a tree one directory at a time).
 TREE_LEVELS = 2
 
@@ -271,8 +271,16 @@ class Holdings:
         return h.used >= since or self._tree_busy(oid, since)
 
     def _tree_busy(self, oid: int, since: float) -> bool:
-        for _ in range(TREE_LEVELS + 1):
+        """Whether something under ``oid`` or under the :data:`TREE_LEVELS` directories
+        above it, or one of those directories itself, was used since ``since``.  A
+        directory's own use counts: a writer creating and removing there uses its lease,
+        no file's, and a use marks only the directories above the object used, so in
+        the root (its own parent) or a directory whose parent is not known the files it
+        made and left were not in use, and a reader's look handed each over."""
+        for level in range(TREE_LEVELS + 1):
             if self.tree_used.get(oid, float("-inf")) >= since:
+                return True
+            if level and (h := self.held.get(oid)) is not None and h.used >= since:
                 return True
             parent = self.parents.get(oid)
             if parent is None or parent == oid:
@@ -345,11 +353,6 @@ class Holdings:
         while nxt := [c for o in levels[-1] for c in self._take_children(o) if c in self.held]:
             levels.append(nxt)
         return levels
-
-    def below(self, oid: int) -> list[list[int]]:
-        """What was leased with its create in ``oid`` and is still held, then in those,
-        ...: level by level, forgotten as children (``oid`` itself stays held)."""
-        return self.with_children([oid])[1:]
 
     def _take_children(self, oid: int) -> set[int]:
         """Forget what was leased with its create in ``oid`` (and when to look at it)."""

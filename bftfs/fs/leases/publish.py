@@ -17,12 +17,14 @@ for :data:`IDLE` (nor anything in its tree), or no longer holds, is handed over 
 released after what it held back, as at a recall, so that the reader may lease it.
 
 The files made under a published directory are no longer *unseen* (``leases/unseen.py``):
-the reader may now know them, so they are answered and removed as any leased file; those
-still leased with their create there (and the directories made there, and what was made
-in those) are given up, released after what the mount holds back for them, as a recall of
-the directory gives them up: the reader looks at them next, and each would cost it a
-publication of its own.  The directory itself stays held, so its creates and removals go
-on in write-back.
+the reader may now know them, so they are answered and removed as any leased file.  They
+stay held with the directory (and the directories made there, and what was made in
+those), so its creates, removals and the files' writes go on in write-back; a reader's
+look at one asks a publication of its own (batched with the others asked meanwhile), and
+they go with the directory when it is handed over or recalled.  Given up at each
+publication instead, a reader listing the directory every second leased them one by one
+and the writer's next use of each recalled it: PostMark beside such a reader went from
+281 to 33 transactions a second (``benchmarks/results/2026-11-30-issue64-byzantine-client.md``).
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ BURST = 32
 RATE = 10
 #: Objects one publication names at most (``MAX_OBJECTS``).
 BATCH = 32
+#: Publications under way at once: a reader listing a directory asks for each of its
+#: entries, and one publication after another (a second each on two loaded cores) kept
+#: a listing of 300 entries waiting past ``PUBLISH_WAIT``, so it recalled the directory.
+PARALLEL = 4
 #: Objects whose pushes are counted at most (then they are forgotten).
 MAX_COUNTED = 4096
 #: Seconds without a use of an object or its tree after which a request to publish it
@@ -89,7 +95,8 @@ class Publisher:
         self._stats = stats
         #: Objects asked for and not yet published, in order.
         self._wanted: dict[int, None] = {}
-        self._running = False
+        #: Publications under way (at most :data:`PARALLEL`).
+        self._running = 0
         #: The publications' pace: :data:`BURST` at once, then :data:`RATE` a second.
         self._pace = ByteRate(RATE, burst=BURST / RATE)
 
@@ -117,8 +124,8 @@ class Publisher:
             self._wanted[oid] = None
         if believed:
             self._stats["publish_asked"] += len(believed)
-            if not self._running:
-                self._running = True
+            while self._running < min(PARALLEL, -(-len(self._wanted) // BATCH)):
+                self._running += 1
                 self._spawn(self._run)
 
     async def _run(self) -> None:
@@ -130,7 +137,7 @@ class Publisher:
                     del self._wanted[oid]
                 await self.publish(batch)
         finally:
-            self._running = False
+            self._running -= 1
 
     async def publish(self, oids: Sequence[int]) -> bool:
         """Publish ``oids`` now (at most :data:`BATCH`): whether the nodes recorded it.  A
@@ -151,8 +158,6 @@ class Publisher:
             unseen.publish(oid)
         try:
             asked = await self.query(kept, ASKED, None) if kept else []
-            for oid in kept:  # a reader there looks at them next: not one publication each
-                await self._give_up(self._holdings.below(oid))
             if handed := [o for o in oids if o not in kept]:  # not in use here: the reader
                 await self._give_up(self._holdings.with_children(handed))  # may lease them
                 self._stats["handed_over"] += len(handed)

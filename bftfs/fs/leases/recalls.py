@@ -116,8 +116,8 @@ class Recalls:
 
     async def give_up(self, levels: list[list[int]]) -> None:
         """Let the objects of ``levels`` go and release them now, deepest first (what the
-        mount held back for them goes first): what was made under a directory being
-        published (``publish.py``)."""
+        mount held back for them goes first): what a publication hands over, an object
+        not in use here and what was made in it (``publish.py``)."""
         if not levels:
             return
         now = trio.current_time()
