@@ -6,8 +6,8 @@ publication; every correct node that takes the request pushes ``{"publish": [oid
 here.  A request is believed from ``b + 1`` nodes (:class:`RecallVotes` on that key), so a
 Byzantine node alone cannot make the mount send early (which would cost only rounds).
 The mount then, at most :data:`RATE` times a second after a burst of :data:`BURST`, for
-up to :data:`BATCH` objects at a time: reads the requests counted on them
-(``fs.pubasked``), sends what it holds back for them with the gated update
+up to :data:`BATCH` objects at a time, :data:`PARALLEL` publications at once: reads the
+requests counted on them (``fs.pubasked``), sends what it holds back for them with the gated update
 ``fs.publish`` (the gate sends a directory's held-back creates,
 mkdirs, removals and the buffered writes of the files under it first, as for a release),
 which records the publication.  The lease, its cache and the directory's write-back stay:
@@ -30,6 +30,7 @@ and the writer's next use of each recalled it: PostMark beside such a reader wen
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -124,7 +125,7 @@ class Publisher:
             self._wanted[oid] = None
         if believed:
             self._stats["publish_asked"] += len(believed)
-            while self._running < min(PARALLEL, -(-len(self._wanted) // BATCH)):
+            while self._running < min(PARALLEL, math.ceil(len(self._wanted) / BATCH)):
                 self._running += 1
                 self._spawn(self._run)
 
