@@ -25,24 +25,24 @@ byte; at the end every client reads every name.  **History reads** (issue 31) as
 name held at a moment taken between two earlier rounds (:class:`~bftfs.fs.history.Past`, as
 ``bftfs cat --at`` does): the answer must be the model's at that moment, byte for byte, or
 no answer (:class:`~bftfs.fs.history.Undecided`: a time too few nodes vouch for) - never
-other contents, and never a file before it was made; at the end every name is asked at
-the moment before the first round and at the last one.  Every operation must complete (at most
+other contents, and never a file before it was made; at the end every name is asked at the
+moment before the first round and at the last one.  Every operation must complete (at most
 ``t`` faulty nodes) within :data:`DEADLINE` seconds of trio's clock: a hang, an EIO or any
-other error is a finding.  The Q/U and PASIS histories the file system made are recorded
-under it and checked for linearizability (:mod:`bftfs.testing.recording`).
+other error is a finding.  The Q/U and PASIS histories the file system made are recorded under
+it and checked for linearizability (:mod:`bftfs.testing.recording`).
 
 ``python -m bftfs.testing.campaign --seed S --schedules K --ops N`` runs schedules ``S`` to
 ``S + K - 1`` and prints what it ran and found; a schedule that fails prints its seed, its
-schedule and the last operations, and ``--seed <that seed> --schedules 1`` replays it (the
-schedule, placement, operations and per-request lies are functions of the seed; the
-interleaving of concurrent requests over real sockets is not, so a replay is the same
-adversary, not always the same run).  ``--workers W`` runs the schedules on ``W`` spawned
+schedule, the last operations and its replay line (the schedule, placement, operations and
+per-request lies are functions of the seed; the interleaving of concurrent requests over
+real sockets is not: a replay is the same adversary, not always the same run; a hung step
+also shows its tasks' stacks).  ``--workers W`` runs the schedules on ``W`` spawned
 processes (``campaign_workers.py``); the report is the same, added up in seed order.
 
 **It can fail.**  Checked by hand, seed 1, 40 operations: with ``b + 1`` Byzantine nodes
-the first schedule reports no answer within :data:`DEADLINE` seconds (the root's Q/U
-object was never established).  Disabling the readers' per-fragment check is *not* enough:
-the regeneration check against the cross checksum still rejects a corrupt candidate.
+the first schedule reports no answer within :data:`DEADLINE` seconds (the root's Q/U object
+was never established).  Disabling the readers' per-fragment check is *not* enough: the
+regeneration check against the cross checksum still rejects a corrupt candidate.
 
 Modules: this one runs schedules (clusters, clients, faults, rounds, the linearizability
 check, the report); the model and the planner of each round's operations are
@@ -120,6 +120,7 @@ class Schedule:
     crashy: tuple[int, ...]
     #: The clients' lease term in seconds (0: no leases; ``fs/leases.py``).
     lease_term: float = 0.0
+    slow: bool = False  # drawn from SLOW_THRESHOLDS: the replay needs --slow
 
     @classmethod
     def draw(
@@ -143,6 +144,7 @@ class Schedule:
             byzantine=tuple(sorted(faulty[:b])),
             crashy=tuple(sorted(faulty[b:])),
             lease_term=lease_term,
+            slow=thresholds == SLOW_THRESHOLDS,
         )
 
     def text(self) -> str:
@@ -153,7 +155,8 @@ class Schedule:
             f"schedule seed {self.seed}: t={self.t} b={self.b} n={self.n}, "
             f"{self.clients} clients, {self.ops} operations{leases}, "
             f"Byzantine {list(self.byzantine)}{crashy} (replay: python -m "
-            f"bftfs.testing.campaign --seed {self.seed} --schedules 1 --ops {self.ops}{option})"
+            f"bftfs.testing.campaign --seed {self.seed} --schedules 1 --ops {self.ops}{option}"
+            f"{' --slow' * self.slow})"
         )
 
 
@@ -333,13 +336,11 @@ async def _rounds(
         async def one(s: Step, r: int) -> None:
             try:
                 t0 = trio.current_time()
-                with trio.fail_after(DEADLINE):
+                async with _named_hang(s, f"round {r}"):
                     got = await run_step(fss[s.client], s, _fail, pasts[s.client], moments)
                 if got is not None:
                     out.ops[f"history {got}"] += 1
                 out.durations.append((trio.current_time() - t0, f"round {r}: {s.text()}"))
-            except trio.TooSlowError:
-                raise _fail(f"{s.text()}: no answer within {DEADLINE} s (a hang)") from None
             except FsError as e:
                 raise _fail(f"{s.text()}: {type(e).__name__} (errno {e.errno}): {e}") from e
 
