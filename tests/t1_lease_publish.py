@@ -13,7 +13,7 @@ import trio
 
 from bftfs.config import ClusterConfig
 from bftfs.fs.clients.calls import Meta
-from bftfs.fs.clients.reading import PUBLISH_PATIENCE, PUBLISH_WAIT, RecentTokens
+from bftfs.fs.clients.reading import PUBLISH_PATIENCE, PUBLISH_WAIT, RETRY_MAX, RecentTokens
 from bftfs.fsobjects import FS, new_dir
 from bftfs.fsobjects.leases import EXCLUSIVE, SHARED, holders, tag_query
 from bftfs.fsobjects.pubstate import counts, published_for, query_tokens
@@ -156,13 +156,42 @@ def test_a_reader_waits_on_while_the_publications_it_asked_for_come() -> None:
     while publications it asked for still come (a busy holder working through a
     listing's entries); a reused token is no publication."""
     recent = RecentTokens()
-    assert recent.publishing(10.0, 10.0 + PUBLISH_WAIT - 0.1)
-    assert not recent.publishing(10.0, 10.0 + PUBLISH_WAIT)
-    recent.read_with({5: 1}, 13.0)  # a reuse: no publication came
-    assert not recent.publishing(10.0, 13.5)
-    recent.read_with({6: 2}, 13.0, asked=True)
-    assert recent.publishing(10.0, 13.5)
-    assert not recent.publishing(10.0, 13.0 + PUBLISH_WAIT)
-    recent.read_with({7: 3}, 10.0 + PUBLISH_PATIENCE - 1, asked=True)
-    assert recent.publishing(10.0, 10.0 + PUBLISH_PATIENCE - 0.5)
-    assert not recent.publishing(10.0, 10.0 + PUBLISH_PATIENCE)
+    t0, w = 10.0, PUBLISH_WAIT
+    assert recent.publishing(t0, t0 + w - 0.1)
+    assert not recent.publishing(t0, t0 + w)
+    recent.read_with({5: 1}, t0 + w + 1)  # a reuse: no publication came
+    assert not recent.publishing(t0, t0 + w + 1.5)
+    recent.read_with({6: 2}, t0 + w + 1, asked_at=t0 + w)  # one came, in a second
+    assert recent.publishing(t0, t0 + w + 1.5)
+    assert not recent.publishing(t0, t0 + 2 * w + 1)
+    recent.read_with({7: 3}, t0 + PUBLISH_PATIENCE - 1, asked_at=t0 + PUBLISH_PATIENCE - 2)
+    assert recent.publishing(t0, t0 + PUBLISH_PATIENCE - 0.5)
+    assert not recent.publishing(t0, t0 + PUBLISH_PATIENCE)
+
+
+def test_a_reader_waiting_for_publications_asks_again_at_a_share_of_their_usual_wait() -> None:
+    """Each try before the holder published is refused by every node, which reads each
+    object of the query: a reader waits a share of the usual wait between tries (at most
+    ``RETRY_MAX``), not the 0.1 s a contended update's back-off comes to."""
+    recent = RecentTokens()
+    assert recent.retry_after() == 0.0  # no publication seen: the usual back-off
+    for k in range(20):
+        recent.read_with({1: k + 1}, 100.0 + 2 * k + 1.6, asked_at=100.0 + 2 * k)
+    assert 0.25 < recent.retry_after() <= RETRY_MAX
+    for k in range(20):
+        recent.read_with({1: k + 30}, 200.0 + k + 0.02, asked_at=200.0 + k)
+    assert recent.retry_after() < 0.01  # a quiet holder: tries come at once again
+
+
+def test_a_reader_waits_longer_for_publications_that_have_been_slow() -> None:
+    """A busy holder's publications take seconds: the reader's patience before a recall
+    follows them (``WAIT_TIMES`` the usual wait), never beyond ``PUBLISH_PATIENCE``."""
+    recent = RecentTokens()
+    assert recent.patience() == PUBLISH_WAIT
+    for k in range(20):
+        recent.read_with({1: k + 1}, 100.0 + 5 * k + 2.5, asked_at=100.0 + 5 * k)
+    assert PUBLISH_WAIT + 1 < recent.patience() <= 3 * 2.5
+    assert recent.publishing(300.0, 300.0 + PUBLISH_WAIT + 0.5)
+    for k in range(40):
+        recent.read_with({1: k + 50}, 400.0 + 40 * k + 30, asked_at=400.0 + 40 * k)
+    assert recent.patience() == PUBLISH_PATIENCE

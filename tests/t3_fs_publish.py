@@ -107,7 +107,7 @@ def test_a_reader_walking_a_tree_the_writer_works_in_leaves_it_all_to_the_writer
 
 def test_a_holder_that_does_not_publish_is_recalled(tmp_path: Path) -> None:
     """The holder drops every request to publish (as an older mount, or a Byzantine one,
-    would): the reader waits ``PUBLISH_WAIT`` (2 s), recalls
+    would): the reader waits ``PUBLISH_WAIT`` (5 s), recalls
     the lease as before, and sees the files; the holder sent them at the recall and gave
     the lease up."""
 

@@ -360,7 +360,8 @@ class Meta:
         attempt = 0
         # A publication asked for (a query's), or one a lookup or stat may read with again.
         tokens = None if query is None else self.recent.reusable(method, objects, started)
-        recalled = asked = False
+        recalled = False
+        asked_at: float | None = None  # when this call asked for a publication
         try:
             while True:
                 try:
@@ -368,7 +369,7 @@ class Meta:
                         with reading_with(tokens):
                             answer = await self.qu.query(query, method, arg)
                         if tokens:
-                            self.recent.read_with(tokens, trio.current_time(), asked=asked)
+                            self.recent.read_with(tokens, trio.current_time(), asked_at=asked_at)
                         if recalled:
                             await self._done_waiting(objects)
                         return answer
@@ -391,14 +392,16 @@ class Meta:
                         raise MethodRefused("busy", "a lease holder did not release") from None
                 publishing = self.recent.publishing(started, trio.current_time())
                 if query is not None and self.publish_reads and publishing:
-                    if tokens is None or not asked:  # (None: no exclusive lease at the ask)
-                        tokens, asked = await self._ask_publication(objects) or None, True
+                    if tokens is None or asked_at is None:  # (None: no exclusive lease then)
+                        asked_at = trio.current_time()
+                        tokens = await self._ask_publication(objects) or None
                 elif not recalled or attempt % 8 == 0:  # now and then: a push may be lost
                     self.methods["fs.recall"] += 1
                     recalled = True
                     async with self._one_update_per_object(objects):
                         await recall_with_sessions(self.qu.update, objects, self.wall_ns)
-                await self.back_off(min(attempt, 6))
+                waiting = tokens is not None and asked_at is not None and not recalled
+                await self.back_off(min(attempt, 6), self.recent.retry_after() if waiting else 0.0)
                 attempt += 1
                 if isinstance(arg, dict) and query is None:
                     arg = {**arg, "lt": self.wall_ns()}
@@ -542,9 +545,10 @@ class Meta:
     def now(self) -> int:
         return self.clock_ns()
 
-    async def back_off(self, attempt: int) -> None:
+    async def back_off(self, attempt: int, at_least: float = 0.0) -> None:
         """Wait before retrying an update another client's change or lease refused (the
-        wait is contention's, not the cluster's silence: it uses up no patience)."""
-        delay = backoff_delay(attempt, self.rng, BACKOFF_FIRST, BACKOFF_MAX)
+        wait is contention's, not the cluster's silence: it uses up no patience), at least
+        ``at_least`` seconds."""
+        delay = max(at_least, backoff_delay(attempt, self.rng, BACKOFF_FIRST, BACKOFF_MAX))
         await trio.sleep(delay)
         paused(delay)

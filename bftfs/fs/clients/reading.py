@@ -19,9 +19,12 @@ from typing import Any
 
 #: Seconds a reader waits for a publication before it recalls the lease, unless
 #: publications it asked for came meanwhile: a correct holder publishes within its pace
-#: and a few rounds (``fs/leases/publish.py``); a crashed one never does, and its lease
-#: holds the reader off until its term ends.
-PUBLISH_WAIT = 2.0
+#: and the rounds of sending what it held back (``fs/leases/publish.py``: a directory's
+#: first publication in PostMark's create phase sends hundreds of creates, 2-4 s on two
+#: loaded cores; waited 2 s, the reader recalled it and the writer lost the directory and
+#: cooled it: 1 500 -> 90 tx/s); a crashed one never does, and its lease holds the reader
+#: off until its term ends.
+PUBLISH_WAIT = 5.0
 #: Seconds at most a reader waits while publications it asked for still come, each within
 #: :data:`PUBLISH_WAIT` of the one before (a listing asks one for each entry, and a busy
 #: holder publishes 32 objects a second or so on two loaded cores): one default lease
@@ -36,6 +39,14 @@ PUBLISH_PATIENCE = 30.0
 #: the one it cached went stale (ESTALE), and must then find what was made since
 #: (close-to-open; ``t4_mount.py::test_cached_names_that_went_stale_are_looked_up_again``).
 REUSE = 1.0
+#: The most a reader waiting for a publication waits between its queries (s), and the
+#: share of a publication's usual wait it waits at least (:meth:`RecentTokens.retry_after`).
+RETRY_MAX = 0.5
+RETRY_SHARE = 0.25
+#: The weight of the latest wait in the usual one (an exponential average).
+WAIT_WEIGHT = 0.25
+#: A reader waits this many times the usual wait for a publication before recalling.
+WAIT_TIMES = 3.0
 #: Queries that may read with a recent publication's tokens (:class:`RecentTokens`).
 REUSABLE = frozenset({"fs.stat", "fs.statmany", "fs.getxattr", "fs.listxattr"})
 #: Objects whose last publication is remembered at most.
@@ -84,15 +95,26 @@ class RecentTokens:
         self._tokens: OrderedDict[int, tuple[int, float]] = OrderedDict()
         #: When a query last read with tokens of a publication it asked for (trio time).
         self.published_at = float("-inf")
+        #: How long a query usually waits from its request to the publication (s).
+        self.usual_wait = 0.0
+
+    def patience(self) -> float:
+        """Seconds a reader waits for a publication before it recalls: :data:`PUBLISH_WAIT`,
+        or :data:`WAIT_TIMES` the usual wait when publications have been slower (a busy
+        holder on loaded cores takes seconds, and one recall gives up and cools the
+        holder's whole directory), :data:`PUBLISH_PATIENCE` at most.  A holder that
+        publishes slowly on purpose holds a reader off no longer than one never
+        publishing does (its lease's term)."""
+        return min(PUBLISH_PATIENCE, max(PUBLISH_WAIT, WAIT_TIMES * self.usual_wait))
 
     def publishing(self, started: float, now: float) -> bool:
         """Whether a query that began waiting for a publication at ``started`` waits on
-        at ``now`` rather than recalling: within :data:`PUBLISH_WAIT`, or within
+        at ``now`` rather than recalling: within :meth:`patience`, or within
         :data:`PUBLISH_PATIENCE` while publications this mount asked for still come."""
-        waited = now - started
-        if waited < PUBLISH_WAIT:
+        waited, wait = now - started, self.patience()
+        if waited < wait:
             return True
-        return waited < PUBLISH_PATIENCE and now - self.published_at < PUBLISH_WAIT
+        return waited < PUBLISH_PATIENCE and now - self.published_at < wait
 
     def reusable(self, method: str, objects: Sequence[int], now: float) -> dict[int, int] | None:
         """The tokens of the objects of a :data:`REUSABLE` query read with within
@@ -107,11 +129,21 @@ class RecentTokens:
                 out[oid] = got[0]
         return out or None
 
-    def read_with(self, tokens: dict[int, int], now: float, *, asked: bool = False) -> None:
-        """A query was answered with ``tokens`` at ``now`` (``asked``: its own request's,
-        so a publication came, not a reuse of one)."""
-        if asked:
+    def retry_after(self) -> float:
+        """Seconds at least between a waiting query's tries: a share of the usual wait for
+        a publication.  Each try the holder has not published for yet is refused by every
+        node it reaches, which reads each of its objects: a listing retried every 0.1 s
+        through publications of a second or two cost the nodes most of their CPU."""
+        return min(RETRY_MAX, RETRY_SHARE * self.usual_wait)
+
+    def read_with(
+        self, tokens: dict[int, int], now: float, *, asked_at: float | None = None
+    ) -> None:
+        """A query was answered with ``tokens`` at ``now`` (``asked_at``: when it asked
+        for them, so a publication came, not a reuse of one)."""
+        if asked_at is not None:
             self.published_at = now
+            self.usual_wait += WAIT_WEIGHT * (now - asked_at - self.usual_wait)
         for oid, token in tokens.items():
             self._tokens[oid] = (token, now)
             self._tokens.move_to_end(oid)
