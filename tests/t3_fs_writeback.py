@@ -900,3 +900,40 @@ def test_an_exclusive_create_waits_when_the_leased_listing_lacks_the_name(tmp_pa
         await b.release(fh)
 
     run(tmp_path, body, clients=2, fs_options=OPTIONS)
+
+
+def test_creates_sent_together_leave_out_those_made_meanwhile(tmp_path: Path) -> None:
+    """Creates sent together go a batch at a time; one of a later batch made meanwhile
+    by another task (a publication's gate, a listing's) is left out of its batch, not
+    sent in it: the nodes refuse a batch naming a file that exists (``IdTaken``), and
+    every create of it then went alone, a round apiece (231 ``fs.createwrite`` in a
+    PostMark beside a reader asking publications)."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+        await exclusive(a, d)
+        wb = a.outbox.writeback
+        assert wb is not None
+        outbox = a.outbox.creates
+        inos = [await new_file(a, d, b"f%02d" % k, b"x%d" % k) for k in range(2 * wb.batch)]
+        ps = [outbox.creates.pending_of(i) for i in inos]
+        assert all(p is not None and wb.deferred(p.oid) for p in ps)
+        late = ps[-1]
+        assert late is not None
+        real = outbox.sender.send_many
+
+        async def send_many(batch: list[Any]) -> None:
+            if late not in batch and outbox.creates.pending_of(late.oid) is late:
+                await outbox.sends.send(late)  # another task sends it alone meanwhile
+            await real(batch)
+
+        outbox.sender.send_many = send_many  # type: ignore[method-assign]
+        alone, many = sent(a), a.meta.methods["fs.createmany"]
+        await outbox.sends.send_deferred([p for p in ps if p is not None])
+        assert sent(a) - alone == 1, sent(a) - alone  # the one sent meanwhile, no other
+        assert a.meta.methods["fs.createmany"] - many == 2
+        names = {n for n, _ in await b.readdir(d)}
+        assert {b"f%02d" % k for k in range(2 * wb.batch)} <= names
+
+    run(tmp_path, body, fs_options=OPTIONS)

@@ -120,15 +120,7 @@ class CreateSends:
         (``fs/writeback/schedule.py``), all of one directory: together in one ``fs.createmany``
         when they can be, else (or when that fails) each alone; a closed file made clean
         is then forgotten, as a close forgets it."""
-        together = [
-            p
-            for p in ps
-            if self.creates.pending_of(p.oid) is p
-            and p.sender is None
-            and p.failures == 0
-            and not self.creates.moved(p.oid)
-            and self.cache.files.get(p.oid) is not None
-        ]
+        together = [p for p in ps if self._sendable_together(p)]
         made: set[int] = set()
         #: Creates of a batch that failed: still this task's (their waiters wait) until
         #: each is sent alone below.
@@ -137,7 +129,9 @@ class CreateSends:
         width = batch_size(NARROW_OBJECTS) if wb is None else wb.batch
         try:
             for i in range(0, len(together), width):
-                batch = together[i : i + width]
+                # Again at each batch: the batches before it waited, and meanwhile another
+                # task (a publication, a listing) sent some alone or forgot their files.
+                batch = [p for p in together[i : i + width] if self._sendable_together(p)]
                 if len(batch) > 1:
                     if await self._send_together(batch):
                         made.update(p.oid for p in batch)
@@ -155,6 +149,20 @@ class CreateSends:
         finally:
             for p in kept:  # not sent alone (an error above): their waiters go on
                 self._sent(p, settled=False)
+
+    def _sendable_together(self, p: PendingCreate) -> bool:
+        """Whether ``p`` may go in an ``fs.createmany`` now: still pending, nobody sending
+        it, never failed, not moved, its file known.  Checked once per batch, not once
+        per call: a batch with a create made meanwhile was refused ``IdTaken``, one whose
+        file was forgotten failed here (``KeyError``), and all of its creates then went
+        alone, a round apiece (231 beside a reader asking publications)."""
+        return (
+            self.creates.pending_of(p.oid) is p
+            and p.sender is None
+            and p.failures == 0
+            and not self.creates.moved(p.oid)
+            and self.cache.files.get(p.oid) is not None
+        )
 
     async def send_directory(self, parent: int) -> list[PendingCreate]:
         """Send every pending create of directory ``parent`` now (a directory ``fsync``:
