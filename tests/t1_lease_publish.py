@@ -13,7 +13,13 @@ import trio
 
 from bftfs.config import ClusterConfig
 from bftfs.fs.clients.calls import Meta
-from bftfs.fs.clients.reading import PUBLISH_PATIENCE, PUBLISH_WAIT, RETRY_MAX, RecentTokens
+from bftfs.fs.clients.reading import (
+    PUBLISH_PATIENCE,
+    PUBLISH_WAIT,
+    RETRY_MAX,
+    REUSE,
+    RecentTokens,
+)
 from bftfs.fsobjects import FS, new_dir
 from bftfs.fsobjects.leases import EXCLUSIVE, SHARED, holders, tag_query
 from bftfs.fsobjects.pubstate import counts, published_for, query_tokens
@@ -195,3 +201,17 @@ def test_a_reader_waits_longer_for_publications_that_have_been_slow() -> None:
     for k in range(40):
         recent.read_with({1: k + 50}, 400.0 + 40 * k + 30, asked_at=400.0 + 40 * k)
     assert recent.patience() == PUBLISH_PATIENCE
+
+
+def test_a_reused_publication_is_not_made_younger_by_its_reuse() -> None:
+    """A stat reads again with a publication's tokens for ``REUSE`` seconds after the
+    publication, not after its latest reuse: restamped at each reuse, a stat every half
+    second read with one token for as long as the holder kept its lease."""
+    recent = RecentTokens()
+    recent.read_with({3: 7}, 10.0, asked_at=9.5)
+    for k in range(1, 4):
+        now = 10.0 + k * REUSE / 4
+        assert recent.reusable("fs.stat", [3], now) == {3: 7}
+        recent.read_with({3: 7}, now)  # a reuse
+    assert recent.reusable("fs.stat", [3], 10.0 + REUSE + 0.01) is None
+    assert recent.reusable("fs.lookup", [3], 10.0) is None  # a lookup asks its own

@@ -140,10 +140,14 @@ class RecentTokens:
         self, tokens: dict[int, int], now: float, *, asked_at: float | None = None
     ) -> None:
         """A query was answered with ``tokens`` at ``now`` (``asked_at``: when it asked
-        for them, so a publication came, not a reuse of one)."""
-        if asked_at is not None:
-            self.published_at = now
-            self.usual_wait += WAIT_WEIGHT * (now - asked_at - self.usual_wait)
+        for them, so a publication came).  A reuse of tokens is not recorded: their time
+        stays the publication's, so a stat sees at most :data:`REUSE` seconds past one
+        (restamped at each reuse, a stat every half second read with one token for as long
+        as the holder kept its lease)."""
+        if asked_at is None:
+            return
+        self.published_at = now
+        self.usual_wait += WAIT_WEIGHT * (now - asked_at - self.usual_wait)
         for oid, token in tokens.items():
             self._tokens[oid] = (token, now)
             self._tokens.move_to_end(oid)
