@@ -360,7 +360,7 @@ class Meta:
         attempt = 0
         # A publication asked for (a query's), or one a lookup or stat may read with again.
         tokens = None if query is None else self.recent.reusable(method, objects, started)
-        recalled = False
+        recalled = ended = False
         asked_at: float | None = None  # when this call asked for a publication
         try:
             while True:
@@ -391,11 +391,16 @@ class Meta:
                     if trio.current_time() > deadline:
                         raise MethodRefused("busy", "a lease holder did not release") from None
                 publishing = self.recent.publishing(started, trio.current_time())
-                if query is not None and self.publish_reads and publishing:
-                    if tokens is None or asked_at is None:  # (None: no exclusive lease then)
-                        asked_at = trio.current_time()
-                        tokens = await self._ask_publication(objects) or None
-                elif not recalled or attempt % 8 == 0:  # now and then: a push may be lost
+                waits = query is not None and self.publish_reads and publishing and not ended
+                if waits and (tokens is None or asked_at is None):
+                    asked_at = trio.current_time()
+                    tokens = await self._ask_publication(objects) or None
+                    # None: no other client's exclusive lease is live - the records that
+                    # refused the query ended, and a recall tidies them (a query does
+                    # not): at once, not after asking again for the whole wait (a killed
+                    # holder's readers paid it per object of a listing).
+                    waits = not (ended := tokens is None)
+                if not waits and (not recalled or attempt % 8 == 0):  # a push may be lost
                     self.methods["fs.recall"] += 1
                     recalled = True
                     async with self._one_update_per_object(objects):
