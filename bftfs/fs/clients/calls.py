@@ -405,8 +405,9 @@ class Meta:
                     recalled = True
                     async with self._one_update_per_object(objects):
                         await recall_with_sessions(self.qu.update, objects, self.wall_ns)
-                waiting = tokens is not None and asked_at is not None and not recalled
-                await self.back_off(min(attempt, 6), self.recent.retry_after() if waiting else 0.0)
+                # Waiting for a publication asked (``waits`` holds only with its tokens).
+                at_least = self.recent.retry_after() if waits and not recalled else 0.0
+                await self.back_off(min(attempt, 6), at_least)
                 attempt += 1
                 if isinstance(arg, dict) and query is None:
                     arg = {**arg, "lt": self.wall_ns()}
