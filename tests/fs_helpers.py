@@ -251,6 +251,7 @@ async def fs_env(
                     )
                 )
             )
+            fss[-1].meta.hints.listen(endpoint, cluster.config.node_ids)
             if fss[-1].meta.leases is not None:
                 fss[-1].meta.leases.listen(endpoint, cluster.config.node_ids)
         yield Env(cluster, fss, _metadata_client(cluster, clients, seed), stack, clock)

@@ -6,25 +6,30 @@ exclusive holder publishes, never past what was asked; a stale token reads nothi
 from __future__ import annotations
 
 import random
+from collections import Counter
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from bftfs.config import ClusterConfig
 from bftfs.fs.clients.calls import Meta
 from bftfs.fs.clients.reading import (
     PUBLISH_PATIENCE,
     PUBLISH_WAIT,
-    RETRY_MAX,
     REUSE,
+    PublishedHints,
     RecentTokens,
 )
 from bftfs.fsobjects import FS, new_dir
 from bftfs.fsobjects.leases import EXCLUSIVE, SHARED, holders, tag_query
 from bftfs.fsobjects.pubstate import counts, published_for, query_tokens
+from bftfs.node.recalls import Recalls
 from bftfs.qu.canon import unpack
 from bftfs.qu.objects import MethodRefused, Registry
+from bftfs.qu.reply import Reply, ReplyStatus
+from bftfs.qu.request import Operation, Request
 
 REG = Registry([FS])
 DIR = 16
@@ -175,18 +180,74 @@ def test_a_reader_waits_on_while_the_publications_it_asked_for_come() -> None:
     assert not recent.publishing(t0, t0 + PUBLISH_PATIENCE)
 
 
-def test_a_reader_waiting_for_publications_asks_again_at_a_share_of_their_usual_wait() -> None:
-    """Each try before the holder published is refused by every node, which reads each
-    object of the query: a reader waits a share of the usual wait between tries (at most
-    ``RETRY_MAX``), not the 0.1 s a contended update's back-off comes to."""
-    recent = RecentTokens()
-    assert recent.retry_after() == 0.0  # no publication seen: the usual back-off
-    for k in range(20):
-        recent.read_with({1: k + 1}, 100.0 + 2 * k + 1.6, asked_at=100.0 + 2 * k)
-    assert 0.25 < recent.retry_after() <= RETRY_MAX
-    for k in range(20):
-        recent.read_with({1: k + 30}, 200.0 + k + 0.02, asked_at=200.0 + k)
-    assert recent.retry_after() < 0.01  # a quiet holder: tries come at once again
+def test_a_waiting_reader_tries_again_once_b_plus_one_nodes_say_it_was_published() -> None:
+    """``PublishedHints``: a query waiting for a publication wakes once ``b + 1`` nodes
+    said some of its objects were published since its last try; one node alone (it may
+    lie), a word about other objects, or one from before the try does not wake it, and
+    it then tries again after ``at_most`` anyway (a push lost)."""
+
+    async def body() -> None:
+        hints = PublishedHints(b=1)
+        hints.on_push(1, {"published": [5]})  # before the try: not counted
+        await trio.sleep(0.01)
+        tried = trio.current_time()
+        woken_at: list[float] = []
+
+        async def waiter() -> None:
+            await hints.wait([5, 6], tried, at_most=60.0)
+            woken_at.append(trio.current_time())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            hints.on_push(2, {"published": [6]})
+            hints.on_push(2, {"published": [5]})  # the same node again
+            hints.on_push(3, {"published": [9]})  # another object
+            await trio.testing.wait_all_tasks_blocked()
+            assert not woken_at
+            hints.on_push(4, {"published": [5, 6]})
+        assert woken_at and woken_at[0] - tried < 1.0
+        assert hints.stats["woken"] == 1
+        await hints.wait([5], tried, at_most=60.0)  # said already since ``tried``
+        assert hints.stats["woken"] == 2
+        await hints.wait([7], trio.current_time(), at_most=0.5)  # nobody says: the fallback
+        assert hints.stats["fallback"] == 1
+        hints.on_push(1, {"published": "5"})
+        hints.on_push(1, {"published": [True, 5]})
+        assert hints.stats["malformed"] == 2
+
+    trio.run(body, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def _accept(recalls: Recalls, client: int, method: str, arg: Any, answer: Any) -> None:
+    op = Operation(method, False, arg, 1)
+    recalls.accepted(Request(client, (DIR,), {DIR: {}}, op), Reply(ReplyStatus.OK, answer=answer))
+
+
+def test_a_node_tells_each_reader_when_the_publication_it_asked_for_landed() -> None:
+    """``node/recalls.Recalls``: an accepted ``fs.askpub`` remembers its caller's token per
+    object; an accepted ``fs.publish`` pushes ``{"published": [...]}`` to each reader
+    whose token the published number covers (once), and to no one else; a node running
+    the ``withhold-recalls`` profile tells nobody."""
+    pushes: list[tuple[int, Any]] = []
+    recalls = Recalls(lambda who, body: pushes.append((int(who), body)) or 1, Counter())
+    _accept(recalls, B, "fs.askpub", {"lt": T0}, [[DIR, [A], 3], [DIR + 1, [A], 1]])
+    _accept(recalls, C, "fs.askpub", {"lt": T0}, [[DIR, [A], 4]])
+    assert pushes == [(A, {"publish": [DIR, DIR + 1]}), (A, {"publish": [DIR]})]
+    pushes.clear()
+    _accept(recalls, A, "fs.publish", {"lt": T0, "n": [[DIR, 3]]}, [DIR])
+    assert pushes == [(B, {"published": [DIR]})]  # C's token 4 is not covered yet
+    pushes.clear()
+    _accept(recalls, A, "fs.publish", {"lt": T0, "n": [[DIR, 4], [DIR + 1, 1]]}, [DIR, DIR + 1])
+    assert sorted(pushes) == [(B, {"published": [DIR + 1]}), (C, {"published": [DIR]})]
+    pushes.clear()
+    _accept(recalls, A, "fs.publish", {"lt": T0, "n": [[DIR, 9]]}, [DIR])
+    _accept(recalls, A, "fs.publish", {"lt": T0, "n": "junk"}, [DIR])
+    assert pushes == []  # each told once; a malformed argument tells nobody
+    recalls.enabled = False
+    _accept(recalls, B, "fs.askpub", {"lt": T0}, [[DIR, [A], 5]])
+    _accept(recalls, A, "fs.publish", {"lt": T0, "n": [[DIR, 5]]}, [DIR])
+    assert pushes == []
 
 
 def test_a_reader_waits_longer_for_publications_that_have_been_slow() -> None:

@@ -152,6 +152,8 @@ async def open_session(
         # fragments from m nodes.
         m = gens.config.m
         fs.engine.fetcher.links = lambda: ep.bandwidth_delay(m)
+        # A query waiting for another client's publication is told when it lands.
+        fs.meta.hints.listen(ep, gens.config.node_ids)
         leases = fs.meta.leases
         if leases is not None:
             # Recalls are pushed by the nodes over this client's connections: keep one

@@ -12,7 +12,12 @@ it *executes* the recall: every correct node executes every slot, once.
 
 An accepted ``fs.askpub`` (``fsobjects/publish.py``) pushes ``{"publish": [oid, ...]}`` to
 the exclusive holders its answer names the same way: they send what they held back and
-keep their leases.
+keep their leases.  The node remembers who asked (in memory, bounded), and an accepted
+``fs.publish`` pushes ``{"published": [oid, ...]}`` to them: a reader waiting for the
+publication tries its query again then, instead of polling the nodes with queries they
+refuse (each reads every object it names; under PostMark beside a mount listing the
+directory once a second those refused tries were the nodes' busiest method).  Only a
+hint: the query is what the nodes check.
 
 The answer pushed is the one the update stored (the applied table answers a retried
 recall the same), so a recall sent again pushes again: a holder that lost a push is told
@@ -32,13 +37,14 @@ release, so the objects can move.
 from __future__ import annotations
 
 import functools
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio.lowlevel
 
 from bftfs.fsobjects.leases import MAX_RECALLED, live
+from bftfs.fsobjects.publish import UPTO
 from bftfs.ids import PrincipalId
 from bftfs.kv import KV
 from bftfs.qu import schema
@@ -54,6 +60,13 @@ RECALL = "fs.recall"
 #: The method whose answer names the exclusive holders asked to publish
 #: (``fsobjects/publish.py``): pushed ``{"publish": [oid, ...]}``.
 ASK_PUBLISH = "fs.askpub"
+#: The holder's publication, whose answer names the objects recorded: their askers are
+#: pushed ``{"published": [oid, ...]}``.
+PUBLISH = "fs.publish"
+#: Objects whose askers are remembered at most (the oldest go first), and askers per
+#: object: a forgotten asker polls, as before the hints.
+MAX_ASKED_OBJECTS = 4096
+MAX_ASKERS = 16
 #: The lock updates whose answers name waiters to wake (``fsobjects/locks.py``).
 LOCK_WAKES = frozenset({"fs.setlk", "fs.unlockowner", "fs.renewlk"})
 #: Objects looked at per read transaction by :func:`recall_stored`.
@@ -70,12 +83,60 @@ class Recalls:
         self.stats = stats
         #: Off in the ``withhold-recalls`` Byzantine profile (testing/byzantine).
         self.enabled = True
+        #: Per object, the clients whose ``fs.askpub`` named it and the token each was
+        #: given, oldest object first (a Q/U update names its caller; under FaB nobody is
+        #: remembered and readers poll).
+        self._askers: OrderedDict[int, dict[int, int]] = OrderedDict()
 
     def accepted(self, req: Request, reply: Reply) -> None:
         """An update this Q/U node took: push the recalls (or lock wake-ups) its answer
-        names."""
-        if req.op is not None:
-            self.executed(req.op.method, reply.answer)
+        names; remember who asked for a publication, and tell them when it lands."""
+        if req.op is None:
+            return
+        if req.op.method == ASK_PUBLISH:
+            self._asked(req.client, reply.answer)
+        elif req.op.method == PUBLISH and self.enabled:
+            self._published(req.op.arg, reply.answer)
+        self.executed(req.op.method, reply.answer)
+
+    def _asked(self, client: int, answer: Any) -> None:
+        """``fs.askpub``'s answer ``[[oid, holders, token], ...]``: the tokens ``client``
+        waits for."""
+        for item in answer if isinstance(answer, list) else ():
+            if isinstance(item, list) and len(item) == 3:
+                oid, _, token = item
+                if isinstance(oid, int) and isinstance(token, int):
+                    askers = self._askers.setdefault(oid, {})
+                    if client in askers or len(askers) < MAX_ASKERS:
+                        askers[client] = token
+                    self._askers.move_to_end(oid)
+        while len(self._askers) > MAX_ASKED_OBJECTS:
+            self._askers.popitem(last=False)
+
+    def _published(self, arg: Any, answer: Any) -> None:
+        """An ``fs.publish`` recorded the objects of its answer up to the numbers of its
+        argument (``n``): push ``{"published": [oid, ...]}`` to each client whose token
+        on one of them that covers."""
+        upto = arg.get(UPTO) if isinstance(arg, dict) else None
+        numbers = {
+            item[0]: item[1]
+            for item in (upto if isinstance(upto, list) else ())
+            if isinstance(item, list) and len(item) == 2 and isinstance(item[1], int)
+        }
+        told: dict[int, list[int]] = {}
+        for oid in answer if isinstance(answer, list) else ():
+            askers = self._askers.get(oid) if isinstance(oid, int) else None
+            n = numbers.get(oid)
+            if askers is None or n is None:
+                continue
+            for client in [c for c, token in askers.items() if token <= n]:
+                del askers[client]
+                told.setdefault(client, []).append(oid)
+            if not askers:
+                del self._askers[oid]
+        for client, oids in told.items():
+            sent = self._push(PrincipalId(client), {"published": oids[:MAX_RECALLED]})
+            self.stats["qu.published.pushed" if sent else "qu.published.unconnected"] += 1
 
     def executed(self, method: str, answer: Any) -> None:
         """A method this node ran and its answer (a Q/U update it accepted, or a FaB slot

@@ -33,6 +33,8 @@ import trio
 from bftfs import fsobjects as obj
 from bftfs.fs.clients.protocols import BlockClient, MetadataClient
 from bftfs.fs.clients.reading import (
+    HINT_FALLBACK,
+    PublishedHints,
     RecentTokens,
     ask_publication,
     reading_with,
@@ -209,6 +211,7 @@ class Meta:
         self.publish_reads = False
         #: The tokens a lookup or stat may read with again (``fs/clients/reading.py``).
         self.recent = RecentTokens()
+        self.hints = PublishedHints(config.b)  # the word that a publication landed
 
     async def query(self, oid: int | list[int], method: str, arg: Any = None) -> Any:
         """A Q/U query, after whatever the gate says it must follow."""
@@ -364,6 +367,7 @@ class Meta:
         asked_at: float | None = None  # when this call asked for a publication
         try:
             while True:
+                tried = trio.current_time()
                 try:
                     if query is not None:
                         with reading_with(tokens):
@@ -405,9 +409,10 @@ class Meta:
                     recalled = True
                     async with self._one_update_per_object(objects):
                         await recall_with_sessions(self.qu.update, objects, self.wall_ns)
-                # Waiting for a publication asked (``waits`` holds only with its tokens).
-                at_least = self.recent.retry_after() if waits and not recalled else 0.0
-                await self.back_off(min(attempt, 6), at_least)
+                if waits and not recalled:  # for the publication asked (its tokens held)
+                    await self.hints.wait(objects, tried, HINT_FALLBACK)
+                else:
+                    await self.back_off(min(attempt, 6))
                 attempt += 1
                 if isinstance(arg, dict) and query is None:
                     arg = {**arg, "lt": self.wall_ns()}
@@ -551,10 +556,9 @@ class Meta:
     def now(self) -> int:
         return self.clock_ns()
 
-    async def back_off(self, attempt: int, at_least: float = 0.0) -> None:
+    async def back_off(self, attempt: int) -> None:
         """Wait before retrying an update another client's change or lease refused (the
-        wait is contention's, not the cluster's silence: it uses up no patience), at least
-        ``at_least`` seconds."""
-        delay = max(at_least, backoff_delay(attempt, self.rng, BACKOFF_FIRST, BACKOFF_MAX))
+        wait is contention's, not the cluster's silence: it uses up no patience)."""
+        delay = backoff_delay(attempt, self.rng, BACKOFF_FIRST, BACKOFF_MAX)
         await trio.sleep(delay)
         paused(delay)

@@ -7,15 +7,27 @@ query's mount envelope (``fs/clients/mounttag.py``), which sits below the sealin
 arguments, so they travel in :data:`TOKENS` (a context variable of the asking task) rather
 than in the argument.  A holder that has published nothing this mount asked for within
 :data:`PUBLISH_WAIT` is recalled as before (``Meta._recalling``).
+
+Between its tries a waiting query waits for the nodes' word that a publication landed
+(:class:`PublishedHints`), :data:`HINT_FALLBACK` at most: each try the holder has not
+published for yet is refused by every node it reaches, after reading every object it
+names, and such tries polled every half second were the nodes' busiest work beside a
+mount listing a writer's directory once a second.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
+
+import trio
+
+from bftfs.fsobjects.leases import MAX_RECALLED
+from bftfs.outcome import paused
 
 #: Seconds a reader waits for a publication before it recalls the lease, unless
 #: publications it asked for came meanwhile: a correct holder publishes within its pace
@@ -39,10 +51,6 @@ PUBLISH_PATIENCE = 30.0
 #: the one it cached went stale (ESTALE), and must then find what was made since
 #: (close-to-open; ``t4_mount.py::test_cached_names_that_went_stale_are_looked_up_again``).
 REUSE = 1.0
-#: The most a reader waiting for a publication waits between its queries (s), and the
-#: share of a publication's usual wait it waits at least (:meth:`RecentTokens.retry_after`).
-RETRY_MAX = 0.5
-RETRY_SHARE = 0.25
 #: The weight of the latest wait in the usual one (an exponential average).
 WAIT_WEIGHT = 0.25
 #: A reader waits this many times the usual wait for a publication before recalling.
@@ -51,6 +59,10 @@ WAIT_TIMES = 3.0
 REUSABLE = frozenset({"fs.stat", "fs.statmany", "fs.getxattr", "fs.listxattr"})
 #: Objects whose last publication is remembered at most.
 MAX_RECENT = 4096
+#: Seconds a query waiting for a publication waits at most for the nodes' word that it
+#: landed (:class:`PublishedHints`) before it tries again anyway: a push lost, or nodes
+#: of a release without the hints.
+HINT_FALLBACK = 1.0
 
 #: The tokens the current task's queries read with (object -> token; None: none).
 TOKENS: ContextVar[dict[int, int] | None] = ContextVar("publication_tokens", default=None)
@@ -129,13 +141,6 @@ class RecentTokens:
                 out[oid] = got[0]
         return out or None
 
-    def retry_after(self) -> float:
-        """Seconds at least between a waiting query's tries: a share of the usual wait for
-        a publication.  Each try the holder has not published for yet is refused by every
-        node it reaches, which reads each of its objects: a listing retried every 0.1 s
-        through publications of a second or two cost the nodes most of their CPU."""
-        return min(RETRY_MAX, RETRY_SHARE * self.usual_wait)
-
     def read_with(
         self, tokens: dict[int, int], now: float, *, asked_at: float | None = None
     ) -> None:
@@ -153,3 +158,96 @@ class RecentTokens:
             self._tokens.move_to_end(oid)
         while len(self._tokens) > MAX_RECENT:
             self._tokens.popitem(last=False)
+
+
+@dataclass(eq=False)
+class _Waiter:
+    """A query waiting for a publication: the nodes that said one landed, and its wake-up."""
+
+    nodes: set[int]
+    woken: trio.Event = field(default_factory=trio.Event)
+
+
+class PublishedHints:
+    """The nodes' word that a holder published objects this mount asked a publication of
+    (``{"published": [oid, ...]}``, pushed by every node that took the holder's
+    ``fs.publish``: ``node/recalls.py``).  A waiting query tries again once ``b + 1``
+    nodes said so since its last try, so a Byzantine node alone cannot make it try early;
+    a lying pair costs it one refused try, a withheld word :data:`HINT_FALLBACK`.  Only a
+    hint: what the query reads is what the nodes check (its tokens)."""
+
+    def __init__(self, b: int) -> None:
+        self._need = b + 1
+        #: Object -> node -> when (trio time) that node last said it was published.
+        self._heard: OrderedDict[int, dict[int, float]] = OrderedDict()
+        self._waiters: dict[int, set[_Waiter]] = {}
+        #: ``woken`` (by the nodes' word), ``fallback`` (waited it out), ``malformed``.
+        self.stats: Counter[str] = Counter()
+
+    def listen(self, endpoint: Any, nodes: Sequence[int]) -> None:
+        """Take the word ``endpoint`` (``net.endpoint.Endpoint``) is pushed, passing every
+        other push to the handler it had (``fs/locks.py`` does the same)."""
+        previous = endpoint.on_push
+
+        def on_push(node: int, body: Any) -> None:
+            if isinstance(body, dict) and "published" in body:
+                self.on_push(node, body)
+            elif previous is not None:
+                previous(node, body)
+
+        endpoint.on_push = on_push
+        endpoint.stay_connected(list(nodes))
+
+    def on_push(self, node: int, body: dict[str, Any]) -> None:
+        """A node's ``{"published": [oid, ...]}``."""
+        oids = body.get("published")
+        if not isinstance(oids, list) or len(oids) > MAX_RECALLED:
+            self.stats["malformed"] += 1
+            return
+        now = trio.current_time()
+        for oid in oids:
+            if not isinstance(oid, int) or isinstance(oid, bool):
+                self.stats["malformed"] += 1
+                continue
+            self._heard.setdefault(oid, {})[node] = now
+            self._heard.move_to_end(oid)
+            for waiter in self._waiters.get(oid, ()):
+                waiter.nodes.add(node)
+                if len(waiter.nodes) >= self._need:
+                    waiter.woken.set()
+        while len(self._heard) > MAX_RECENT:
+            self._heard.popitem(last=False)
+
+    def _heard_since(self, objects: Sequence[int], since: float) -> set[int]:
+        return {
+            node for oid in objects for node, at in self._heard.get(oid, {}).items() if at >= since
+        }
+
+    async def wait(self, objects: Sequence[int], since: float, at_most: float) -> None:
+        """Until ``b + 1`` nodes said since ``since`` (trio time: the last try's start)
+        that some of ``objects`` were published, ``at_most`` seconds: contention's wait,
+        not the cluster's silence, so it uses up no patience (``outcome.paused``)."""
+        started = trio.current_time()
+        try:
+            await self._wait(objects, since, at_most)
+        finally:
+            paused(trio.current_time() - started)
+
+    async def _wait(self, objects: Sequence[int], since: float, at_most: float) -> None:
+        waiter = _Waiter(self._heard_since(objects, since))
+        if len(waiter.nodes) >= self._need:
+            self.stats["woken"] += 1
+            return
+        for oid in objects:
+            self._waiters.setdefault(oid, set()).add(waiter)
+        try:
+            with trio.move_on_after(at_most):
+                await waiter.woken.wait()
+        finally:
+            for oid in objects:
+                waiting = self._waiters.get(oid)
+                if waiting is not None:
+                    waiting.discard(waiter)
+                    if not waiting:
+                        del self._waiters[oid]
+        self.stats["woken" if waiter.woken.is_set() else "fallback"] += 1
