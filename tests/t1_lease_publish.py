@@ -182,9 +182,9 @@ def test_a_reader_waits_on_while_the_publications_it_asked_for_come() -> None:
 
 def test_a_waiting_reader_tries_again_once_b_plus_one_nodes_say_it_was_published() -> None:
     """``PublishedHints``: a query waiting for a publication wakes once ``b + 1`` nodes
-    said some of its objects were published since its last try; one node alone (it may
-    lie), a word about other objects, or one from before the try does not wake it, and
-    it then tries again after ``at_most`` anyway (a push lost)."""
+    said each of its objects was published since its last try; one node alone (it may
+    lie), a word about some of them or other objects, or one from before the try does not
+    wake it, and it then tries again after ``at_most`` anyway (a push lost)."""
 
     async def body() -> None:
         hints = PublishedHints(b=1)
@@ -203,6 +203,7 @@ def test_a_waiting_reader_tries_again_once_b_plus_one_nodes_say_it_was_published
             hints.on_push(2, {"published": [6]})
             hints.on_push(2, {"published": [5]})  # the same node again
             hints.on_push(3, {"published": [9]})  # another object
+            hints.on_push(3, {"published": [5]})  # two nodes for 5, one for 6
             await trio.testing.wait_all_tasks_blocked()
             assert not woken_at
             hints.on_push(4, {"published": [5, 6]})
@@ -227,8 +228,9 @@ def _accept(recalls: Recalls, client: int, method: str, arg: Any, answer: Any) -
 def test_a_node_tells_each_reader_when_the_publication_it_asked_for_landed() -> None:
     """``node/recalls.Recalls``: an accepted ``fs.askpub`` remembers its caller's token per
     object; an accepted ``fs.publish`` pushes ``{"published": [...]}`` to each reader
-    whose token the published number covers (once), and to no one else; a node running
-    the ``withhold-recalls`` profile tells nobody."""
+    whose token the published number covers (once), and to no one else, and a release
+    to every reader waiting on it; a node running the ``withhold-recalls`` profile tells
+    nobody."""
     pushes: list[tuple[int, Any]] = []
     recalls = Recalls(lambda who, body: pushes.append((int(who), body)) or 1, Counter())
     _accept(recalls, B, "fs.askpub", {"lt": T0}, [[DIR, [A], 3], [DIR + 1, [A], 1]])
@@ -244,6 +246,11 @@ def test_a_node_tells_each_reader_when_the_publication_it_asked_for_landed() -> 
     _accept(recalls, A, "fs.publish", {"lt": T0, "n": [[DIR, 9]]}, [DIR])
     _accept(recalls, A, "fs.publish", {"lt": T0, "n": "junk"}, [DIR])
     assert pushes == []  # each told once; a malformed argument tells nobody
+    _accept(recalls, B, "fs.askpub", {"lt": T0}, [[DIR, [A], 8]])
+    pushes.clear()
+    _accept(recalls, A, "fs.release", {"lt": T0}, None)  # handed over: no lease to wait on
+    assert pushes == [(B, {"published": [DIR]})]
+    pushes.clear()
     recalls.enabled = False
     _accept(recalls, B, "fs.askpub", {"lt": T0}, [[DIR, [A], 5]])
     _accept(recalls, A, "fs.publish", {"lt": T0, "n": [[DIR, 5]]}, [DIR])

@@ -13,11 +13,11 @@ it *executes* the recall: every correct node executes every slot, once.
 An accepted ``fs.askpub`` (``fsobjects/publish.py``) pushes ``{"publish": [oid, ...]}`` to
 the exclusive holders its answer names the same way: they send what they held back and
 keep their leases.  The node remembers who asked (in memory, bounded), and an accepted
-``fs.publish`` pushes ``{"published": [oid, ...]}`` to them: a reader waiting for the
-publication tries its query again then, instead of polling the nodes with queries they
-refuse (each reads every object it names; under PostMark beside a mount listing the
-directory once a second those refused tries were the nodes' busiest method).  Only a
-hint: the query is what the nodes check.
+``fs.publish`` (or ``fs.release``) pushes ``{"published": [oid, ...]}`` to them: a reader
+waiting for the publication tries its query again then, instead of polling the nodes with
+queries they refuse (each reads every object it names; under PostMark beside a mount
+listing the directory once a second those refused tries were the nodes' busiest method).
+Only a hint: the query is what the nodes check.
 
 The answer pushed is the one the update stored (the applied table answers a retried
 recall the same), so a recall sent again pushes again: a holder that lost a push is told
@@ -63,6 +63,9 @@ ASK_PUBLISH = "fs.askpub"
 #: The holder's publication, whose answer names the objects recorded: their askers are
 #: pushed ``{"published": [oid, ...]}``.
 PUBLISH = "fs.publish"
+#: A holder's release: no lease is left for the askers of its objects to wait on, and they
+#: are told as at a publication (a holder hands an object it no longer uses over so).
+RELEASE = "fs.release"
 #: Objects whose askers are remembered at most (the oldest go first), and askers per
 #: object: a forgotten asker polls, as before the hints.
 MAX_ASKED_OBJECTS = 4096
@@ -97,6 +100,12 @@ class Recalls:
             self._asked(req.client, reply.answer)
         elif req.op.method == PUBLISH and self.enabled:
             self._published(req.op.arg, reply.answer)
+        elif req.op.method == RELEASE and self.enabled:
+            told: dict[int, list[int]] = {}
+            for oid in req.objects:
+                for client in self._askers.pop(oid, {}):
+                    told.setdefault(client, []).append(oid)
+            self._tell(told)
         self.executed(req.op.method, reply.answer)
 
     def _asked(self, client: int, answer: Any) -> None:
@@ -134,6 +143,9 @@ class Recalls:
                 told.setdefault(client, []).append(oid)
             if not askers:
                 del self._askers[oid]
+        self._tell(told)
+
+    def _tell(self, told: dict[int, list[int]]) -> None:
         for client, oids in told.items():
             sent = self._push(PrincipalId(client), {"published": oids[:MAX_RECALLED]})
             self.stats["qu.published.pushed" if sent else "qu.published.unconnected"] += 1

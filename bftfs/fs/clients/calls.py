@@ -410,7 +410,7 @@ class Meta:
                     async with self._one_update_per_object(objects):
                         await recall_with_sessions(self.qu.update, objects, self.wall_ns)
                 if waits and not recalled:  # for the publication asked (its tokens held)
-                    await self.hints.wait(objects, tried, HINT_FALLBACK)
+                    await self.hints.wait(list(tokens or ()), tried, HINT_FALLBACK)
                 else:
                     await self.back_off(min(attempt, 6))
                 attempt += 1

@@ -162,17 +162,25 @@ class RecentTokens:
 
 @dataclass(eq=False)
 class _Waiter:
-    """A query waiting for a publication: the nodes that said one landed, and its wake-up."""
+    """A query waiting for a publication: per object it waits on, the nodes that said it
+    was published; and its wake-up."""
 
-    nodes: set[int]
+    nodes: dict[int, set[int]]
+    need: int
     woken: trio.Event = field(default_factory=trio.Event)
+
+    def heard(self, oid: int, node: int) -> None:
+        self.nodes[oid].add(node)
+        if all(len(said) >= self.need for said in self.nodes.values()):
+            self.woken.set()
 
 
 class PublishedHints:
     """The nodes' word that a holder published objects this mount asked a publication of
     (``{"published": [oid, ...]}``, pushed by every node that took the holder's
-    ``fs.publish``: ``node/recalls.py``).  A waiting query tries again once ``b + 1``
-    nodes said so since its last try, so a Byzantine node alone cannot make it try early;
+    ``fs.publish``, or its ``fs.release``: ``node/recalls.py``).  A waiting query tries
+    again once ``b + 1`` nodes said so of each object it waits on since its last try (a
+    listing's batch is published in parts), so a Byzantine node alone cannot make it try early;
     a lying pair costs it one refused try, a withheld word :data:`HINT_FALLBACK`.  Only a
     hint: what the query reads is what the nodes check (its tokens)."""
 
@@ -212,20 +220,16 @@ class PublishedHints:
             self._heard.setdefault(oid, {})[node] = now
             self._heard.move_to_end(oid)
             for waiter in self._waiters.get(oid, ()):
-                waiter.nodes.add(node)
-                if len(waiter.nodes) >= self._need:
-                    waiter.woken.set()
+                waiter.heard(oid, node)
         while len(self._heard) > MAX_RECENT:
             self._heard.popitem(last=False)
 
-    def _heard_since(self, objects: Sequence[int], since: float) -> set[int]:
-        return {
-            node for oid in objects for node, at in self._heard.get(oid, {}).items() if at >= since
-        }
+    def _heard_since(self, oid: int, since: float) -> set[int]:
+        return {node for node, at in self._heard.get(oid, {}).items() if at >= since}
 
     async def wait(self, objects: Sequence[int], since: float, at_most: float) -> None:
         """Until ``b + 1`` nodes said since ``since`` (trio time: the last try's start)
-        that some of ``objects`` were published, ``at_most`` seconds: contention's wait,
+        that each of ``objects`` was published, ``at_most`` seconds: contention's wait,
         not the cluster's silence, so it uses up no patience (``outcome.paused``)."""
         started = trio.current_time()
         try:
@@ -234,8 +238,8 @@ class PublishedHints:
             paused(trio.current_time() - started)
 
     async def _wait(self, objects: Sequence[int], since: float, at_most: float) -> None:
-        waiter = _Waiter(self._heard_since(objects, since))
-        if len(waiter.nodes) >= self._need:
+        waiter = _Waiter({oid: self._heard_since(oid, since) for oid in objects}, self._need)
+        if objects and all(len(said) >= self._need for said in waiter.nodes.values()):
             self.stats["woken"] += 1
             return
         for oid in objects:
