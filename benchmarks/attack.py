@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import itertools
+import json
 import os
 import random
 import signal
@@ -173,7 +174,30 @@ def byzantine_client(
             import common  # common imports this module
 
             common.fuse_unmount(mnt)
-        site.info["attack"] = {"client": "client1", "report": report.read_text()[-2000:]}
+        text = report.read_text()
+        site.info["attack"] = {
+            "client": "client1",
+            "report": text[-2000:],
+            "mount": mount_counters_in(text),
+        }
+
+
+#: The line of the Byzantine client's report holding its mount's counters (JSON).
+MOUNT_LINE = "mount "
+
+
+def mount_counters_in(report: str) -> dict[str, float]:
+    """The counters of the Byzantine (or watching) client's own mount, from its report's
+    :data:`MOUNT_LINE` (``costs.mount_counters``: its Q/U operations by method, its lease
+    counters); {} when there is none: the correct client's figures beside the other
+    mount's demand (issue 64: how many of the watcher's queries waited on a publication)."""
+    for line in reversed(report.splitlines()):
+        if line.startswith(MOUNT_LINE):
+            with contextlib.suppress(ValueError):
+                got = json.loads(line[len(MOUNT_LINE) :])
+                if isinstance(got, dict):
+                    return {k: float(v) for k, v in got.items() if isinstance(v, (int, float))}
+    return {}
 
 
 def wait_for_line(path: Path, word: str, child: subprocess.Popen[bytes], seconds: float) -> None:
@@ -329,6 +353,7 @@ def client_main(home: Path, mnt: Path, parts: Sequence[str] = CLIENT_PARTS) -> i
     """The Byzantine client process: its mount and, of ``parts``, the walking threads, the
     flood and the forger; stops on SIGTERM, unmounts and prints what it did."""
     import trio
+    from costs import mount_counters
 
     from bftfs.local import load_cluster
     from bftfs.testing.mounts import Mount
@@ -372,7 +397,9 @@ def client_main(home: Path, mnt: Path, parts: Sequence[str] = CLIENT_PARTS) -> i
             stop.set()
             for walker in walkers:
                 walker.join(30)
+        mounted = mount_counters(cfg, mnt, wait=0.0)
     print(counts.line(), flush=True)
+    print(MOUNT_LINE + json.dumps(mounted, sort_keys=True), flush=True)
     return 0
 
 

@@ -300,9 +300,11 @@ def test_a_short_attacked_postmark_runs_beside_its_twin_and_the_client_attacked(
     runs = {r["target"]: r for r in result["runs"]}
     assert set(runs) == {"bftfs b=1", "bftfs b=1 under client", "bftfs b=1 under corrupt-fragments"}
     assert all("tps" in r for r in runs.values()), runs
-    client = runs["bftfs b=1 under client"]["info"]["attack"]["report"]
-    done = dict(kv.split("=") for kv in client.split()[-7:])
+    attacked = runs["bftfs b=1 under client"]["info"]["attack"]
+    line = next(x for x in attacked["report"].splitlines() if x.startswith("flood_sent="))
+    done = dict(kv.split("=") for kv in line.split())
     assert int(done["flood_sent"]) > 0 and int(done["fuzz_frames"]) > 0 and int(done["walks"]) > 0
+    assert attacked["mount"]["leases.taken"] > 0  # its own mount's counters: it hoarded
     assert (
         runs["bftfs b=1 under corrupt-fragments"]["info"]["attack"]["profile"]
         == "corrupt-fragments"
@@ -359,3 +361,14 @@ def test_a_postmark_run_that_removes_fewer_files_than_it_made_fails(
     monkeypatch.setattr(postmark, "postmark_config", absolute)
     with pytest.raises(postmark.PostMarkError, match="removed"):
         postmark.run_postmark(deep_site, tmp_path, _pm_args(), common.Progress("t", quiet=True))
+
+
+def test_the_other_mounts_counters_are_read_from_its_report() -> None:
+    """The Byzantine or watching client prints its own mount's counters last; the
+    benchmark keeps them beside its report (a malformed or missing line: none)."""
+    report = "attacking\nwalks=3 stats=900\nmount " + json.dumps(
+        {"qu_operations.fs.askpub": 12, "leases.held": 3, "note": "x"}
+    )
+    assert attack.mount_counters_in(report) == {"qu_operations.fs.askpub": 12.0, "leases.held": 3.0}
+    assert attack.mount_counters_in("attacking\nmount {not json") == {}
+    assert attack.mount_counters_in("attacking\n") == {}
