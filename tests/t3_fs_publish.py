@@ -148,3 +148,27 @@ def test_a_holder_no_longer_working_there_hands_the_directory_over(
         assert b.meta.methods["fs.askpub"] == asked  # nothing held there any more
 
     run(tmp_path, body, fs_options=OPTIONS)
+
+
+def test_a_writer_removing_files_a_reader_has_seen_keeps_their_exclusive_leases(
+    tmp_path: Path,
+) -> None:
+    """A reader listed the directory (published: its files may have been seen) and the
+    writer removes files there: a removal of such a file waits only on the file's own
+    exclusive lease, so the sweep does not turn those leases into session-bound shared
+    ones (turned, each removal until they were asked back went at once, through the gate
+    that first sends everything the directory holds back).  Before any removal there,
+    a file's lease is turned as before."""
+
+    async def body(env: Env) -> None:
+        a, b, leases, d = await held_directory(env)
+        seen = [await new_file(a, d, b"s%d" % k, b"seen") for k in range(4)]
+        listed = {n for n, _ in await b.readdir(d)}  # published
+        assert {b"s%d" % k for k in range(4)} <= listed
+        assert all(leases.exclusive_left(o) > 0 for o in seen)
+        assert leases.to_session(seen[3:]) == 1  # no removal there yet: turned
+        await a.unlink(d, b"s0")
+        assert leases.to_session(seen[1:3]) == 0
+        assert all(leases.exclusive_left(o) > 0 for o in seen[1:3])
+
+    run(tmp_path, body, fs_options=OPTIONS)

@@ -191,11 +191,18 @@ class Taker:
         by the next removal there (that removal sent at once), two grants a sweep where a
         renewal costs one (PostMark past ten seconds under ``reject-everything``: 215
         conversions and 215 grants back in 18 s).  A tree only read after it was made
-        (no removal) still goes to the session (``tests/t4_busy_leases.py``)."""
-        if parent is None or parent not in self._reclaimed:
+        (no removal) still goes to the session (``tests/t4_busy_leases.py``).  So from
+        the first sweep on, when this mount removes files in ``parent`` (within a term)
+        and a reader had it published under the holding it has now: its files may have
+        been seen, and each removal turned to the session waited for that reclaim or went
+        at once (PostMark beside a mount listing it: 49 of 1 470 removals, 4.5 s of 20)."""
+        if parent is None:
             return False
-        at = self._worked.get(parent)
-        return at is not None and now - at < self._holdings.term
+        at, removed = self._worked.get(parent), self._removing.get(parent)
+        removing = removed is not None and now - removed < self._holdings.term
+        if removing and self._holdings.unseen.published_under_holding(parent):
+            return True
+        return parent in self._reclaimed and at is not None and now - at < self._holdings.term
 
     def removes_in(self, parent: int) -> None:
         """A removal in directory ``parent`` asks to wait in write-back (``WriteBack``):

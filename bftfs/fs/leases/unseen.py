@@ -66,6 +66,12 @@ class UnseenFiles:
         for oid in [o for o, (p, _) in self._made.items() if p == parent]:
             del self._made[oid]
 
+    def published_under_holding(self, parent: int) -> bool:
+        """Whether ``parent`` was published under the exclusive holding it has now: another
+        client may have listed it, so its files made here may have been seen."""
+        since = self._exclusive_from(parent)
+        return since is not None and self._published.get(parent) == since
+
     def seen(self, oids: Sequence[int]) -> None:
         """``oids`` may be reached by another client from now on (renamed or linked by this
         mount: named in another directory), or are gone: no longer unseen."""
