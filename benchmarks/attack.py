@@ -370,6 +370,7 @@ def client_main(home: Path, mnt: Path, parts: Sequence[str] = CLIENT_PARTS) -> i
         for x in (
             "allow_other" if os.getuid() == 0 else "",
             f"lease={HOARD_LEASE}" if "hoard" in parts else "",  # the watcher: the default
+            "metrics_port=0",  # its Q/U operations by method, for its report (any port)
         )
         if x
     )

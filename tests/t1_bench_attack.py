@@ -305,6 +305,7 @@ def test_a_short_attacked_postmark_runs_beside_its_twin_and_the_client_attacked(
     done = dict(kv.split("=") for kv in line.split())
     assert int(done["flood_sent"]) > 0 and int(done["fuzz_frames"]) > 0 and int(done["walks"]) > 0
     assert attacked["mount"]["leases.taken"] > 0  # its own mount's counters: it hoarded
+    assert attacked["mount"]["qu_operations"] > 0  # (and its metrics: it walked)
     assert (
         runs["bftfs b=1 under corrupt-fragments"]["info"]["attack"]["profile"]
         == "corrupt-fragments"
