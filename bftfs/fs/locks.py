@@ -41,6 +41,7 @@ from typing import Any, Protocol
 
 import trio
 
+from bftfs.fs.clients.protocols import take_pushes
 from bftfs.fs.errors import FsError, LockLost, NoLocks, Unavailable, WouldBlock, from_refusal
 from bftfs.fsobjects import MAX_OID
 from bftfs.fsobjects.leases import HOLDER_MARGIN, MAX_RECALLED
@@ -223,15 +224,7 @@ class LockManager:
         """Take the wake-ups ``endpoint`` (``net.endpoint.Endpoint``) is pushed, passing
         every other push to the handler it had (the leases' recalls), and keep a
         connection to each of ``nodes``: a node pushes only to connected clients."""
-        previous = endpoint.on_push
-
-        def on_push(node: int, body: Any) -> None:
-            if isinstance(body, dict) and "unlocked" in body:
-                self.on_push(node, body)
-            elif previous is not None:
-                previous(node, body)
-
-        endpoint.on_push = on_push
+        take_pushes(endpoint, "unlocked", self.on_push)
         endpoint.stay_connected(list(nodes))
 
     def on_push(self, node: int, body: Any) -> None:

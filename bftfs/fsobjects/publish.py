@@ -87,7 +87,7 @@ def fs_publish(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], A
     a = check_arg(arg)
     at = check_int(a, LEASE_TIME, MIN_TIME, MAX_TIME)
     me = (caller, mount_of(a))
-    upto = _numbers(a.get(UPTO))
+    upto = published_numbers(a.get(UPTO))
     new: dict[int, Any] = {}
     done = []
     for oid, state in states.items():
@@ -104,8 +104,9 @@ def fs_publish(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], A
     return new, sorted(done)
 
 
-def _numbers(got: Any) -> dict[int, int]:
-    """``[[oid, n], ...]`` as a map; refused ``invalid`` when malformed."""
+def published_numbers(got: Any) -> dict[int, int]:
+    """``[[oid, n], ...]`` (``fs.publish``'s :data:`UPTO`) as a map; refused ``invalid``
+    when malformed (a node telling readers reads an accepted update's the same way)."""
     if not isinstance(got, list) or len(got) > 64:
         raise MethodRefused("invalid", f"{UPTO} must be a list of [object, number] pairs")
     out = {}

@@ -38,17 +38,18 @@ from __future__ import annotations
 
 import functools
 from collections import Counter, OrderedDict, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio.lowlevel
 
 from bftfs.fsobjects.leases import MAX_RECALLED, live
-from bftfs.fsobjects.publish import UPTO
+from bftfs.fsobjects.publish import UPTO, published_numbers
 from bftfs.ids import PrincipalId
 from bftfs.kv import KV
 from bftfs.qu import schema
 from bftfs.qu.canon import unpack
+from bftfs.qu.objects import MethodRefused
 from bftfs.qu.reply import Reply
 from bftfs.qu.request import Request
 
@@ -101,11 +102,7 @@ class Recalls:
         elif req.op.method == PUBLISH and self.enabled:
             self._published(req.op.arg, reply.answer)
         elif req.op.method == RELEASE and self.enabled:
-            told: dict[int, list[int]] = {}
-            for oid in req.objects:
-                for client in self._askers.pop(oid, {}):
-                    told.setdefault(client, []).append(oid)
-            self._tell(told)
+            self._released(req.objects)
         self.executed(req.op.method, reply.answer)
 
     def _asked(self, client: int, answer: Any) -> None:
@@ -126,12 +123,10 @@ class Recalls:
         """An ``fs.publish`` recorded the objects of its answer up to the numbers of its
         argument (``n``): push ``{"published": [oid, ...]}`` to each client whose token
         on one of them that covers."""
-        upto = arg.get(UPTO) if isinstance(arg, dict) else None
-        numbers = {
-            item[0]: item[1]
-            for item in (upto if isinstance(upto, list) else ())
-            if isinstance(item, list) and len(item) == 2 and isinstance(item[1], int)
-        }
+        try:
+            numbers = published_numbers(arg.get(UPTO) if isinstance(arg, dict) else None)
+        except MethodRefused:
+            return  # (an update refused so is never accepted)
         told: dict[int, list[int]] = {}
         for oid in answer if isinstance(answer, list) else ():
             askers = self._askers.get(oid) if isinstance(oid, int) else None
@@ -143,6 +138,14 @@ class Recalls:
                 told.setdefault(client, []).append(oid)
             if not askers:
                 del self._askers[oid]
+        self._tell(told)
+
+    def _released(self, objects: Sequence[int]) -> None:
+        """An ``fs.release`` left no lease on ``objects`` to wait on: tell every asker."""
+        told: dict[int, list[int]] = {}
+        for oid in objects:
+            for client in self._askers.pop(oid, {}):
+                told.setdefault(client, []).append(oid)
         self._tell(told)
 
     def _tell(self, told: dict[int, list[int]]) -> None:

@@ -153,3 +153,19 @@ class BlockClient(Protocol):
     async def space(self) -> Space:
         """A node's store as the nodes report it: bytes used, free disk it may count on."""
         ...
+
+
+def take_pushes(endpoint: Any, key: str, handler: Callable[[int, Any], None]) -> None:
+    """From now on the pushes to ``endpoint`` (``net.endpoint.Endpoint``, whose
+    ``on_push`` takes every push of its connections) that are maps holding ``key`` go to
+    ``handler``, and every other push to the handler it had: each part of a mount takes
+    its own kind (lock wake-ups, the word that a publication landed)."""
+    previous = endpoint.on_push
+
+    def on_push(node: int, body: Any) -> None:
+        if isinstance(body, dict) and key in body:
+            handler(node, body)
+        elif previous is not None:
+            previous(node, body)
+
+    endpoint.on_push = on_push

@@ -26,6 +26,7 @@ from typing import Any
 
 import trio
 
+from bftfs.fs.clients.protocols import take_pushes
 from bftfs.fsobjects.leases import MAX_RECALLED
 from bftfs.outcome import paused
 
@@ -169,9 +170,13 @@ class _Waiter:
     need: int
     woken: trio.Event = field(default_factory=trio.Event)
 
+    def ready(self) -> bool:
+        """Whether ``need`` nodes said so of every object (none waited on: never)."""
+        return bool(self.nodes) and all(len(said) >= self.need for said in self.nodes.values())
+
     def heard(self, oid: int, node: int) -> None:
         self.nodes[oid].add(node)
-        if all(len(said) >= self.need for said in self.nodes.values()):
+        if self.ready():
             self.woken.set()
 
 
@@ -194,16 +199,9 @@ class PublishedHints:
 
     def listen(self, endpoint: Any, nodes: Sequence[int]) -> None:
         """Take the word ``endpoint`` (``net.endpoint.Endpoint``) is pushed, passing every
-        other push to the handler it had (``fs/locks.py`` does the same)."""
-        previous = endpoint.on_push
-
-        def on_push(node: int, body: Any) -> None:
-            if isinstance(body, dict) and "published" in body:
-                self.on_push(node, body)
-            elif previous is not None:
-                previous(node, body)
-
-        endpoint.on_push = on_push
+        other push on (:func:`take_pushes`), and keep a connection to each of ``nodes``:
+        a node pushes only to connected clients."""
+        take_pushes(endpoint, "published", self.on_push)
         endpoint.stay_connected(list(nodes))
 
     def on_push(self, node: int, body: dict[str, Any]) -> None:
@@ -239,7 +237,7 @@ class PublishedHints:
 
     async def _wait(self, objects: Sequence[int], since: float, at_most: float) -> None:
         waiter = _Waiter({oid: self._heard_since(oid, since) for oid in objects}, self._need)
-        if objects and all(len(said) >= self._need for said in waiter.nodes.values()):
+        if waiter.ready():
             self.stats["woken"] += 1
             return
         for oid in objects:
