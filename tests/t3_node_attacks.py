@@ -41,7 +41,8 @@ from bftfs.ids import NodeId
 from bftfs.net.endpoint import Endpoint
 from bftfs.policy import VerificationPolicy
 from bftfs.rw import read
-from bftfs.rw.messages import block_id
+from bftfs.rw.messages import KIND_TIME, BlockId, TimeReply, TimeRequest, block_id
+from bftfs.rw.timestamp import ZERO
 from bftfs.testing.byzantine import rational
 from bftfs.testing.byzantine.flood import FLOOD_PUSHES
 from bftfs.testing.processes import ProcessCluster
@@ -59,6 +60,30 @@ ROUNDS = 12
 async def _write(config: Any) -> None:
     async with open_session(config, "client0") as s:
         await s.rw.write_blocks({block_id(100 + k, 0): bytes([k]) * BLOCK for k in range(BLOCKS)})
+
+
+async def _hosts(ep: Endpoint, node: NodeId, block: BlockId) -> bool:
+    """Whether ``node`` hosts a version of ``block`` (its READ_TIMESTAMP answer)."""
+    reply = await ep.call(node, KIND_TIME, TimeRequest(block).to_wire())
+    return TimeReply.from_wire(reply).latest != ZERO
+
+
+async def _write_to_every_correct_node(config: Any) -> None:
+    """:func:`_write`, the session kept open until every node but the liar hosts each
+    block: a session ends once ``N - t`` acknowledged, cancelling its sends to the sixth,
+    so under a loaded machine a correct node could miss every block (CI: sixteen
+    widenings for nine dropped blocks, each first round hearing four holders)."""
+    blocks = [block_id(100 + k, 0) for k in range(BLOCKS)]
+    async with open_session(config, "client0") as s:
+        await s.rw.write_blocks({b: bytes([k]) * BLOCK for k, b in enumerate(blocks)})
+        assert s.endpoint is not None
+        with trio.fail_after(120):
+            for node in (NodeId(i) for i in range(config.n) if i != LIAR):
+                for b in blocks:
+                    while True:
+                        if await _hosts(s.endpoint, node, b):
+                            break
+                        await trio.sleep(0.1)
 
 
 async def _answers(config: Any, node: int, seconds: float = 3.0) -> bool:
@@ -150,7 +175,7 @@ def _rational_cold_reads(
     assert dropped >= 4  # the test means something
     args = {LIAR: ["--byzantine", "rational"]}
     with ProcessCluster(tmp_path / "c", node_args=args, verification=policy) as pc:
-        trio.run(_write, pc.config)
+        trio.run(_write_to_every_correct_node, pc.config)
         if settle:
             trio.run(_verified, pc.config)
         counters, _ = trio.run(_cold_reads, pc.config)
