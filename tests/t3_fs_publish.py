@@ -14,8 +14,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import trio
-import trio.testing
 from fs_helpers import Env, busy_writer, run
 from t3_fs_writeback import exclusive, new_file
 
@@ -172,47 +170,5 @@ def test_a_writer_removing_files_a_reader_has_seen_keeps_their_exclusive_leases(
         await a.unlink(d, b"s0")
         assert leases.to_session(seen[1:3]) == 0
         assert all(leases.exclusive_left(o) > 0 for o in seen[1:3])
-
-    run(tmp_path, body, fs_options=OPTIONS)
-
-
-def test_a_removal_meeting_a_send_under_way_waits_for_it_and_is_still_held_back(
-    tmp_path: Path,
-) -> None:
-    """The writer removes a published file whose held writes are being sent (a
-    publication's or a release's send holds the file's lock): the removal waits for that
-    send and is then held back like any other, not sent at once in a round of its own
-    (beside a reader looking every second, those rounds were a fifth of PostMark's
-    time).  The file is gone for the reader once the directory is synced."""
-
-    async def body(env: Env) -> None:
-        a, b, leases, d = await held_directory(env)
-        ino = await new_file(a, d, b"f", b"one")
-        assert {n for n, _ in await b.readdir(d)} >= {b"f"}  # published: seen
-        fh = await a.open(ino, os.O_WRONLY)
-        await a.write(fh, 0, b"two")
-        await a.release(fh)  # held: buffered, nothing sent
-        f = a.cache.files[ino]
-        held = a.outbox.held
-        assert held is not None and f.buffered and ino in held.due_files()
-        before = Counter(a.meta.methods)
-        removed = trio.Event()
-
-        async def remove() -> None:
-            await a.unlink(d, b"f")
-            removed.set()
-
-        # The send starts, and waits for the lock meanwhile; so does the removal.
-        async with trio.open_nursery() as nursery, f.lock:
-            nursery.start_soon(held.before, [ino])
-            await trio.testing.wait_all_tasks_blocked()
-            nursery.start_soon(remove)
-            await trio.testing.wait_all_tasks_blocked()
-            assert not removed.is_set()  # it waits for the send
-        assert not f.buffered  # sent
-        assert leases.stats["unlinks_after_sends"] == 1
-        assert (Counter(a.meta.methods) - before)["fs.unlink"] == 0  # held back
-        await a.sync_directory(d)
-        assert b"f" not in {n for n, _ in await b.readdir(d)}
 
     run(tmp_path, body, fs_options=OPTIONS)

@@ -376,10 +376,6 @@ class Names:
                 known = self.cache.names.get(parent, {}).get(name)
             if known is not None and self.unlinks.defer(parent, name, *known):
                 return  # written back later (fs/writeback/unlinks.py)
-            if known is not None and await self.unlinks.waited_for_sends(known[0]):
-                known = self.cache.names.get(parent, {}).get(name)
-                if known is not None and self.unlinks.defer(parent, name, *known):
-                    return
         fresh = False
         for _ in range(MAX_ATTEMPTS):
             oid, code = await self.cache.entry(parent, name, fresh)

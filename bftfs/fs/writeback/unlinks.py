@@ -203,25 +203,6 @@ class PendingUnlinks:
         self._gone_here(parent, name, oid)
         return True
 
-    async def waited_for_sends(self, oid: int) -> bool:
-        """Whether a removal :meth:`defer` refused waited here for the send of file
-        ``oid``'s writes under way (a publication's or a release's, which holds the file's
-        lock): :meth:`defer` may then take it.  The removal went at once instead (without
-        waiting for that send), and beside a reader asking publications every second one
-        removal in a hundred took a round of its own (0.1-1.3 s on two loaded cores: a
-        fifth of a PostMark's time, issue 64).  A create not sent yet is not waited for:
-        the removal of a file whose blocks follow its create goes at once, as before
-        (held back, the create's blocks would wait for it)."""
-        f = self.cache.files.get(oid)
-        if f is None or f.opens or not f.buffered or not f.lock.locked():
-            return False
-        if self._is_deferred_create(oid) or self._is_pending_create(oid):
-            return False
-        async with f.lock:  # the end of the send holding it
-            pass
-        self.writeback.stats["unlinks_after_sends"] += 1
-        return True
-
     def _want_leases(self, parent: int, oid: int, reachable: bool) -> None:
         """Ask for (or renew) the exclusive lease on ``parent`` that removals there wait
         on, as a deferred create does, and, when file ``oid`` may be reached by another
