@@ -285,27 +285,3 @@ def test_a_file_past_max_file_is_not_leased_for_its_written_closes(tmp_path: Pat
         assert leases.exclusive_left(ino) == 0
 
     run(tmp_path, body, fs_options=OPTIONS)
-
-
-def test_a_call_on_several_held_files_sends_their_writes_together(tmp_path: Path) -> None:
-    """A gated call on several held files with writes due (a publication's read of the
-    requests counted on 32 files a reader stats) sends their writes several files per
-    ``fs.writemany``, not one ``fs.write`` after another (beside a watcher, 600 updates of
-    a run were those), and the other client then reads each file whole."""
-
-    async def body(env: Env) -> None:
-        a, b = env.fss
-        d = (await a.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
-        await exclusive(a, d)
-        inos = [await held_file(a, d, b"f%d" % k, b"<%d>" % k) for k in range(6)]
-        for k, ino in enumerate(inos):
-            await append(a, ino, b"+%d" % k)
-        before = rounds(a)
-        await a.meta.query(inos, "fs.statmany", inos)  # gated: the writes go first
-        sent = rounds(a) - before
-        assert sent["fs.writemany"] == 1 and sent["fs.write"] == 0, sent
-        for k in range(6):
-            ino_b = (await b.lookup(d, b"f%d" % k)).ino
-            assert await read_all(b, ino_b) == b"<%d>+%d" % (k, k)
-
-    run(tmp_path, body, clients=2, fs_options=OPTIONS)

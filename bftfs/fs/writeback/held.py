@@ -290,19 +290,15 @@ class HeldFiles:
 
     async def before(self, objects: list[int], method: str = "") -> None:
         """Send the buffered writes of the held files among ``objects`` (a call of this
-        mount on them, or their lease's release, must follow them), several per update (a
-        publication's 32: one update, not 32); for the release of a directory
-        (``fs.release``: recalled, or given up) or its publication (``fs.publish``), also
-        those of the unseen files held back under its lease (:meth:`defer`): another client
-        reads the directory next, and may open them.  A release also waits for the sends in
-        flight of the files it must follow (another client's recall waits for it)."""
-        sending, due = self._sending, self._due
-        due_here = [
-            i for i in objects if i in due and i not in sending and not self._flushing_here(i)
-        ]
-        await self._send_together(due_here)
-        for ino in (i for i in due_here if i in due and i not in sending):
-            await self._send(ino)
+        mount on them, or their lease's release, must follow them); for the release of a
+        directory (``fs.release``: recalled, or given up) or its publication
+        (``fs.publish``), also those of the unseen files held back under its lease
+        (:meth:`defer`): another client reads the directory next, and may open them.  A
+        release also waits for the sends in flight of the
+        files it must follow (it is what another client's recall waits for)."""
+        for ino in objects:
+            if ino in self._due and ino not in self._sending and not self._flushing_here(ino):
+                await self._send(ino)
         if method not in ("fs.release", "fs.publish"):  # (a publication: leases/publish.py)
             return
         dirs = set(objects)
