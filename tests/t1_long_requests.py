@@ -83,3 +83,25 @@ def test_every_handler_call_is_in_flight_until_it_is_answered() -> None:
         assert host.record.oldest(time.perf_counter()) is None
 
     trio.run(main)
+
+
+def test_a_long_request_is_logged_with_what_it_and_every_task_wait_on(expect_log: Any) -> None:
+    """A request that never ends is logged with its task's await stack and then every
+    task's: what it waits on may be another task waiting in turn (a cycle across tasks)."""
+
+    async def main() -> None:
+        host = _Host()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(host.unlink, 1, b"x", None)
+            await trio.testing.wait_all_tasks_blocked()
+            later = time.perf_counter() + LONG_REQUEST
+            own = r"unlink .* in fuse/handler\.py:\d+ wrapper"
+            every = "the daemon's tasks:\n  .*wrapper"
+            with (
+                expect_log("bftfs.fuse.operations", match=own),
+                expect_log("bftfs.fuse.operations", match=every),
+            ):
+                assert host.record.log_long(later) == 1
+            host.go.set()
+
+    trio.run(main)

@@ -11,7 +11,10 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import trio
+
 from bftfs.metrics import Histogram
+from bftfs.taskstacks import frames, task_stacks
 
 # The handlers' own logger: an operator greps a mount's log for "bftfs.fuse.operations".
 log = logging.getLogger("bftfs.fuse.operations")
@@ -27,11 +30,13 @@ LONG_REQUEST = 60.0
 @dataclass
 class _InFlight:
     """A request being answered: its handler, when it began (``time.perf_counter``), what
-    it is about (called only when it is logged), and the age at which it is logged next."""
+    it is about (called only when it is logged), the task answering it (whose await stack
+    says what it waits on), and the age at which it is logged next."""
 
     name: str
     start: float
     what: Callable[[], str]
+    task: trio.lowlevel.Task | None
     warn_at: float = LONG_REQUEST
 
 
@@ -71,7 +76,7 @@ class CallRecord:
         """A request of handler ``name`` began at ``start`` (``time.perf_counter``); its
         number, for :meth:`end`."""
         number = next(self._numbers)
-        self._in_flight[number] = _InFlight(name, start, what)
+        self._in_flight[number] = _InFlight(name, start, what, _current_task())
         return number
 
     def end(self, number: int) -> None:
@@ -88,7 +93,9 @@ class CallRecord:
 
     def log_long(self, now: float) -> int:
         """Log at WARNING each request in flight past :data:`LONG_REQUEST` seconds at
-        ``now``, once per doubling of its age; how many were logged."""
+        ``now``, once per doubling of its age, with what its task waits on; when any is,
+        every task of the daemon too (what it waits on may be another task that waits in
+        turn); how many were logged."""
         logged = 0
         for r in self._in_flight.values():
             age = now - r.start
@@ -98,11 +105,15 @@ class CallRecord:
                 r.warn_at *= 2
             logged += 1
             log.warning(
-                "%s of %s has been waiting %.0fs for the cluster (still waiting)",
+                "%s of %s has been waiting %.0fs for the cluster (still waiting) in %s",
                 r.name,
                 r.what(),
                 age,
+                (frames(r.task) if r.task is not None else "") or "(no frames of bftfs)",
             )
+        tasks = _every_task() if logged else []
+        if tasks:
+            log.warning("the daemon's tasks:\n  %s", "\n  ".join(tasks))
         return logged
 
     def quiet(self, now: float, seconds: float) -> bool:
@@ -148,3 +159,21 @@ class CallRecord:
             n = self.calls[name]
             lines.append(f"{name:<14} {n:>6} {secs * 1e3:>11.1f} {secs * 1e3 / n:>9.2f}")
         return "\n".join(lines)
+
+
+def _current_task() -> trio.lowlevel.Task | None:
+    """The trio task running now, or None outside trio (a handler called by a test)."""
+    try:
+        return trio.lowlevel.current_task()
+    except RuntimeError:
+        return None
+
+
+def _every_task() -> list[str]:
+    """Every task's await stack of the running trio loop (this package's frames), each
+    distinct stack once; empty outside trio."""
+    try:
+        root = trio.lowlevel.current_root_task()
+    except RuntimeError:
+        return []
+    return task_stacks(root) if root is not None else []

@@ -11,41 +11,12 @@ stacks counted once) at the deadline, before cancelling it.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import trio
 
-#: Frames of files under this directory are shown (the package's own code).
-_PACKAGE = str(Path(__file__).resolve().parents[1])
-
-
-def _frames(task: trio.lowlevel.Task) -> str:
-    parts = []
-    for frame, line in task.iter_await_frames():
-        path = frame.f_code.co_filename
-        if path.startswith(_PACKAGE):
-            parts.append(f"{path[len(_PACKAGE) + 1 :]}:{line} {frame.f_code.co_name}")
-    return " > ".join(parts)
-
-
-def task_stacks(task: trio.lowlevel.Task, skip: frozenset[int] = frozenset()) -> list[str]:
-    """The stacks of ``task`` and its descendants (package frames only), each distinct
-    stack once with how many tasks share it, deepest tasks' stacks last; ``skip``: ids of
-    ``task``'s nurseries not to descend into (those it had before the step: the
-    cluster's nodes, the clients' background tasks)."""
-    seen: Counter[str] = Counter()
-    todo = [task]
-    while todo:
-        t = todo.pop(0)
-        stack = _frames(t)
-        if stack:
-            seen[stack] += 1
-        nurseries = [n for n in t.child_nurseries if t is not task or id(n) not in skip]
-        todo.extend(c for n in nurseries for c in n.child_tasks)
-    return [f"{k} x {s}" if k > 1 else s for s, k in seen.items()]
+from bftfs.taskstacks import task_stacks
 
 
 @asynccontextmanager

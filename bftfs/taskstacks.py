@@ -1,0 +1,45 @@
+"""Where trio tasks are waiting: their await stacks, this package's frames only.
+
+A call that never ends shows nowhere but in the program stuck on it; what it waits on (a
+lock another task holds, an event a send should set, a round no node answers) is gone once
+it is cancelled.  The mount logs these stacks for a request in flight past a minute
+(``fuse/callrecord.py``), and the test campaign for a step past its deadline
+(``testing/campaign_stacks.py``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import trio
+
+#: Frames of files under this directory are shown (the package's own code).
+_PACKAGE = str(Path(__file__).resolve().parent)
+
+
+def frames(task: trio.lowlevel.Task) -> str:
+    """``task``'s await stack, outermost first, as ``path:line function`` of this package's
+    frames joined by `` > `` (empty when it has none)."""
+    parts = []
+    for frame, line in task.iter_await_frames():
+        path = frame.f_code.co_filename
+        if path.startswith(_PACKAGE):
+            parts.append(f"{path[len(_PACKAGE) + 1 :]}:{line} {frame.f_code.co_name}")
+    return " > ".join(parts)
+
+
+def task_stacks(task: trio.lowlevel.Task, skip: frozenset[int] = frozenset()) -> list[str]:
+    """The stacks of ``task`` and its descendants (package frames only), each distinct
+    stack once with how many tasks share it, deepest tasks' stacks last; ``skip``: ids of
+    ``task``'s nurseries not to descend into."""
+    seen: Counter[str] = Counter()
+    todo = [task]
+    while todo:
+        t = todo.pop(0)
+        stack = frames(t)
+        if stack:
+            seen[stack] += 1
+        nurseries = [n for n in t.child_nurseries if t is not task or id(n) not in skip]
+        todo.extend(c for n in nurseries for c in n.child_tasks)
+    return [f"{k} x {s}" if k > 1 else s for s, k in seen.items()]
