@@ -1,14 +1,15 @@
-"""Full garbage collections when the mount is quiet, not between two of its requests.
+"""Full garbage collections when a process is quiet, not between two of its requests.
 
-The mount daemon answers every FUSE request on one thread, and CPython's collector runs on
-whichever allocation crosses its thresholds.  A full (generation 2) collection walks every
-tracked object the daemon holds - caches, leases, held-back files - and CPython starts one
-whenever a quarter as many objects again have survived into the old generation: on a
+A mount daemon answers every FUSE request on one thread, a node every client request on
+its own, and CPython's collector runs on whichever allocation crosses its thresholds.  A
+full (generation 2) collection walks every tracked object the process holds - caches,
+leases, held-back files, replica histories - and CPython starts one whenever a quarter
+as many objects again have survived into the old generation: on a
 ``make up`` mount copying 2 200 small files, 10-11 of 50-120 ms each (0.6-0.7 s of the
 copy's 30 s), each a stall of every request in flight.  The young generations stay
 CPython's (pauses of a millisecond or a few).
 
-So the daemon takes the full collections over (:func:`take_over`): no automatic ones, and
+So the process takes the full collections over (:func:`take_over`): no automatic ones, and
 :class:`FullCollections` runs one once the young generations have been collected
 :data:`MIN_YOUNG` times since the last (what CPython waits for at least), either when no
 request has been in flight for :data:`QUIET` seconds, or at the latest :data:`FULL_EVERY`
@@ -16,7 +17,10 @@ seconds after the last under constant load, which bounds how long cyclic garbage
 Measured (``make up`` cluster, one quiet machine, PostMark 1 000 files / 10 000
 transactions, 3 runs each, interleaved): the daemon's CPU 10.0, 11.0, 10.5 s against
 12.3, 11.0, 10.9 s with CPython's rule; the same copy of 2 200 files made one full
-collection instead of 10-11.
+collection instead of 10-11.  A node is quiet when no client request has been in flight
+for :data:`QUIET` seconds (``Server.client_inflight``; ``node/main.py``): a node's full
+collections were a tenth of its samples (py-spy ``--native``) beside a reader looking
+over a writer's directory (issue 64).
 """
 
 from __future__ import annotations
@@ -26,9 +30,7 @@ from collections.abc import Callable
 
 import trio
 
-from bftfs.fuse.callrecord import CallRecord
-
-#: Seconds without a request in flight that make the mount quiet.
+#: Seconds without a request in flight that make the process quiet.
 QUIET = 0.05
 #: Under constant load, a full collection at least this often (seconds).
 FULL_EVERY = 30.0
@@ -50,14 +52,8 @@ def take_over() -> None:
     gc.set_threshold(young, middle, NEVER)
 
 
-def paced_by(record: CallRecord) -> FullCollections:
-    """The full collections of a mount whose requests ``record`` keeps (quiet after
-    :data:`QUIET` seconds without one in flight)."""
-    return FullCollections(lambda now: record.quiet(now, QUIET))
-
-
 class FullCollections:
-    """The mount's full collections (see the module docstring).
+    """A process's full collections (see the module docstring).
 
     Args:
         quiet: whether no request has been in flight for ``QUIET`` seconds at a trio time.
@@ -79,7 +75,7 @@ class FullCollections:
         self.stats = {"quiet": 0, "forced": 0, "seconds": 0.0}
 
     async def run(self) -> None:
-        """Run full collections for the mount's life (a task of its nursery)."""
+        """Run full collections for the process's life (a task of its nursery)."""
         last = trio.current_time()
         while True:
             await trio.sleep(CHECK)

@@ -1,4 +1,4 @@
-"""The mount's full garbage collections (``fuse/gcpace.py``): run while the mount is quiet
+"""The mount's full garbage collections (``bftfs/gcpace.py``): run while the mount is quiet
 once the young generations have been collected often enough, forced after
 ``FULL_EVERY`` seconds of constant load, never while there is nothing to collect; and the
 CallRecord's quiet signal they follow.  Trio's mock clock: no real waiting."""
@@ -10,7 +10,7 @@ import gc
 import trio
 import trio.testing
 
-from bftfs.fuse import gcpace
+from bftfs import gcpace
 from bftfs.fuse.callrecord import CallRecord
 
 
@@ -95,3 +95,19 @@ def test_take_over_stops_automatic_full_collections_and_keeps_the_young_threshol
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_a_node_is_quiet_only_with_no_client_request_in_flight_for_a_while() -> None:
+    """``node/main.py``: a node's full collections wait for a gap in client requests."""
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from bftfs.node.main import _quiet
+
+    server = SimpleNamespace(client_inflight=1, last_client_request=0.0)
+    quiet = _quiet(cast(Any, server))
+    assert not quiet(100.0)  # one in flight
+    server.client_inflight = 0
+    server.last_client_request = 100.0
+    assert not quiet(100.0 + gcpace.QUIET / 2)
+    assert quiet(100.0 + 2 * gcpace.QUIET)

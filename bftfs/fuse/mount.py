@@ -43,11 +43,11 @@ from bftfs.fuse.control import (
     pid_file,
     status_file,
 )
-from bftfs.fuse.gcpace import paced_by, take_over
 from bftfs.fuse.mountmetrics import held_back, mount_metrics
 from bftfs.fuse.operations import Operations
 from bftfs.fuse.options import MountOptions
 from bftfs.fuse.passthrough import Passthrough
+from bftfs.gcpace import QUIET, FullCollections, take_over
 from bftfs.metrics import MetricsServer
 from bftfs.metrics import serve as serve_metrics
 
@@ -156,7 +156,7 @@ async def serve(
             await ops.initialised.wait()
             set_read_ahead(resolved)
 
-        collections = paced_by(ops.record)
+        collections = FullCollections(lambda now: ops.record.quiet(now, QUIET))
         try:
             await _until_unmounted(book.run, locks.run, read_ahead, collections.run)
         finally:
@@ -265,7 +265,7 @@ async def serve_past(
         pyfuse3.init(ops, str(mountpoint), fuse_options)
         log.info("mounted %s read-only as it was at %d ns", mountpoint, at_ns)
         try:
-            await _until_unmounted(paced_by(ops.record).run)
+            await _until_unmounted(FullCollections(lambda now: ops.record.quiet(now, QUIET)).run)
         finally:
             pyfuse3.close(unmount=True)
             log.info("unmounted %s; requests served:\n%s", mountpoint, ops.statistics())
@@ -390,7 +390,7 @@ def run_foreground(
     lost_file(config, mountpoint).unlink(missing_ok=True)  # an earlier daemon's, told or not
     pf.write_text(f"{os.getpid()}\n{mountpoint.resolve()}\n")
     proc.keep_big_buffers()
-    take_over()  # full collections when the mount is quiet (fuse/gcpace.py)
+    take_over()  # full collections when the mount is quiet (bftfs/gcpace.py)
     try:
         trio.run(
             functools.partial(

@@ -14,7 +14,7 @@ import functools
 import logging
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -24,9 +24,10 @@ from bftfs import metrics as metricsmod
 from bftfs import proc, sdnotify
 from bftfs.config import ClusterConfig, NodeSpec
 from bftfs.crypto import Identity, KeyFileError
+from bftfs.gcpace import QUIET, FullCollections, take_over
 from bftfs.layout.groups import place_node
 from bftfs.layout.service import layout_type
-from bftfs.net.server import FaultHooks
+from bftfs.net.server import FaultHooks, Server
 from bftfs.node.layouts import NodeLayouts
 from bftfs.node.nodemetrics import node_metrics
 from bftfs.node.placement import Check, guard
@@ -108,6 +109,7 @@ def run(
             async with trio.open_nursery() as nursery:
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     await nursery.start(node.run)
+                    nursery.start_soon(FullCollections(_quiet(node.server)).run)
                     # Listening: a Type=notify unit (bftfs-node@.service) counts as started now.
                     sdnotify.notify(f"READY=1\nSTATUS=node {spec.id} serving {spec.address}")
                     async for sig in signals:
@@ -123,6 +125,7 @@ def run(
                 port_file.unlink(missing_ok=True)
 
     proc.keep_big_buffers()
+    take_over()  # full collections when no client request is in flight (bftfs/gcpace.py)
     try:
         trio.run(main)
     except (OSError, StoreFormatError, BaseExceptionGroup) as e:
@@ -175,6 +178,12 @@ def in_group(cfg: ClusterConfig, node_id: int, types: Sequence[ObjectType]) -> I
     )  # fmt: skip
     layouts = NodeLayouts(cfg, placed, node_id, data_dir, types)
     return InGroup(placed.config, placed.index, guard(placed.layout, placed.group), layouts)
+
+
+def _quiet(server: Server[Any]) -> Callable[[float], bool]:
+    """Whether no client request has been in flight for :data:`gcpace.QUIET` seconds at a
+    trio time: when a node's full garbage collection delays nobody."""
+    return lambda now: server.client_inflight == 0 and now - server.last_client_request >= QUIET
 
 
 def _listen_error(e: BaseException, spec: NodeSpec) -> BaseException:
