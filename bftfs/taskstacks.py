@@ -10,7 +10,10 @@ it is cancelled.  The mount logs these stacks for a request in flight past a min
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import trio
 
@@ -21,8 +24,27 @@ _PACKAGE = str(Path(__file__).resolve().parent)
 def frames(task: trio.lowlevel.Task) -> str:
     """``task``'s await stack, outermost first, as ``path:line function`` of this package's
     frames joined by `` > `` (empty when it has none)."""
+    return _joined(task.iter_await_frames())
+
+
+def coro_frames(coro: Any) -> str:
+    """The await stack below coroutine ``coro``, as :func:`frames` gives a task's.  A
+    request's handler is awaited by pyfuse3's compiled coroutines, whose await chain trio
+    cannot follow: the handler's own coroutine is where its stack starts."""
+    walked = []
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break
+        walked.append((frame, frame.f_lineno))
+        nxt = getattr(coro, "cr_await", None)
+        coro = nxt if nxt is not None else getattr(coro, "gi_yieldfrom", None)
+    return _joined(walked)
+
+
+def _joined(walked: Iterable[tuple[FrameType, int]]) -> str:
     parts = []
-    for frame, line in task.iter_await_frames():
+    for frame, line in walked:
         path = frame.f_code.co_filename
         if path.startswith(_PACKAGE):
             parts.append(f"{path[len(_PACKAGE) + 1 :]}:{line} {frame.f_code.co_name}")

@@ -10,11 +10,12 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
 from bftfs.metrics import Histogram
-from bftfs.taskstacks import frames, task_stacks
+from bftfs.taskstacks import coro_frames, frames, task_stacks
 
 # The handlers' own logger: an operator greps a mount's log for "bftfs.fuse.operations".
 log = logging.getLogger("bftfs.fuse.operations")
@@ -30,14 +31,22 @@ LONG_REQUEST = 60.0
 @dataclass
 class _InFlight:
     """A request being answered: its handler, when it began (``time.perf_counter``), what
-    it is about (called only when it is logged), the task answering it (whose await stack
-    says what it waits on), and the age at which it is logged next."""
+    it is about (called only when it is logged), the task answering it and the handler's
+    coroutine once it runs (whose await stack says what it waits on), and the age at
+    which it is logged next."""
 
     name: str
     start: float
     what: Callable[[], str]
     task: trio.lowlevel.Task | None
+    coro: Any = None
     warn_at: float = LONG_REQUEST
+
+    def stack(self) -> str:
+        """What the request waits on: its handler's await stack."""
+        if self.coro is not None:
+            return coro_frames(self.coro)
+        return frames(self.task) if self.task is not None else ""
 
 
 class CallRecord:
@@ -79,6 +88,13 @@ class CallRecord:
         self._in_flight[number] = _InFlight(name, start, what, _current_task())
         return number
 
+    def awaiting(self, number: int, coro: Any) -> None:
+        """Request ``number``'s handler runs as coroutine ``coro`` (its stack: pyfuse3's
+        compiled coroutines hide it from the task's)."""
+        r = self._in_flight.get(number)
+        if r is not None:
+            r.coro = coro
+
     def end(self, number: int) -> None:
         """Request ``number`` was answered (or failed)."""
         self._in_flight.pop(number, None)
@@ -109,9 +125,15 @@ class CallRecord:
                 r.name,
                 r.what(),
                 age,
-                (frames(r.task) if r.task is not None else "") or "(no frames of bftfs)",
+                r.stack() or "(no frames of bftfs)",
             )
-        tasks = _every_task() if logged else []
+        if not logged:
+            return 0
+        # Every request's handler too: pyfuse3's tasks show none of their frames.
+        handlers = [
+            f"{r.name} ({now - r.start:.1f}s): {r.stack()}" for r in self._in_flight.values()
+        ]
+        tasks = handlers + _every_task()
         if tasks:
             log.warning("the daemon's tasks:\n  %s", "\n  ".join(tasks))
         return logged

@@ -110,7 +110,9 @@ def handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[An
                 try:
                     with patience(self.timeo, trio.current_time(), soft=self.soft):
                         try:
-                            result = await fn(*args, **kwargs)
+                            call = fn(*args, **kwargs)
+                            record.awaiting(number, call)
+                            result = await call
                         except BaseExceptionGroup as group:  # a nursery's: what it means
                             one = unwrap(group)
                             if one is group:
