@@ -109,7 +109,7 @@ class CallRecord:
 
     def log_long(self, now: float) -> int:
         """Log at WARNING each request in flight past :data:`LONG_REQUEST` seconds at
-        ``now``, once per doubling of its age, with what its task waits on; when any is,
+        ``now``, once per doubling of its age, with what its handler waits on; when any is,
         every task of the daemon too (what it waits on may be another task that waits in
         turn); how many were logged."""
         logged = 0
