@@ -7,7 +7,9 @@ checked for strict serializability (linearizability for single objects).
 
 from __future__ import annotations
 
+import logging
 import random
+import re
 from typing import Any
 
 import pytest
@@ -274,11 +276,14 @@ async def test_a_chain_of_batches_incomplete_at_every_live_server_is_repaired_in
     assert [v for _, v in await c.query(joints, "counter.fetch_all")] == [2] * len(joints)
 
 
-def test_a_too_wide_repair_with_nothing_to_split_off_waits_while_a_quorum_is_live() -> None:
+def test_a_too_wide_repair_with_nothing_to_split_off_waits_while_a_quorum_is_live(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Passes of a too wide repair that find nothing to repair on their own (which sound
-    histories never give) end the operation after ``MAX_STALLS`` in a row without a
-    patience, and under a mount's patience only once fewer than a quorum were live for
-    all of it: slow is not unavailable, but nothing loops for ever."""
+    histories should never give, and once did) end the operation after ``MAX_STALLS`` in
+    a row without a patience, and under a mount's patience only once fewer than a quorum
+    were live for all of it: slow is not unavailable, but nothing loops for ever.  The
+    wait is logged once, at ``STALLS_LOGGED`` passes, naming the objects."""
 
     async def main() -> None:
         th = MemCluster().th
@@ -291,9 +296,12 @@ def test_a_too_wide_repair_with_nothing_to_split_off_waits_while_a_quorum_is_liv
         with patience(10.0, trio.current_time()) as p:
             assert p is not None
             p.live = lambda _now: live["quorum"]
+            caplog.set_level(logging.INFO, logger="bftfs.qu.attempt")
             for _ in range(50 * MAX_STALLS):
                 st.check_stalled((6,))
                 await trio.sleep(1.0)  # the pass's backoff and reads
+            logged = [r.getMessage() for r in caplog.records if r.name == "bftfs.qu.attempt"]
+            assert len(logged) == 1 and re.search(r"objects \[6\]: .* 30 passes", logged[0])
             live["quorum"] = False
             gone = trio.current_time()
             with pytest.raises(TooManyObjects):

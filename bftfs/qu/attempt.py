@@ -14,6 +14,7 @@ that finds nothing to split off are bounded like short rounds (:data:`MAX_STALLS
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from bftfs.qu import core
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.messages import ReplyStatus
 from bftfs.qu.reply import Reply
+
+log = logging.getLogger(__name__)
 
 #: Rounds in a row with fewer than q replies before an operation gives up.
 MAX_SHORT_ROUNDS = 3
@@ -45,6 +48,12 @@ MAX_UNSYNCABLE_ROUNDS = 10
 #: only bounds what should not happen.  Splitting itself is not counted: each split
 #: repairs one candidate for good, so splits are bounded by the candidates clients made.
 MAX_STALLS = 4
+#: Passes in a row of such a repair, waiting on a live quorum, after which it is logged
+#: once an operation (at INFO: a mount logs the request waiting at WARNING, with its
+#: stack).  With every server sound it should never happen, and it did (12-05: two
+#: mounts' repairs backing off for 16 minutes, each pass finding only candidates its
+#: outer levels were repairing); the objects say where to look.
+STALLS_LOGGED = 30
 #: The failure servers answer when no ``b + 1`` hosts hand over a version (node/qu_server.py).
 UNSYNCABLE = "object sync failed"
 
@@ -131,6 +140,16 @@ class Attempt:
             TooManyObjects: that many passes.
         """
         self.stalls += 1
+        if self.stalls == STALLS_LOGGED:  # (INFO: the request's own wait is the WARNING)
+            log.info(
+                "objects %s%s: a repair naming %d objects, more than %d, found no "
+                "candidate to repair on its own %d passes in a row; waiting while a quorum lives",
+                list(objects[:8]),
+                "..." if len(objects) > 8 else "",
+                len(objects),
+                self.th.objects,
+                self.stalls,
+            )
         if self.stalls >= MAX_STALLS and not _waits_for_quorum():
             raise TooManyObjects(
                 f"objects {objects}: more than {self.th.objects} to repair, and none of their "
