@@ -15,7 +15,7 @@ from typing import Any
 import trio
 
 from bftfs.metrics import Histogram
-from bftfs.taskstacks import coro_frames, frames, task_stacks
+from bftfs.taskstacks import coro_frames, task_stacks
 
 # The handlers' own logger: an operator greps a mount's log for "bftfs.fuse.operations".
 log = logging.getLogger("bftfs.fuse.operations")
@@ -31,22 +31,19 @@ LONG_REQUEST = 60.0
 @dataclass
 class _InFlight:
     """A request being answered: its handler, when it began (``time.perf_counter``), what
-    it is about (called only when it is logged), the task answering it and the handler's
-    coroutine once it runs (whose await stack says what it waits on), and the age at
-    which it is logged next."""
+    it is about (called only when it is logged), the handler's coroutine once it runs
+    (whose await stack says what it waits on: pyfuse3's compiled coroutines above it hide
+    it from the task's), and the age at which it is logged next."""
 
     name: str
     start: float
     what: Callable[[], str]
-    task: trio.lowlevel.Task | None
     coro: Any = None
     warn_at: float = LONG_REQUEST
 
     def stack(self) -> str:
         """What the request waits on: its handler's await stack."""
-        if self.coro is not None:
-            return coro_frames(self.coro)
-        return frames(self.task) if self.task is not None else ""
+        return "" if self.coro is None else coro_frames(self.coro)
 
 
 class CallRecord:
@@ -85,7 +82,7 @@ class CallRecord:
         """A request of handler ``name`` began at ``start`` (``time.perf_counter``); its
         number, for :meth:`end`."""
         number = next(self._numbers)
-        self._in_flight[number] = _InFlight(name, start, what, _current_task())
+        self._in_flight[number] = _InFlight(name, start, what)
         return number
 
     def awaiting(self, number: int, coro: Any) -> None:
@@ -181,14 +178,6 @@ class CallRecord:
             n = self.calls[name]
             lines.append(f"{name:<14} {n:>6} {secs * 1e3:>11.1f} {secs * 1e3 / n:>9.2f}")
         return "\n".join(lines)
-
-
-def _current_task() -> trio.lowlevel.Task | None:
-    """The trio task running now, or None outside trio (a handler called by a test)."""
-    try:
-        return trio.lowlevel.current_task()
-    except RuntimeError:
-        return None
 
 
 def _every_task() -> list[str]:

@@ -32,6 +32,7 @@ from bftfs.fs.files import DEFAULT_READAHEAD_MAX
 from bftfs.fs.history import PastView, SnapshotBrowser
 from bftfs.fs.locks import LockManager
 from bftfs.fs.session import Session, open_past, open_session
+from bftfs.fuse.callrecord import CallRecord
 from bftfs.fuse.control import (
     PUBLISH_INTERVAL,
     MountError,
@@ -156,7 +157,7 @@ async def serve(
             await ops.initialised.wait()
             set_read_ahead(resolved)
 
-        collections = FullCollections(lambda now: ops.record.quiet(now, QUIET))
+        collections = _collections(ops.record)
         try:
             await _until_unmounted(book.run, locks.run, read_ahead, collections.run)
         finally:
@@ -265,7 +266,7 @@ async def serve_past(
         pyfuse3.init(ops, str(mountpoint), fuse_options)
         log.info("mounted %s read-only as it was at %d ns", mountpoint, at_ns)
         try:
-            await _until_unmounted(FullCollections(lambda now: ops.record.quiet(now, QUIET)).run)
+            await _until_unmounted(_collections(ops.record).run)
         finally:
             pyfuse3.close(unmount=True)
             log.info("unmounted %s; requests served:\n%s", mountpoint, ops.statistics())
@@ -353,6 +354,12 @@ class _Book:
         with contextlib.suppress(OSError):
             if json.loads(self.path.read_text()).get("pid") == os.getpid():
                 self.path.unlink()
+
+
+def _collections(record: CallRecord) -> FullCollections:
+    """The mount's full collections: while no request of ``record``'s has been in flight
+    for :data:`gcpace.QUIET` seconds (``bftfs/gcpace.py``)."""
+    return FullCollections(lambda now: record.quiet(now, QUIET))
 
 
 def refuse_nonempty(mountpoint: Path, options: MountOptions) -> None:
