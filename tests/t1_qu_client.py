@@ -7,6 +7,7 @@ checked for strict serializability (linearizability for single objects).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import re
@@ -31,13 +32,15 @@ from bftfs.qu.request import Operation, Request
 from bftfs.testing.byzantine.qu import BEHAVIOURS
 
 
-def make_client(cl: MemCluster, k: int, seed: int = 0) -> QUClient:
+def make_client(cl: MemCluster, k: int, seed: int = 0, objects: int | None = None) -> QUClient:
+    """Client ``k`` of ``cl``, naming at most ``objects`` per request if given."""
+
     async def no_sleep(_d: float) -> None:
         await trio.lowlevel.checkpoint()
 
     return QUClient(
         cl.endpoint(k),
-        cl.th,
+        dataclasses.replace(cl.th, objects=objects or cl.th.objects),
         client_id=int(client_id(k)),
         rng=random.Random(seed * 100 + k),
         seq_start=1000 * (k + 1),
@@ -274,6 +277,45 @@ async def test_a_chain_of_batches_incomplete_at_every_live_server_is_repaired_in
     assert 1 <= c.statistics().split_repairs <= links - 2
     joints = [objs[0] for objs in chain[1:]]
     assert [v for _, v in await c.query(joints, "counter.fetch_all")] == [2] * len(joints)
+
+
+def ohs_of(cl: MemCluster, objects: tuple[int, ...], servers: range | list[int]) -> dict:
+    """The multi-OHS a scripted client reads of ``objects`` from ``servers``."""
+    return {x: {s: cl.ohs_entry(s, x) for s in servers} for x in objects}
+
+
+async def test_a_deduction_that_excludes_what_it_added_is_narrowed_not_split_for_ever() -> None:
+    """The hang of 2026-12-05 (a listing and a removal waiting 16 minutes, every task in
+    nested split repairs): deduction is not monotone.  ``first`` is complete at servers
+    0-4, ``second`` (conditioned on it at object 6) reached servers 0-2 only, and another
+    client then abandoned ``second`` at object 30 (barrier, copy, increment at 1-5), and
+    server 4 stopped.  From 6, deduction adds ``second``'s objects, where 30 excludes it,
+    so ``first`` (order 4 now) is ObjCand at 6 and its objects are needed too: 7, more than
+    this client names (6).  Split, the repair of ``first`` alone saw ``second`` newest at
+    6 again (30 out of view), needed both, and found nothing to split off but ``first``,
+    being repaired: ``TooManyObjects`` here, a wait for ever under a mount's patience.
+    Objects 6, 12, 18, 24 and 30 are enough (30 shows the skip): the repair names those,
+    keeps ``first`` and abandons ``second`` at all of its objects."""
+    cl = MemCluster(seed=1)
+    dead, other = int(client_id(3)), int(client_id(2))
+    first, second = (6, 12, 18, 24), (6, 30, 36, 42)
+    for servers, objs, add in ((range(5), first, 1), ([0, 1, 2], second, 10)):
+        req = Request(
+            dead, objs, ohs_of(cl, objs, range(5)), Operation("counter.add_all", False, add, add)
+        )
+        assert {r.status for r in send(cl, servers, req).values()} == {ReplyStatus.OK}
+    quorum = [1, 2, 3, 4, 5]
+    for op in (None, None, Operation("counter.increment", False, 100, 1)):  # barrier, copy
+        req = Request(other, (30,), ohs_of(cl, (30,), quorum), op)
+        assert {r.status for r in send(cl, quorum, req).values()} == {ReplyStatus.OK}
+    cl.down.add(4)
+    c = make_client(cl, 0, objects=6)
+    round_budget(c, 40)
+
+    assert await c.query(6, "counter.fetch") == 1
+    assert c.statistics().narrowed_repairs >= 1
+    got = await c.query([6, 12, 18, 24, 30, 36, 42], "counter.fetch_all")
+    assert [v for _, v in got] == [1, 1, 1, 1, 100, 0, 0]
 
 
 def test_a_too_wide_repair_with_nothing_to_split_off_waits_while_a_quorum_is_live(

@@ -72,6 +72,9 @@ class ClientStatistics:
     #: Candidates repaired on their own because the deduction of a repair named more
     #: objects than one request may (``repair.py``).
     split_repairs: int
+    #: Repairs whose too wide deduction was narrowed to the objects it needs instead
+    #: (``core.narrowest``).
+    narrowed_repairs: int
     #: Objects repaired on their own because a repair passed by a multi-object candidate
     #: of theirs (``repair.py``, ``Repairer._repair_behind``).
     behind_repairs: int

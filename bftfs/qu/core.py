@@ -391,6 +391,32 @@ def abandon_alone(view: View, classes: Mapping[int, ObjectClass]) -> tuple[int, 
     return tuple(out)
 
 
+def narrowest(
+    keep: Collection[int], wide: Iterable[int], view_of: Callable[[tuple[int, ...]], View]
+) -> tuple[int, ...]:
+    """Objects of ``wide`` (a set deduction closed: :func:`missing_objects` finds nothing
+    more) that are enough on their own: ``keep`` and, greedily, every other object whose
+    leaving out still leaves nothing missing; ``view_of`` gives the view of a set.
+
+    Deduction is not monotone.  An object added for a candidate's objects can exclude that
+    candidate (a newer one there skips it, :meth:`View.excluded`), and then an older
+    candidate is the ObjCand of its other objects, whose objects are needed in turn; the
+    excluded candidate's other objects are not (the one that shows the skip is).  A closure
+    that keeps them all can name more than a request may while a set within it would do:
+    repaired in groups instead, the group of the older candidate needed the excluded one's
+    objects again, which needed the older candidate's, being repaired further up, and a
+    repair waited for ever (two mounts, one listing while the other wrote, 2026-12-05).
+    Servers judge a request's objects by the same rule (:func:`missing_objects`, answered
+    ``need``), so any set found here is one they accept.  Newest objects are tried first;
+    one view per object tried."""
+    got = sorted(set(wide))
+    for oid in sorted(set(got) - set(keep), reverse=True):
+        trial = tuple(o for o in got if o != oid)
+        if not missing_objects(view_of(trial)):
+            got = list(trial)
+    return tuple(got)
+
+
 def split_target(view: View, skip: Collection[tuple] = ()) -> Candidate | None:
     """The candidate to repair on its own first when the deduction over ``view`` names
     more objects than one request may (``repair.py``): the newest multi-object candidate
@@ -398,15 +424,16 @@ def split_target(view: View, skip: Collection[tuple] = ()) -> Candidate | None:
     ones being repaired further up), or None.
 
     Deduction goes from an object to the objects of its ObjCand ``c``, and from one of
-    those, ``o``, on only when ``o``'s ObjCand is another such candidate - newer than
-    ``c``, since ``c`` is a candidate of ``o`` too, of the same order, and excluded
-    nowhere (:meth:`View.excluded` is one set for all objects).  So the newest one is
-    where the chain ends: at the objects of it this view holds, it is the ObjCand itself
-    (or a complete or single-object candidate, which needs no deduction), and repairing it
-    names its objects only, at most :data:`~bftfs.qu.timestamp.MAX_OBJECTS`.  Its
-    objects' other histories may still show newer ones: then repairing it splits again,
-    each time at a newer candidate.  Ties (equal timestamps: a Byzantine server invented
-    one) go to the larger key, so the choice is the same every time."""
+    those, ``o``, on when ``o``'s ObjCand is another such candidate: newer than ``c``
+    (``c`` is a candidate of ``o`` too, of the same order), unless ``c`` is excluded, which
+    leaves an older one ObjCand (:func:`narrowest` keeps those chains short).  The newest
+    one not excluded is where a chain of newer ones ends: at the objects of it this view
+    holds, it is the ObjCand itself (or a complete or single-object candidate, which needs
+    no deduction), and repairing it names its objects, at most
+    :data:`~bftfs.qu.timestamp.MAX_OBJECTS`, and what they need.  Its objects' other
+    histories may still show newer ones: then repairing it splits again.  Ties (equal
+    timestamps: a Byzantine server invented one) go to the larger key, so the choice is
+    the same every time."""
     best: Candidate | None = None
     for oid in view.objects:
         c = view.latest_candidate(oid, False)

@@ -8,26 +8,28 @@ the calls go through ``rounds.py``, the histories live in ``ohscache.py``.  It s
 client's cache, rounds and proven links, and counts what it did in :attr:`Repairer.counts`
 (part of ``QUClient.statistics``).
 
-**A deduction wider than one request** (issue 67).  A batched update (``writemany``,
+**A deduction wider than one request** (issue 67). A batched update (``writemany``,
 ``unlinkmany``, creates: up to 7 objects and their directory) that looks incomplete to the
 servers that answer pulls every object it names into the deduction (``missing_objects``),
 and one of those objects' own latest update, a newer batch, pulls in its objects too: a
-chain of such names more objects than a request may carry (the cluster's ``max_objects``; 15 in
-``t4_held_listings``' ``rm -rf`` under lease churn, each lookup that met it answering EIO
-after four backoffs, ``MAX_SPLITS``).  :meth:`Repairer.repair` first reads every server's
-histories of those objects (``_widen``: at ``q`` of all ``n`` they may be complete, one
-server of the quorum asked having missed them).  If the deduction is still too wide, it is
-repaired in groups (:meth:`Repairer._split`): the newest candidate the deduction pulls in
-(:func:`core.split_target`) is repaired on its own - barrier and copy, or inline, of its
-objects only, at most ``max_objects`` - and deduction starts again from the operation's
-objects, now a link shorter.  This keeps the classification rules: a repair is per object, so one
-candidate's objects may be repaired before the others'; and a group's barrier or copy is a
-request like any other, carrying every object its own deduction needs (as context, or the
-group splits again, at a newer candidate), which the servers check (``missing_objects``,
-answered ``need``): no copy carries a candidate forward at some of its objects only.  The
-newest one is where the chain ends: each link leads to a newer candidate
-(``split_target``), so at its objects nothing further needs deducing.  The alternatives
-weighed: backing off and asking again until other
+chain of such names more objects than a request may carry (the cluster's ``max_objects``;
+15 in ``t4_held_listings``' ``rm -rf`` under lease churn, each lookup that met it
+answering EIO after four backoffs, ``MAX_SPLITS``). :meth:`Repairer.repair` first reads
+every server's histories of those objects (``_widen``: at ``q`` of all ``n`` they may be
+complete, one server of the quorum asked having missed them). If the deduction is still
+too wide, it is narrowed to the objects it needs (:meth:`Repairer._narrow`,
+:func:`core.narrowest`: an object added for a candidate may exclude it, and then its other
+objects are not needed), and failing that repaired in groups (:meth:`Repairer._split`):
+the newest candidate the deduction pulls in (:func:`core.split_target`) is repaired on its
+own - barrier and copy, or inline, of its objects only, at most ``max_objects`` - and
+deduction starts again from the operation's objects, now a link shorter. This keeps the
+classification rules: a repair is per object, so one candidate's objects may be repaired
+before the others'; and a group's barrier or copy is a request like any other, carrying
+every object its own deduction needs (as context, or the group splits again, at a newer
+candidate), which the servers check (``missing_objects``, answered ``need``): no copy
+carries a candidate forward at some of its objects only. The newest one is where the chain
+ends: each link leads to a newer candidate (``split_target``), so at its objects nothing
+further needs deducing. The alternatives weighed: backing off and asking again until other
 servers show the chain complete only helps while they are complete somewhere (not when a
 server that holds them is down, ``t3_qu_repair_wide``), and a fixed number of tries made a
 busy machine an EIO; backing off for ever while a quorum answers waits for what will not
@@ -36,13 +38,12 @@ come.
 What bounds the work: each split repairs a candidate for good (complete, or abandoned at
 each of its objects), and a candidate is split off once per operation
 (``Attempt.split_off``), so splits are at most the distinct candidates clients made
-meanwhile.  A Byzantine server cannot add to them: deduction follows ObjCands only, of
-order ``r`` at least, so ``t + 1`` correct servers accepted each from a client.  Splits
-nest at most :data:`MAX_SPLIT_DEPTH` deep.  A pass with nothing to split off (which sound
-histories never give) backs off and reads every server again, at most ``MAX_STALLS``
-times in a row, or, under a patience that waits while a quorum is live (a mount's), until
-that patience runs out: slow is not unavailable.
-"""
+meanwhile. A Byzantine server cannot add to them: deduction follows ObjCands only, of
+order ``r`` at least, so ``t + 1`` correct servers accepted each from a client. Splits
+nest at most :data:`MAX_SPLIT_DEPTH` deep. A pass with nothing to split off (a group
+needing the candidate being repaired further up: narrowing is greedy) backs off and reads
+every server again, at most ``MAX_STALLS`` times in a row, or, under a patience that waits
+while a quorum is live (a mount's), until that patience runs out: slow is not unavailable."""
 
 from __future__ import annotations
 
@@ -67,6 +68,10 @@ log = logging.getLogger(__name__)
 #: clients' updates do not pile up faster than they are repaired; past it the repair
 #: backs off and reads again instead of going deeper.
 MAX_SPLIT_DEPTH = 16
+
+#: How many requests' worth of objects a too wide deduction may grow to while
+#: :meth:`Repairer._narrow` closes it (each object tried costs a view of them all).
+WIDEST = 2
 
 
 class Repairer:
@@ -102,6 +107,7 @@ class Repairer:
                 "backoff_ms",
                 "inline_repairs",
                 "split_repairs",
+                "narrowed_repairs",
                 "behind_repairs",
             ),
             0,
@@ -201,6 +207,7 @@ class Repairer:
         query = op is not None and op.query
         given = set(context)
         widened = False
+        narrowed: tuple[int, ...] = ()
         while True:
             allobjs = tuple(sorted(set(objects) | context))
             if len(allobjs) > self.th.objects:
@@ -215,7 +222,16 @@ class Repairer:
                     await self._widen(allobjs, fresh)
                 else:
                     # Incomplete at every server that answers (a server that has them is
-                    # down, or the writer stopped): repair them a group at a time.
+                    # down, or the writer stopped): the objects deduction needs, if fewer
+                    # (``core.narrowest``; once per set, a pass never repeats unchanged),
+                    # else repair them a group at a time.
+                    got = await self._narrow(objects, given, allobjs, fresh)
+                    if got is not None and got != narrowed:
+                        narrowed = got
+                        self.counts["narrowed_repairs"] += 1
+                        context.clear()
+                        context.update(set(got) - set(objects))
+                        continue
                     await self._split(allobjs, fresh, st, repairing)
                 context.intersection_update(given)
                 continue
@@ -285,6 +301,29 @@ class Repairer:
             except QUUnavailable as e:
                 log.info("object %d, passed by in a repair, not repaired now: %s", oid, e)
         return bool(behind)
+
+    async def _narrow(
+        self,
+        objects: tuple[int, ...],
+        given: set[int],
+        allobjs: tuple[int, ...],
+        fresh: dict[int, set[int]],
+    ) -> tuple[int, ...] | None:
+        """The objects a repair of ``objects`` (with ``given`` context) needs, out of the
+        too wide ``allobjs``: its deduction closed (every server's histories of what it
+        adds read, as :meth:`_widen` does), then narrowed (:func:`core.narrowest`); None
+        when that is still more than a request may name, or the closure grows past
+        :data:`WIDEST` requests' worth."""
+        wide = set(allobjs)
+        while need := core.missing_objects(self.present_view(sorted(wide), fresh)[1]):
+            if len(wide | need) > WIDEST * self.th.objects:
+                return None
+            await self._widen(tuple(sorted(need)), fresh)
+            wide |= need
+        got = core.narrowest(
+            set(objects) | given, wide, lambda objs: self.present_view(objs, fresh)[1]
+        )
+        return got if len(got) <= self.th.objects else None
 
     async def _split(
         self,
