@@ -11,7 +11,7 @@ newer batch, pulls in its objects too: a chain.  Here, with ``n = 6, q = 5, r = 
 writer's three 4-object updates, each conditioned on the one before, reach nodes 0-4 only
 (node 5 drops the writer's requests), and node 4 stops.  Every live quorum shows each of
 them at order 4: repairable, not complete, and no server's histories show more (so reading
-every server's, ``Repairer._widen``, does not help).  From the first object the deduction
+every server's, ``Presenter.widen``, does not help).  From the first object the deduction
 names 10 objects.  Before the fix the operation gave up (``MAX_SPLITS`` backoffs, then
 ``TooManyObjects``); now the repair takes the newest of the chain on its own first
 (``core.split_target``), and the operation completes with all-or-nothing intact.

@@ -11,7 +11,8 @@ messages).  Server side: ``serverconfig`` (``ReplicaConfig``, ``Retention``), ``
 the store: histories, latest, fetch, sync, versions), ``retention`` (pruning versions),
 ``tombstones`` (tombstones and forgetting), ``duties`` (when those come due), ``adoption``
 (catch-up from the current state), ``objsync`` (object sync's decisions).  Client side:
-``core`` (pure decisions), ``ohscache`` (the cached OHS and whom it leaves out), ``rounds``
+``core`` (pure decisions), ``ohscache`` (the cached OHS and whom it leaves out),
+``presenting`` (the OHS an operation presents and the reads that fill it in), ``rounds``
 (the calls to the servers), ``linkproofs`` (proven links), ``attempt`` (one operation's
 backoff and patience), ``client`` (the driver: the operation loop and repair).  History:
 ``past`` and ``pastread``.  Importing this package imports nothing else.

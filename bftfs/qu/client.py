@@ -292,7 +292,7 @@ class QUClient:
         fresh: dict[int, set[int]] = {}
         st = Attempt(self.th, self.rng, self._sleep, self._cache.latest(objects))
         while True:
-            shown, view = await self._repairer.present_filled(
+            shown, view = await self._repairer.reading.present_filled(
                 objects + tuple(sorted(context)), fresh
             )
             req = Request(self.client_id, objects, shown, op, None, self._links.links_for(view))
@@ -310,7 +310,7 @@ class QUClient:
             # (or a crashed server's stray) made ``outcome`` classify "not METHOD" and
             # disbelieve b+1 agreeing refusals, while ``next_step`` on the presented OHS said
             # METHOD and re-sent at once, without backoff: a livelock (issue 5).
-            view = self._repairer.present_view(objects + tuple(sorted(context)), fresh)[1]
+            view = self._repairer.reading.present_view(objects + tuple(sorted(context)), fresh)[1]
             out = core.outcome(replies, view, th, op.query, objects)
             if out.result is core.Result.DONE:
                 if op.query:

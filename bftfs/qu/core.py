@@ -395,8 +395,7 @@ def narrowest(
     keep: Collection[int], wide: Iterable[int], view_of: Callable[[tuple[int, ...]], View]
 ) -> tuple[int, ...]:
     """Objects of ``wide`` (a set deduction closed: :func:`missing_objects` finds nothing
-    more) that are enough on their own: ``keep`` and, greedily, every other object whose
-    leaving out still leaves nothing missing; ``view_of`` gives the view of a set.
+    more) that are enough on their own, with ``keep``; ``view_of`` gives a set's view.
 
     Deduction is not monotone.  An object added for a candidate's objects can exclude that
     candidate (a newer one there skips it, :meth:`View.excluded`), and then an older
@@ -407,10 +406,41 @@ def narrowest(
     objects again, which needed the older candidate's, being repaired further up, and a
     repair waited for ever (two mounts, one listing while the other wrote, 2026-12-05).
     Servers judge a request's objects by the same rule (:func:`missing_objects`, answered
-    ``need``), so any set found here is one they accept.  Newest objects are tried first;
-    one view per object tried."""
-    got = sorted(set(wide))
-    for oid in sorted(set(got) - set(keep), reverse=True):
+    ``need``), so any set found here is one they accept.
+
+    Two greedy searches, the smaller answer kept: from ``keep``, adding one missing object
+    at a time, the one that leaves the fewest missing (the object that excludes a
+    candidate before that candidate's others); and from ``wide``, leaving out each object
+    in turn, newest first, while nothing goes missing.  A view per object tried."""
+    wide = set(wide)
+    shrunk = _leave_out(keep, wide, view_of)
+    grown = _grow(keep, wide, view_of)
+    return shrunk if grown is None else min(_leave_out(keep, grown, view_of), shrunk, key=len)
+
+
+def _grow(
+    keep: Collection[int], wide: set[int], view_of: Callable[[tuple[int, ...]], View]
+) -> set[int] | None:
+    """``keep`` and, one at a time, the missing object that leaves the fewest missing,
+    until nothing is; None if something missing is outside ``wide`` (not read)."""
+    got = set(keep)
+    while need := missing_objects(view_of(tuple(sorted(got)))):
+        if not need <= wide:
+            return None
+        got = min(
+            ({*got, o} for o in sorted(need)),
+            key=lambda s: len(missing_objects(view_of(tuple(sorted(s))))),
+        )
+    return got
+
+
+def _leave_out(
+    keep: Collection[int], objects: set[int], view_of: Callable[[tuple[int, ...]], View]
+) -> tuple[int, ...]:
+    """``objects`` (nothing missing) less each object outside ``keep`` whose leaving out
+    leaves nothing missing, tried newest first."""
+    got = sorted(objects)
+    for oid in sorted(objects - set(keep), reverse=True):
         trial = tuple(o for o in got if o != oid)
         if not missing_objects(view_of(trial)):
             got = list(trial)

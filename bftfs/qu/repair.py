@@ -15,7 +15,7 @@ and one of those objects' own latest update, a newer batch, pulls in its objects
 chain of such names more objects than a request may carry (the cluster's ``max_objects``;
 15 in ``t4_held_listings``' ``rm -rf`` under lease churn, each lookup that met it
 answering EIO after four backoffs, ``MAX_SPLITS``). :meth:`Repairer.repair` first reads
-every server's histories of those objects (``_widen``: at ``q`` of all ``n`` they may be
+every server's histories of those objects (``Presenter.widen``: at ``q`` of all ``n`` they may be
 complete, one server of the quorum asked having missed them). If the deduction is still
 too wide, it is narrowed to the objects it needs (:meth:`Repairer._narrow`,
 :func:`core.narrowest`: an object added for a candidate may exclude it, and then its other
@@ -40,15 +40,21 @@ each of its objects), and a candidate is split off once per operation
 (``Attempt.split_off``), so splits are at most the distinct candidates clients made
 meanwhile. A Byzantine server cannot add to them: deduction follows ObjCands only, of
 order ``r`` at least, so ``t + 1`` correct servers accepted each from a client. Splits
-nest at most :data:`MAX_SPLIT_DEPTH` deep. A pass with nothing to split off (a group
-needing the candidate being repaired further up: narrowing is greedy) backs off and reads
-every server again, at most ``MAX_STALLS`` times in a row, or, under a patience that waits
-while a quorum is live (a mount's), until that patience runs out: slow is not unavailable."""
+nest at most :data:`MAX_SPLIT_DEPTH` deep. A group whose repair finds nothing left to
+split off but a candidate being repaired further up ends (``_Cycle``), and the repair
+that split it off goes on. Repairs name at most :data:`HEADROOM` objects less than a
+request may (unless their operation names more), so that the candidate a copy makes can
+be repaired later with what shows what it passed by; the full width only when nothing can
+be split off. A pass with nothing to split off even then backs off and reads every server
+again, at most ``MAX_STALLS`` times in a row, or, under a patience that waits while a
+quorum is live (a mount's), until that patience runs out: slow is not unavailable.
+``tests/t2_qu_wide_hunt.py`` hunts for histories that break these rules."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from bftfs.outcome import refused_for_space
 from bftfs.qu import core
@@ -56,6 +62,7 @@ from bftfs.qu.attempt import MAX_SHORT_ROUNDS, Attempt, QUUnavailable
 from bftfs.qu.classify import OpType, QUThresholds, View, left_behind
 from bftfs.qu.linkproofs import LinkProofs
 from bftfs.qu.ohscache import HistoryCache
+from bftfs.qu.presenting import Presenter
 from bftfs.qu.reply import Reply
 from bftfs.qu.request import Operation, Request
 from bftfs.qu.rounds import QuorumRounds
@@ -69,9 +76,43 @@ log = logging.getLogger(__name__)
 #: backs off and reads again instead of going deeper.
 MAX_SPLIT_DEPTH = 16
 
+#: Objects a repair leaves unnamed below the cluster's width (``QUThresholds.objects``),
+#: unless its operation names them: room for what a later repair of the candidate its
+#: copy makes must add (as write-back's batches leave two, ``fs.createmany``).
+HEADROOM = 2
+
 #: How many requests' worth of objects a too wide deduction may grow to while
 #: :meth:`Repairer._narrow` closes it (each object tried costs a view of them all).
 WIDEST = 2
+
+
+@dataclass
+class _Wide:
+    """What one :meth:`Repairer.repair` keeps of its too wide passes."""
+
+    #: Objects its requests name at most: ``HEADROOM`` below the cluster's width, unless
+    #: its operation names more, until only the full width does.
+    width: int
+    objects: tuple[int, ...]
+    #: The context it was given (never left out).
+    given: set[int]
+    widened: bool = False
+    #: The last narrowed set of objects (a pass never repeats one).
+    narrowed: tuple[int, ...] = ()
+
+    @classmethod
+    def start(cls, full: int, objects: tuple[int, ...], given: set[int]) -> _Wide:
+        """The state of a repair of ``objects`` with ``given`` context, in a cluster whose
+        requests name at most ``full`` objects.  A copy names what its repair named, and
+        the candidate it makes may need repairing later with an object or two more to
+        show what it passed by: made at the full width, it could not be."""
+        width = max(full - HEADROOM, min(len(set(objects) | given), full))
+        return cls(width, objects, given)
+
+
+class _Cycle(Exception):
+    """A split repair found nothing to split off but candidates repaired further up
+    (:meth:`Repairer._split`): it ends, and the repair that split it off goes on."""
 
 
 class Repairer:
@@ -98,6 +139,9 @@ class Repairer:
         self._cache = cache
         self._rounds = rounds
         self._links = links
+        #: The object history sets it presents and the reads that fill them in (the
+        #: client's operation loop presents through it too).
+        self.reading = Presenter(th, cache, rounds, links)
         #: What repair did, in ``QUClient.statistics``.
         self.counts = dict.fromkeys(
             (
@@ -117,52 +161,6 @@ class Repairer:
         """``st``'s next backoff, its wait counted (``backoff_ms``: what contention cost
         this client in waiting, beside the rounds it cost)."""
         self.counts["backoff_ms"] += round(1000 * await st.back_off())
-
-    # What the client presents --------------------------------------------------------------
-
-    def present_view(self, objects: Iterable[int], fresh: dict[int, set[int]]) -> tuple:
-        """:meth:`HistoryCache.present_view` with the links this client proved."""
-        return self._cache.present_view(objects, fresh, self._links.facts)
-
-    async def present_filled(self, objects: tuple[int, ...], fresh: dict[int, set[int]]) -> tuple:
-        """:meth:`present_view`, after asking the servers not heard from yet when stray
-        histories cannot be left out for want of ``q`` fresh others
-        (:func:`core.present_view`); the OHS and its View."""
-        shown, view, short = self.present_view(objects, fresh)
-        if short:
-            todo = tuple(sorted(short))
-            targets = sorted(set().union(*short.values()))
-            # Up to t of them may be down, and a dead server's call only fails at its
-            # timeout: once all but t answered, the rest get two probe intervals (as in
-            # ``QuorumRounds.request``).  Waiting for all of them cost every operation the
-            # full timeout while a server whose stray history this client cached was down
-            # (found by the campaign, bftfs/testing/campaign.py).  With ``t`` or fewer to
-            # ask (a stray beside one crashed server), they all get just the two intervals.
-            settle = max(0, len(targets) - self.th.t)
-            got = await self._rounds.histories(todo, targets, len(targets), None, settle=settle)
-            self._cache.absorb(todo, got, fresh)
-            shown, view, _ = self.present_view(objects, fresh)
-        return shown, view
-
-    async def _fetch_missing(self, objects: tuple[int, ...], fresh: dict[int, set[int]]) -> None:
-        """Histories of objects added for deduction, read from a quorum (``qu.history``)."""
-        todo = tuple(o for o in objects if len(fresh.get(o, ())) < self.th.q)
-        if todo:
-            targets = self._cache.targets(todo)
-            got = await self._rounds.histories(todo, targets, self.th.q, self.th.q)
-            self._cache.absorb(todo, got, fresh)
-
-    async def _widen(self, objects: tuple[int, ...], fresh: dict[int, set[int]]) -> None:
-        """The histories of ``objects`` from every server (not only a quorum), at most
-        ``th.objects`` per request; as in :meth:`present_filled`, up to ``t`` of them
-        may be down, so once all but ``t`` answered the rest get two probe intervals."""
-        width = self.th.objects
-        for i in range(0, len(objects), width):
-            todo = objects[i : i + width]
-            targets = self._cache.targets(todo)
-            settle = max(0, len(targets) - self.th.t)
-            got = await self._rounds.histories(todo, targets, len(targets), None, settle=settle)
-            self._cache.absorb(todo, got, fresh)
 
     # Repair (lines 500-506) ----------------------------------------------------------------
 
@@ -205,38 +203,14 @@ class Repairer:
             QUUnavailable: repeatedly fewer than q replies.
         """
         query = op is not None and op.query
-        given = set(context)
-        widened = False
-        narrowed: tuple[int, ...] = ()
+        wide = _Wide.start(self.th.objects, objects, set(context))
         while True:
             allobjs = tuple(sorted(set(objects) | context))
-            if len(allobjs) > self.th.objects:
-                if not widened:
-                    # Deduction wants more objects than a request may name, because their
-                    # latest updates look incomplete at the quorum asked: typically one
-                    # server of it is behind (a newcomer catching up, issue 60 items
-                    # 15-16) and shows each update it lacks at order q - 1.  Complete at q
-                    # of all n, they need no deduction: read every server's histories of
-                    # them and classify again.
-                    widened = True
-                    await self._widen(allobjs, fresh)
-                else:
-                    # Incomplete at every server that answers (a server that has them is
-                    # down, or the writer stopped): the objects deduction needs, if fewer
-                    # (``core.narrowest``; once per set, a pass never repeats unchanged),
-                    # else repair them a group at a time.
-                    got = await self._narrow(objects, given, allobjs, fresh)
-                    if got is not None and got != narrowed:
-                        narrowed = got
-                        self.counts["narrowed_repairs"] += 1
-                        context.clear()
-                        context.update(set(got) - set(objects))
-                        continue
-                    await self._split(allobjs, fresh, st, repairing)
-                context.intersection_update(given)
+            if len(allobjs) > wide.width:
+                await self._too_wide(wide, allobjs, context, fresh, st, repairing)
                 continue
-            await self._fetch_missing(allobjs, fresh)
-            view = (await self.present_filled(allobjs, fresh))[1]
+            await self.reading.fetch_missing(allobjs, fresh)
+            view = (await self.reading.present_filled(allobjs, fresh))[1]
             nxt = core.next_step(view)
             if nxt.step is core.Step.NEED:
                 context |= set(nxt.objects)
@@ -252,7 +226,7 @@ class Repairer:
                     # directory 300 versions on, every node refusing the walk; issue 60
                     # item 9).  Once per operation: the walk still decides the rest.
                     st.widened_for_links = True
-                    await self._widen(allobjs, fresh)
+                    await self.reading.widen(allobjs, fresh)
                     continue
                 await self._prove_or_back_off(allobjs, nxt.links, st)
                 continue
@@ -298,9 +272,50 @@ class Repairer:
             self.counts["behind_repairs"] += 1
             try:
                 await self.repair((oid,), set(), fresh, None, st, repairing)
-            except QUUnavailable as e:
-                log.info("object %d, passed by in a repair, not repaired now: %s", oid, e)
+            except (QUUnavailable, _Cycle) as e:
+                log.info("object %d, passed by in a repair, not repaired now: %r", oid, e)
         return bool(behind)
+
+    async def _too_wide(
+        self,
+        wide: _Wide,
+        allobjs: tuple[int, ...],
+        context: set[int],
+        fresh: dict[int, set[int]],
+        st: Attempt,
+        repairing: frozenset[tuple],
+    ) -> None:
+        """A step of :meth:`repair` whose deduction names ``allobjs``, more than
+        ``wide.width``: sets ``context`` for the next pass."""
+        if not wide.widened:
+            # Deduction wants more objects than a request may name, because their latest
+            # updates look incomplete at the quorum asked: typically one server of it is
+            # behind (a newcomer catching up, issue 60 items 15-16) and shows each update
+            # it lacks at order q - 1.  Complete at q of all n, they need no deduction:
+            # read every server's histories of them and classify again.
+            wide.widened = True
+            await self.reading.widen(allobjs, fresh)
+            context.intersection_update(wide.given)
+            return
+        # Incomplete at every server that answers (a server that has them is down, or the
+        # writer stopped): the objects deduction needs, if fewer (``core.narrowest``; once
+        # per set, a pass never repeats unchanged), else repair them a group at a time,
+        # else with the room kept for later (``HEADROOM``), else wait.
+        got = await self._narrow(wide.objects, wide.given, allobjs, fresh, wide.width)
+        if got is None or got == wide.narrowed:
+            context.intersection_update(wide.given)
+            if await self._split(allobjs, fresh, st, repairing):
+                return
+            if wide.width < self.th.objects:
+                wide.width = self.th.objects
+                got = await self._narrow(wide.objects, wide.given, allobjs, fresh, wide.width)
+            if got is None or got == wide.narrowed:
+                await self._stalled(allobjs, fresh, st, repairing)
+                return
+        wide.narrowed = got
+        self.counts["narrowed_repairs"] += 1
+        context.clear()
+        context.update(set(got) - set(wide.objects))
 
     async def _narrow(
         self,
@@ -308,22 +323,23 @@ class Repairer:
         given: set[int],
         allobjs: tuple[int, ...],
         fresh: dict[int, set[int]],
+        width: int,
     ) -> tuple[int, ...] | None:
         """The objects a repair of ``objects`` (with ``given`` context) needs, out of the
         too wide ``allobjs``: its deduction closed (every server's histories of what it
-        adds read, as :meth:`_widen` does), then narrowed (:func:`core.narrowest`); None
+        adds read, as :meth:`Presenter.widen` does), then narrowed (:func:`core.narrowest`); None
         when that is still more than a request may name, or the closure grows past
         :data:`WIDEST` requests' worth."""
         wide = set(allobjs)
-        while need := core.missing_objects(self.present_view(sorted(wide), fresh)[1]):
+        while need := core.missing_objects(self.reading.present_view(sorted(wide), fresh)[1]):
             if len(wide | need) > WIDEST * self.th.objects:
                 return None
-            await self._widen(tuple(sorted(need)), fresh)
+            await self.reading.widen(tuple(sorted(need)), fresh)
             wide |= need
         got = core.narrowest(
-            set(objects) | given, wide, lambda objs: self.present_view(objs, fresh)[1]
+            set(objects) | given, wide, lambda objs: self.reading.present_view(objs, fresh)[1]
         )
-        return got if len(got) <= self.th.objects else None
+        return got if len(got) <= width else None
 
     async def _split(
         self,
@@ -331,7 +347,7 @@ class Repairer:
         fresh: dict[int, set[int]],
         st: Attempt,
         repairing: frozenset[tuple],
-    ) -> None:
+    ) -> bool:
         """One step of a repair whose deduction names ``allobjs``, more than a request
         may: repair the newest candidate it pulls in on its own
         (:func:`core.split_target`), whose objects are at most
@@ -343,21 +359,43 @@ class Repairer:
         A candidate is split off once per operation (``Attempt.split_off``): its repair
         left it complete, or abandoned at every object, so it cannot be an incomplete
         ObjCand again - unless histories read earlier in the operation say otherwise.
-        With nothing to split off (every candidate pulled in was, or is being repaired
-        further up), back off and read every server's histories again, as many times as
-        :meth:`Attempt.check_stalled` allows; a pass never repeats without a backoff.
+        Whether there was one to split off (not every candidate pulled in was, or is
+        being repaired further up).
         """
-        view = self.present_view(allobjs, fresh)[1]
+        view = self.reading.present_view(allobjs, fresh)[1]
         cand = core.split_target(view, repairing | st.split_off)
         if cand is None or len(repairing) >= MAX_SPLIT_DEPTH:
-            st.check_stalled(allobjs)
-            st.split_off.clear()  # read again: what they show now may need repairing
-            await self._back_off(st)
-            await self._widen(allobjs, fresh)
-            return
+            return False
         self.counts["split_repairs"] += 1
         st.split_off.add(cand.key)
-        await self.repair(cand.objects, set(), fresh, None, st, repairing | {cand.key})
+        try:
+            await self.repair(cand.objects, set(), fresh, None, st, repairing | {cand.key})
+        except _Cycle:
+            log.debug("candidate %r: its repair needs one being repaired further up", cand)
+        return True
+
+    async def _stalled(
+        self,
+        allobjs: tuple[int, ...],
+        fresh: dict[int, set[int]],
+        st: Attempt,
+        repairing: frozenset[tuple],
+    ) -> None:
+        """A pass of a too wide repair that found nothing to split off: back off and read
+        every server's histories again, as many times as :meth:`Attempt.check_stalled`
+        allows; a pass never repeats without a backoff.
+
+        Raises:
+            _Cycle: what is left to split off is being repaired further up (waiting
+                here would never end; the repair that split this one goes on).
+        """
+        view = self.reading.present_view(allobjs, fresh)[1]
+        if repairing and core.split_target(view, st.split_off) is not None:
+            raise _Cycle
+        st.check_stalled(allobjs)
+        st.split_off.clear()  # read again: what they show now may need repairing
+        await self._back_off(st)
+        await self.reading.widen(allobjs, fresh)
 
     async def _prove_or_back_off(
         self, objects: tuple[int, ...], wanted: Iterable[tuple[int, Timestamp]], st: Attempt
