@@ -41,14 +41,15 @@ each of its objects), and a candidate is split off once per operation
 meanwhile. A Byzantine server cannot add to them: deduction follows ObjCands only, of
 order ``r`` at least, so ``t + 1`` correct servers accepted each from a client. Splits
 nest at most :data:`MAX_SPLIT_DEPTH` deep. A group whose repair finds nothing left to
-split off but a candidate being repaired further up ends (``_Cycle``), and the repair
-that split it off goes on. Repairs name at most :data:`HEADROOM` objects less than a
-request may (unless their operation names more), so that the candidate a copy makes can
-be repaired later with what shows what it passed by; the full width only when nothing can
-be split off. A pass with nothing to split off even then backs off and reads every server
-again, at most ``MAX_STALLS`` times in a row, or, under a patience that waits while a
-quorum is live (a mount's), until that patience runs out: slow is not unavailable.
-``tests/t2_qu_wide_hunt.py`` hunts for histories that break these rules."""
+split off but a candidate being repaired further up ends (``_Cycle``), and the repair that
+split it off goes on. Repairs name at most :data:`HEADROOM` objects less than a request
+may (unless their operation names more, or is a batch, ``_Wide.start``), so that the
+candidate a copy makes can be repaired later with what shows what it passed by; the full
+width only when nothing can be split off. A pass with nothing to split off even then backs
+off and reads every server again, at most ``MAX_STALLS`` times in a row, or, under a
+patience that waits while a quorum is live (a mount's), until that patience runs out: slow
+is not unavailable. ``tests/t2_qu_wide_hunt.py`` hunts for histories that break these
+rules."""
 
 from __future__ import annotations
 
@@ -101,12 +102,20 @@ class _Wide:
     narrowed: tuple[int, ...] = ()
 
     @classmethod
-    def start(cls, full: int, objects: tuple[int, ...], given: set[int]) -> _Wide:
-        """The state of a repair of ``objects`` with ``given`` context, in a cluster whose
-        requests name at most ``full`` objects.  A copy names what its repair named, and
-        the candidate it makes may need repairing later with an object or two more to
-        show what it passed by: made at the full width, it could not be."""
-        width = max(full - HEADROOM, min(len(set(objects) | given), full))
+    def start(
+        cls, full: int, objects: tuple[int, ...], given: set[int], op: Operation | None
+    ) -> _Wide:
+        """The state of a repair of ``objects`` with ``given`` context (for ``op``, or
+        None), in a cluster whose requests name at most ``full`` objects.  A copy names
+        what its repair named, and the candidate it makes may need repairing later with
+        an object or two more to show what it passed by: made at the full width, it
+        could not be.  An operation of one object less than the full width or more
+        (write-back's batches, ``fs/writeback/schedule.py`` ``batch_size``) keeps it: such
+        a batch is sized to be repaired together with another client's two-object
+        update, in one request."""
+        named = len(set(objects) | given)
+        batch = op is not None and named >= full - 1
+        width = full if batch else max(full - HEADROOM, min(named, full))
         return cls(width, objects, given)
 
 
@@ -203,7 +212,7 @@ class Repairer:
             QUUnavailable: repeatedly fewer than q replies.
         """
         query = op is not None and op.query
-        wide = _Wide.start(self.th.objects, objects, set(context))
+        wide = _Wide.start(self.th.objects, objects, set(context), op)
         while True:
             allobjs = tuple(sorted(set(objects) | context))
             if len(allobjs) > wide.width:
