@@ -20,12 +20,12 @@ from __future__ import annotations
 import dataclasses
 import random
 from itertools import combinations
-from typing import Any
 
 import pytest
 import trio
 import trio.lowlevel
 from qu_helpers import MemCluster, send
+from t1_qu_client import round_budget
 
 from bftfs.ids import client_id
 from bftfs.qu.classify import OpType, View, classify
@@ -56,16 +56,7 @@ def _client(cl: MemCluster, k: int, width: int, seed: int) -> QUClient:
         seq_start=1000 * (k + 1) + 10 * seed,
         sleep=no_sleep,
     )
-    real = c.ep.quorum_call
-    left = [CALLS]
-
-    async def quorum_call(*args: Any, **kwargs: Any) -> Any:
-        left[0] -= 1
-        if left[0] < 0:
-            raise AssertionError(f"livelock: more than {CALLS} quorum calls")
-        return await real(*args, **kwargs)
-
-    c.ep.quorum_call = quorum_call
+    round_budget(c, CALLS)
     return c
 
 
