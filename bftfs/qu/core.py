@@ -423,14 +423,17 @@ def _grow(
 ) -> set[int] | None:
     """``keep`` and, one at a time, the missing object that leaves the fewest missing,
     until nothing is; None if something missing is outside ``wide`` (not read)."""
+
+    def missing(objects: set[int]) -> frozenset[int]:
+        return missing_objects(view_of(tuple(sorted(objects))))
+
     got = set(keep)
-    while need := missing_objects(view_of(tuple(sorted(got)))):
+    need = missing(got)
+    while need:
         if not need <= wide:
             return None
-        got = min(
-            ({*got, o} for o in sorted(need)),
-            key=lambda s: len(missing_objects(view_of(tuple(sorted(s))))),
-        )
+        tries = ((more, missing(more)) for more in ({*got, o} for o in sorted(need)))
+        got, need = min(tries, key=lambda tried: len(tried[1]))
     return got
 
 

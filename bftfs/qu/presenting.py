@@ -49,9 +49,7 @@ class Presenter:
             # full timeout while a server whose stray history this client cached was down
             # (found by the campaign, bftfs/testing/campaign.py).  With ``t`` or fewer to
             # ask (a stray beside one crashed server), they all get just the two intervals.
-            settle = max(0, len(targets) - self.th.t)
-            got = await self._rounds.histories(todo, targets, len(targets), None, settle=settle)
-            self._cache.absorb(todo, got, fresh)
+            await self._read_every(todo, targets, fresh)
             shown, view, _ = self.present_view(objects, fresh)
         return shown, view
 
@@ -70,7 +68,13 @@ class Presenter:
         width = self.th.objects
         for i in range(0, len(objects), width):
             todo = objects[i : i + width]
-            targets = self._cache.targets(todo)
-            settle = max(0, len(targets) - self.th.t)
-            got = await self._rounds.histories(todo, targets, len(targets), None, settle=settle)
-            self._cache.absorb(todo, got, fresh)
+            await self._read_every(todo, self._cache.targets(todo), fresh)
+
+    async def _read_every(
+        self, todo: tuple[int, ...], targets: list[int], fresh: dict[int, set[int]]
+    ) -> None:
+        """The histories of ``todo`` from every one of ``targets``: once all but ``t``
+        answered, the rest get two probe intervals (they may be down)."""
+        settle = max(0, len(targets) - self.th.t)
+        got = await self._rounds.histories(todo, targets, len(targets), None, settle=settle)
+        self._cache.absorb(todo, got, fresh)

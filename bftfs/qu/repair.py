@@ -310,17 +310,15 @@ class Repairer:
         # writer stopped): the objects deduction needs, if fewer (``core.narrowest``; once
         # per set, a pass never repeats unchanged), else repair them a group at a time,
         # else with the room kept for later (``HEADROOM``), else wait.
-        got = await self._narrow(wide.objects, wide.given, allobjs, fresh, wide.width)
-        if got is None or got == wide.narrowed:
+        got = await self._narrow(wide.objects, wide.given, allobjs, fresh)
+        if got is None or len(got) > wide.width or got == wide.narrowed:
             context.intersection_update(wide.given)
             if await self._split(allobjs, fresh, st, repairing):
                 return
-            if wide.width < self.th.objects:
-                wide.width = self.th.objects
-                got = await self._narrow(wide.objects, wide.given, allobjs, fresh, wide.width)
-            if got is None or got == wide.narrowed:
+            if got is None or len(got) > self.th.objects or got == wide.narrowed:
                 await self._stalled(allobjs, fresh, st, repairing)
                 return
+            wide.width = self.th.objects
         wide.narrowed = got
         self.counts["narrowed_repairs"] += 1
         context.clear()
@@ -332,23 +330,21 @@ class Repairer:
         given: set[int],
         allobjs: tuple[int, ...],
         fresh: dict[int, set[int]],
-        width: int,
     ) -> tuple[int, ...] | None:
         """The objects a repair of ``objects`` (with ``given`` context) needs, out of the
         too wide ``allobjs``: its deduction closed (every server's histories of what it
-        adds read, as :meth:`Presenter.widen` does), then narrowed (:func:`core.narrowest`); None
-        when that is still more than a request may name, or the closure grows past
-        :data:`WIDEST` requests' worth."""
+        adds read, as :meth:`Presenter.widen` does), then narrowed
+        (:func:`core.narrowest`); None when the closure grows past :data:`WIDEST`
+        requests' worth.  The caller weighs the answer against its width."""
         wide = set(allobjs)
         while need := core.missing_objects(self.reading.present_view(sorted(wide), fresh)[1]):
             if len(wide | need) > WIDEST * self.th.objects:
                 return None
             await self.reading.widen(tuple(sorted(need)), fresh)
             wide |= need
-        got = core.narrowest(
+        return core.narrowest(
             set(objects) | given, wide, lambda objs: self.reading.present_view(objs, fresh)[1]
         )
-        return got if len(got) <= width else None
 
     async def _split(
         self,
