@@ -92,6 +92,10 @@ def _store_error(e: lmdb.Error, *, disk_short: bool = False) -> StoreError:
 #: (``node/qu_server.py``), so the last room goes to removals, which must go on to give
 #: space back (issue 60: on a full disk ``rm`` got ENOSPC and ``ls`` EIO).
 FLOOR_SHARE = 0.25
+#: A store this far (bytes) above the floor answers :meth:`Store.short_for_growth` without
+#: measuring again for :data:`FAR_SECONDS`: no node writes this much in that time.
+FAR_BYTES = 256 * 1024 * 1024
+FAR_SECONDS = 0.25
 
 
 class Fill(NamedTuple):
@@ -238,6 +242,8 @@ class Store:
         self._dbs: dict[str, Any] = {}
         self._used = 0
         self._used_at = -1e9
+        #: Until when :meth:`short_for_growth` may answer no unmeasured (far from the floor).
+        self._far_until = -1e9
         #: Databases created by the open write transaction (see ``_LmdbKV._db``).
         self._new_dbs: dict[str, Any] = {}
         self._queue: list[_Job] = []
@@ -507,7 +513,14 @@ class Store:
         commit needs pages too - LMDB copies what it changes - and the pages it frees
         are reused only two commits later: a disk filled to its last byte takes no
         commit at all, so the floor is kept, not merely hoped for.)"""
-        return self.fill(fresh=fresh).fraction >= 1.0 - FLOOR_SHARE * self.reserve_fraction
+        now = time.monotonic()
+        if not fresh and now < self._far_until:
+            return False  # (every client update asks: statvfs was 4 % of a busy node's CPU)
+        fill = self.fill(fresh=fresh)
+        floor = (1.0 - FLOOR_SHARE * self.reserve_fraction) * fill.capacity
+        if floor - fill.used >= FAR_BYTES:
+            self._far_until = now + FAR_SECONDS
+        return fill.used >= floor
 
     def close(self) -> None:
         self._env.close()
