@@ -54,6 +54,19 @@ def test_two_postmarks_takes_the_variant_flags() -> None:
     assert (args.aged, args.load, args.targets) == (True, "cpu", ["local", "bftfs-lease"])
 
 
+def test_two_postmarks_counts_a_wait_for_the_other_as_time_not_as_a_fast_run() -> None:
+    # Process 1 runs its 1 000 transactions in 5 s while process 2 waits in its create
+    # phase, then runs its own in 6 s: the sum of their rates (200 + 167) would claim they
+    # ran at once; together they did 2 000 transactions in 11 s.
+    first = {"create_s": 0.5, "tx_s": 5.0, "tps": 200.0}
+    second = {"create_s": 5.5, "tx_s": 6.0, "tps": 1000 / 6}
+    assert abs(two_postmarks.together([first, second], [100.0, 100.0]) - 2000 / 11) < 1e-9
+    # Side by side, the two spans overlap: 2 000 transactions in 8 s.
+    side = {"create_s": 1.0, "tx_s": 7.5, "tps": 1000 / 7.5}
+    a = {"create_s": 0.5, "tx_s": 8.0, "tps": 125.0}
+    assert abs(two_postmarks.together([a, side], [100.0, 100.0]) - 2000 / 8) < 1e-9
+
+
 def test_two_postmarks_splits_each_bftfs_run_per_transaction() -> None:
     mount = {
         "qu_operations": 300.0,
