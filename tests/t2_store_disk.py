@@ -93,29 +93,39 @@ def test_a_disk_filling_first_keeps_room_for_removals(small_disk: Path) -> None:
         store.close()
 
 
-def test_far_from_the_floor_the_growth_check_measures_once_a_quarter_second(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Every client update asks ``short_for_growth``; far from the floor it reuses its last
-    measure for ``FAR_SECONDS`` (statvfs was 4 % of a busy node's CPU), near it (the small
-    disk above) or when asked ``fresh`` it measures every time."""
+@pytest.fixture
+def statvfs_calls(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The paths the store measures with ``os.statvfs`` from now on (it still measures)."""
     from bftfs.node import store as store_module
 
-    calls = []
+    calls: list[Any] = []
     real = os.statvfs
 
     def counting(path: Any) -> os.statvfs_result:
         calls.append(path)
         return real(path)
 
+    monkeypatch.setattr(store_module.os, "statvfs", counting)
+    return calls
+
+
+def test_far_from_the_floor_the_growth_check_measures_once_a_quarter_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, statvfs_calls: list[Any]
+) -> None:
+    """Every client update asks ``short_for_growth``; far from the floor it reuses its last
+    measure for ``FAR_SECONDS`` (statvfs was 4 % of a busy node's CPU), near it (the small
+    disk below) or when asked ``fresh`` it measures every time."""
+    from bftfs.node import store as store_module
+
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    if free < 4 * store_module.FAR_BYTES:
+        pytest.skip(f"needs {4 * store_module.FAR_BYTES} bytes free, has {free}")
     store = Store(tmp_path / "lmdb", map_size=2048 * MIB, durable=False, reserve_fraction=0.1)
     try:
-        free = real(tmp_path).f_bavail * real(tmp_path).f_frsize
-        if free < 4 * store_module.FAR_BYTES:
-            pytest.skip(f"needs {4 * store_module.FAR_BYTES} bytes free, has {free}")
         clock = [1000.0]
         monkeypatch.setattr(store_module.time, "monotonic", lambda: clock[0])
-        monkeypatch.setattr(store_module.os, "statvfs", counting)
+        calls = statvfs_calls
+        calls.clear()  # (what opening the store measured)
         assert not store.short_for_growth()
         assert not store.short_for_growth()
         assert len(calls) == 1
@@ -129,22 +139,13 @@ def test_far_from_the_floor_the_growth_check_measures_once_a_quarter_second(
 
 
 def test_near_the_floor_the_growth_check_measures_every_time(
-    small_disk: Path, monkeypatch: pytest.MonkeyPatch
+    small_disk: Path, statvfs_calls: list[Any]
 ) -> None:
-    from bftfs.node import store as store_module
-
-    calls = []
-    real = os.statvfs
-
-    def counting(path: Any) -> os.statvfs_result:
-        calls.append(path)
-        return real(path)
-
     store = Store(small_disk / "lmdb", map_size=64 * MIB, durable=False, reserve_fraction=0.1)
+    statvfs_calls.clear()  # (what opening the store measured)
     try:
-        monkeypatch.setattr(store_module.os, "statvfs", counting)
         for _ in range(3):
             assert not store.short_for_growth()
-        assert len(calls) == 3  # a 16 MiB disk is never FAR_BYTES above its floor
+        assert len(statvfs_calls) == 3  # a 16 MiB disk is never FAR_BYTES above its floor
     finally:
         store.close()
