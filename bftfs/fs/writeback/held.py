@@ -296,11 +296,8 @@ class HeldFiles:
         (:meth:`defer`): another client reads the directory next, and may open them.  A
         release also waits for the sends in flight of the
         files it must follow (it is what another client's recall waits for)."""
-        due = [
-            ino
-            for ino in objects
-            if ino in self._due and ino not in self._sending and not self._flushing_here(ino)
-        ]
+        due = [i for i in objects if i in self._due and i not in self._sending]
+        due = [i for i in due if not self._flushing_here(i)]
         await self._send_together(due)  # (a publication's 32 files: one update, not 32)
         for ino in due:
             if ino in self._due and ino not in self._sending:
