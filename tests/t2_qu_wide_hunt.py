@@ -150,7 +150,8 @@ def test_wide_deductions_complete_with_more_faults_tolerated(t: int, b: int) -> 
 
 @pytest.mark.slow
 def test_wide_deductions_complete_and_keep_all_or_nothing_long() -> None:
-    """A thousand seeds more (the hunt's own run: 3 000 clean after the fixes, 7 of the
-    first 1 500 waiting for ever before them)."""
-    for seed in range(1500, 2500):
+    """Five hundred seeds more (the hunt's own run: 8 000 clean after the fixes, 7 of the
+    first 1 500 waiting for ever before them; a thousand here took the slow suite past its
+    30 minutes on a loaded machine)."""
+    for seed in range(1500, 2000):
         trio.run(_hunt, seed)
