@@ -117,23 +117,23 @@ def test_far_from_the_floor_the_growth_check_measures_once_a_quarter_second(
     disk below) or when asked ``fresh`` it measures every time."""
     from bftfs.node import store as store_module
 
-    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    disk = os.statvfs(tmp_path)
+    free = disk.f_bavail * disk.f_frsize
     if free < 4 * store_module.FAR_BYTES:
         pytest.skip(f"needs {4 * store_module.FAR_BYTES} bytes free, has {free}")
     store = Store(tmp_path / "lmdb", map_size=2048 * MIB, durable=False, reserve_fraction=0.1)
     try:
         clock = [1000.0]
         monkeypatch.setattr(store_module.time, "monotonic", lambda: clock[0])
-        calls = statvfs_calls
-        calls.clear()  # (what opening the store measured)
+        statvfs_calls.clear()  # (what opening the store measured)
         assert not store.short_for_growth()
         assert not store.short_for_growth()
-        assert len(calls) == 1
+        assert len(statvfs_calls) == 1
         assert not store.short_for_growth(fresh=True)
-        assert len(calls) == 2
+        assert len(statvfs_calls) == 2
         clock[0] += store_module.FAR_SECONDS + 0.01
         assert not store.short_for_growth()
-        assert len(calls) == 3
+        assert len(statvfs_calls) == 3
     finally:
         store.close()
 
