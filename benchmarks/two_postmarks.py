@@ -21,7 +21,7 @@ Targets, interleaved per repetition:
 * ``bftfs-recall``: as ``bftfs-lease`` with ``nopublish`` (a look recalls the other's
   exclusive lease instead of asking it to publish).
 
-Reported: transactions per second of both processes together (both's transactions over
+Reported: transactions per second of both processes together (the transactions of both over
 the span from the first transaction phase's start to the last one's end: :func:`together`;
 the sum of their rates beside it, which a run where one waits out the other overstates) and
 of each, medians over ``--runs`` interleaved runs, and the ratios to local and GlusterFS.
