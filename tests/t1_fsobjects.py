@@ -65,6 +65,7 @@ TABLE = [
     ("fs.state", Q, 1, 1, ()),
     ("fs.export", Q, 1, 1, ()),
     ("fs.movein", U, 1, 1, ()),
+    ("fs.pubreq", Q, 1, 32, ()),
 ]
 
 

@@ -1,7 +1,8 @@
 """Tier 1: publication (``bftfs/fsobjects/publish.py``, issue 64) through the ``fs``
 registry as a node runs it: a reader's query refused by another client's exclusive lease
-passes with a token once the holder published up to it, and not before; only the
-exclusive holder publishes, never past what was asked; a stale token reads nothing new."""
+passes with its token once the holder published up to it for that reader, and not before
+nor for another reader; asking makes no version; only the exclusive holder publishes,
+never backwards."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from bftfs.fs.clients.reading import (
 )
 from bftfs.fsobjects import FS, new_dir
 from bftfs.fsobjects.leases import EXCLUSIVE, SHARED, holders, tag_query
-from bftfs.fsobjects.pubstate import counts, published_for, query_tokens
+from bftfs.fsobjects.pubstate import MAX_READERS, published, published_for, query_tokens
 from bftfs.node.recalls import Recalls
 from bftfs.qu.canon import unpack
 from bftfs.qu.objects import MethodRefused, Registry
@@ -55,13 +56,15 @@ def stat(state: Any, caller: int, tokens: dict[int, int] | None = None) -> Any:
     return REG.query("fs.stat", {DIR: state}, tag_query(None, 0, tokens), caller)
 
 
-def ask(state: Any, caller: int) -> tuple[Any, Any]:
-    new, out = update("fs.askpub", {DIR: state}, caller, lt=T0 + S)
-    return new[DIR], out
+def ask(state: Any, caller: int, token: int) -> Any:
+    """A request to publish: a query, its answer (it makes no version)."""
+    return REG.query("fs.pubreq", {DIR: state}, {"lt": T0 + S, "k": token}, caller)
 
 
-def publish(state: Any, caller: int, n: int, at: int = T0 + 2 * S) -> tuple[Any, Any]:
-    new, out = update("fs.publish", {DIR: state}, caller, lt=at, n=[[DIR, n]])
+def publish(
+    state: Any, caller: int, entries: list[list[int]], at: int = T0 + 2 * S
+) -> tuple[Any, Any]:
+    new, out = update("fs.publish", {DIR: state}, caller, lt=at, r=entries)
     return new[DIR], out
 
 
@@ -69,54 +72,68 @@ def test_a_token_passes_once_the_holder_published_up_to_it_and_the_lease_stays()
     d = held_by(A)
     with pytest.raises(MethodRefused, match="leased"):
         stat(d, B)
-    d, out = ask(d, B)
-    assert out == [[DIR, [A], 1]] and counts(d) == (1, 0)
+    assert ask(d, B, 5) == [[DIR, [A], 5]]
     with pytest.raises(MethodRefused, match="leased"):  # asked, not yet published
-        stat(d, B, {DIR: 1})
-    asked = REG.query("fs.pubasked", {DIR: d}, None, A)
-    assert asked == [[DIR, 1]]
-    d, done = publish(d, A, 1)
-    assert done == [DIR] and counts(d) == (1, 1)
-    assert stat(d, B, {DIR: 1})["mode"]  # answered
+        stat(d, B, {DIR: 5})
+    d, done = publish(d, A, [[DIR, B, 0, 5]])
+    assert done == [DIR] and published(d) == {(B, 0): 5}
+    assert stat(d, B, {DIR: 5})["mode"]  # answered
+    assert stat(d, B, {DIR: 4})["mode"]  # an older token of its reads what is there
     assert [h[:2] for h in holders(d)] == [[A, EXCLUSIVE]]  # the holder keeps its lease
-    # A second reader's request is a later token: the first publication does not cover it.
-    d, out = ask(d, C)
-    assert out == [[DIR, [A], 2]]
+    # Another reader's token, or the same reader's next one, needs a publication of its own.
     with pytest.raises(MethodRefused, match="leased"):
-        stat(d, C, {DIR: 2})
+        stat(d, C, {DIR: 5})
+    with pytest.raises(MethodRefused, match="leased"):
+        stat(d, B, {DIR: 6})
     with pytest.raises(MethodRefused, match="leased"):  # no token, or a zero one
         stat(d, C, {DIR: 0})
 
 
-def test_only_the_exclusive_holder_publishes_and_never_past_what_was_asked() -> None:
-    d, _ = ask(held_by(A), B)
+def test_only_the_exclusive_holder_publishes_and_never_backwards() -> None:
+    d = held_by(A)
     for other in (B, C):  # a reader cannot publish on the holder's behalf
-        same, done = publish(d, other, 1)
-        assert done == [] and counts(same) == (1, 0)
-    d, done = publish(d, A, 99)  # clamped to the requests counted
-    assert done == [DIR] and counts(d) == (1, 1)
-    d, _ = publish(d, A, 0)  # never backwards
-    assert counts(d) == (1, 1)
-    _, done = publish(d, A, 1, at=T0 + 31 * S)  # its lease ended: nothing recorded
+        same, done = publish(d, other, [[DIR, B, 0, 1]])
+        assert done == [] and published(same) == {}
+    d, done = publish(d, A, [[DIR, B, 0, 9], [DIR, C, 2, 3], [DIR + 1, B, 0, 4]])
+    assert done == [DIR] and published(d) == {(B, 0): 9, (C, 2): 3}
+    d, _ = publish(d, A, [[DIR, B, 0, 1]])  # never backwards
+    assert published(d)[(B, 0)] == 9
+    _, done = publish(d, A, [[DIR, B, 0, 10]], at=T0 + 31 * S)  # its lease ended
     assert done == []
-    with pytest.raises(MethodRefused, match="invalid"):
-        update("fs.publish", {DIR: d}, A, lt=T0 + 2 * S, n="all")
+    for bad in ("all", [[DIR, B, 0]], [[DIR, B, 0, -1]], [[DIR, B, True, 1]]):
+        with pytest.raises(MethodRefused, match="invalid"):
+            update("fs.publish", {DIR: d}, A, lt=T0 + 2 * S, r=bad)
 
 
-def test_an_object_with_no_exclusive_lease_of_another_is_not_counted() -> None:
+def test_the_record_keeps_the_readers_published_last() -> None:
+    """One object's record names :data:`MAX_READERS` readers at most: the one published
+    longest ago goes first, and asks again."""
+    d = held_by(A)
+    for r in range(MAX_READERS + 2):
+        d, _ = publish(d, A, [[DIR, 1000 + r, 0, 1]])
+    got = published(d)
+    assert len(got) == MAX_READERS and (1000, 0) not in got and (1001, 0) not in got
+    d, _ = publish(d, A, [[DIR, 1002, 0, 2]])  # raised: now the newest
+    d, _ = publish(d, A, [[DIR, 2000, 0, 1]])
+    assert published(d)[(1002, 0)] == 2 and (1003, 0) not in published(d)
+
+
+def test_an_object_with_no_exclusive_lease_of_another_is_not_named() -> None:
     """A shared lease refuses no query, the caller's own exclusive lease neither: the ask
-    names nothing and changes nothing, and the reader reads at once."""
+    names nothing, and the reader reads at once; a malformed ask is refused."""
     for state, caller in ((held_by(A, SHARED), B), (held_by(A), A)):
-        new, out = ask(state, caller)
-        assert out == [] and counts(new) == (0, 0)
+        assert ask(state, caller, 1) == []
+    with pytest.raises(MethodRefused, match="invalid"):
+        ask(held_by(A), B, 0)
 
 
 def test_malformed_tokens_are_ignored_and_only_the_named_object_passes() -> None:
-    d, _ = ask(held_by(A), B)
-    d, _ = publish(d, A, 1)
+    d, _ = publish(held_by(A), A, [[DIR, B, 0, 1]])
     assert query_tokens({"pw": [[DIR, 1], "x", [1, 2, 3], [True, 1]]}) == {DIR: 1}
     assert query_tokens({"pw": "nope"}) == {}
-    assert published_for(d, 1) and not published_for(d, 2) and not published_for(d, None)
+    assert published_for(d, (B, 0), 1) and not published_for(d, (B, 0), 2)
+    assert not published_for(d, (B, 1), 1) and not published_for(d, (B, 0), None)
+    assert published({"lp": [3, 2]}) == {}  # the older record's form: readers ask again
     with pytest.raises(MethodRefused, match="leased"):
         stat(d, B, {DIR + 1: 1})  # a token for another object
     bad = {"lm": 0, "q": None, "pw": [[DIR, "1"]]}
@@ -125,7 +142,7 @@ def test_malformed_tokens_are_ignored_and_only_the_named_object_passes() -> None
 
 
 class OlderNodes:
-    """Nodes of an older release (a Q/U client's face): ``fs.askpub`` is no method of
+    """Nodes of an older release (a Q/U client's face): ``fs.pubreq`` is no method of
     theirs, and a query stays refused ``leased`` until it recalls the lease."""
 
     client_id = 7
@@ -136,14 +153,14 @@ class OlderNodes:
 
     async def query(self, objects: Any, method: str, arg: Any = None) -> Any:
         self.calls.append(method)
+        if method == "fs.pubreq":
+            raise MethodRefused("no-such-method", method)
         if not self.recalled:
             raise MethodRefused("leased", "object 16 is leased to another client")
         return {"mode": 0o40755}
 
     async def update(self, objects: Any, method: str, arg: Any = None) -> Any:
         self.calls.append(method)
-        if method == "fs.askpub":
-            raise MethodRefused("no-such-method", method)
         if method == "fs.recall":
             self.recalled = True
             return []
@@ -151,14 +168,14 @@ class OlderNodes:
 
 
 def test_a_reader_on_older_nodes_recalls_as_before() -> None:
-    """Rolling upgrade: nodes that do not know ``fs.askpub`` refuse it ``no-such-method``;
+    """Rolling upgrade: nodes that do not know ``fs.pubreq`` refuse it ``no-such-method``;
     the reader stops asking for publications and recalls the lease, as before."""
     nodes = OlderNodes()
     meta = Meta(nodes, None, ClusterConfig.for_test(), rng=random.Random(1), clock_ns=lambda: T0)  # type: ignore[arg-type]
     meta.publish_reads = True  # (the mount option ``publish``)
     got = trio.run(meta.query_now, DIR, "fs.stat", None)
     assert got == {"mode": 0o40755} and not meta.publish_reads
-    assert nodes.calls.count("fs.askpub") == 1 and "fs.recall" in nodes.calls
+    assert nodes.calls.count("fs.pubreq") == 1 and "fs.recall" in nodes.calls
 
 
 def test_a_reader_waits_on_while_the_publications_it_asked_for_come() -> None:
@@ -221,39 +238,44 @@ def test_a_waiting_reader_tries_again_once_b_plus_one_nodes_say_it_was_published
 
 
 def _accept(recalls: Recalls, client: int, method: str, arg: Any, answer: Any) -> None:
-    op = Operation(method, False, arg, 1)
+    op = Operation(method, method == "fs.pubreq", arg, 1)
     recalls.accepted(Request(client, (DIR,), {DIR: {}}, op), Reply(ReplyStatus.OK, answer=answer))
 
 
 def test_a_node_tells_each_reader_when_the_publication_it_asked_for_landed() -> None:
-    """``node/recalls.Recalls``: an accepted ``fs.askpub`` remembers its caller's token per
-    object; an accepted ``fs.publish`` pushes ``{"published": [...]}`` to each reader
-    whose token the published number covers (once), and to no one else, and a release
-    to every reader waiting on it; a node running the ``withhold-recalls`` profile tells
-    nobody."""
+    """``node/recalls.Recalls``: an answered ``fs.pubreq`` pushes the reader, its mount and
+    its token to the holders and remembers the token per object; an accepted
+    ``fs.publish`` pushes ``{"published": [...]}`` to each reader whose token it covers
+    (once), and to no one else, and a release to every reader waiting on it; a node
+    running the ``withhold-recalls`` profile tells nobody."""
     pushes: list[tuple[int, Any]] = []
     recalls = Recalls(lambda who, body: pushes.append((int(who), body)) or 1, Counter())
-    _accept(recalls, B, "fs.askpub", {"lt": T0}, [[DIR, [A], 3], [DIR + 1, [A], 1]])
-    _accept(recalls, C, "fs.askpub", {"lt": T0}, [[DIR, [A], 4]])
-    assert pushes == [(A, {"publish": [DIR, DIR + 1]}), (A, {"publish": [DIR]})]
+    asked = [[DIR, [A], 3], [DIR + 1, [A], 3]]
+    _accept(recalls, B, "fs.pubreq", {"lt": T0, "k": 3, "lm": 2}, asked)
+    _accept(recalls, C, "fs.pubreq", {"lt": T0, "k": 4}, [[DIR, [A], 4]])
+    assert pushes == [
+        (A, {"publish": [[DIR, B, 2, 3], [DIR + 1, B, 2, 3]]}),
+        (A, {"publish": [[DIR, C, 0, 4]]}),
+    ]
     pushes.clear()
-    _accept(recalls, A, "fs.publish", {"lt": T0, "n": [[DIR, 3]]}, [DIR])
+    _accept(recalls, A, "fs.publish", {"lt": T0, "r": [[DIR, B, 2, 3], [DIR, C, 0, 2]]}, [DIR])
     assert pushes == [(B, {"published": [DIR]})]  # C's token 4 is not covered yet
     pushes.clear()
-    _accept(recalls, A, "fs.publish", {"lt": T0, "n": [[DIR, 4], [DIR + 1, 1]]}, [DIR, DIR + 1])
+    both = [[DIR, C, 0, 4], [DIR + 1, B, 2, 3]]
+    _accept(recalls, A, "fs.publish", {"lt": T0, "r": both}, [DIR, DIR + 1])
     assert sorted(pushes) == [(B, {"published": [DIR + 1]}), (C, {"published": [DIR]})]
     pushes.clear()
-    _accept(recalls, A, "fs.publish", {"lt": T0, "n": [[DIR, 9]]}, [DIR])
-    _accept(recalls, A, "fs.publish", {"lt": T0, "n": "junk"}, [DIR])
+    _accept(recalls, A, "fs.publish", {"lt": T0, "r": [[DIR, C, 0, 9]]}, [DIR])
+    _accept(recalls, A, "fs.publish", {"lt": T0, "r": "junk"}, [DIR])
     assert pushes == []  # each told once; a malformed argument tells nobody
-    _accept(recalls, B, "fs.askpub", {"lt": T0}, [[DIR, [A], 8]])
+    _accept(recalls, B, "fs.pubreq", {"lt": T0, "k": 8}, [[DIR, [A], 8]])
     pushes.clear()
     _accept(recalls, A, "fs.release", {"lt": T0}, None)  # handed over: no lease to wait on
     assert pushes == [(B, {"published": [DIR]})]
     pushes.clear()
     recalls.enabled = False
-    _accept(recalls, B, "fs.askpub", {"lt": T0}, [[DIR, [A], 5]])
-    _accept(recalls, A, "fs.publish", {"lt": T0, "n": [[DIR, 5]]}, [DIR])
+    _accept(recalls, B, "fs.pubreq", {"lt": T0, "k": 5}, [[DIR, [A], 5]])
+    _accept(recalls, A, "fs.publish", {"lt": T0, "r": [[DIR, B, 0, 5]]}, [DIR])
     assert pushes == []
 
 

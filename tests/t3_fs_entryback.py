@@ -64,7 +64,7 @@ def test_a_tree_made_in_a_held_directory_costs_no_round_until_written_back(
         # The leases are still a's: b's reads ask a to publish (they keep), and find
         # everything.
         assert {n for n, _ in await b.readdir(top)} == {b"x"}
-        assert b.meta.methods["fs.askpub"] > 0 and b.meta.methods["fs.recall"] == recalls
+        assert b.meta.methods["fs.pubreq"] > 0 and b.meta.methods["fs.recall"] == recalls
         bx = (await b.lookup(top, b"x")).ino
         assert bx == x and (await b.getattr(x)).mode & 0o7777 == 0o750
         assert {n for n, _ in await b.readdir(x)} == {b"fx", b"y"}

@@ -62,7 +62,7 @@ def test_a_reader_sees_every_closed_file_at_each_look_and_the_writer_keeps_its_l
             await b.release(fh)
             assert leases.exclusive_left(d) > 0
         assert b.meta.methods["fs.recall"] == 0
-        assert leases.stats["published"] >= 3 and b.meta.methods["fs.askpub"] >= 3
+        assert leases.stats["published"] >= 3 and b.meta.methods["fs.pubreq"] >= 3
 
     with busy_writer():
         run(tmp_path, body, fs_options=OPTIONS)
@@ -118,7 +118,7 @@ def test_a_holder_that_does_not_publish_is_recalled(tmp_path: Path) -> None:
             await new_file(a, d, b"late%d" % k, b"x")
         names = {n for n, _ in await b.readdir(d)}
         assert {b"late0", b"late1", b"late2"} <= names
-        assert b.meta.methods["fs.askpub"] >= 1 and b.meta.methods["fs.recall"] >= 1
+        assert b.meta.methods["fs.pubreq"] >= 1 and b.meta.methods["fs.recall"] >= 1
         assert leases.exclusive_left(d) == 0 and leases.stats["published"] == 0
 
     run(tmp_path, body, fs_options=OPTIONS)
@@ -141,11 +141,11 @@ def test_a_holder_no_longer_working_there_hands_the_directory_over(
             await new_file(a, d, b"left%d" % k, b"x")
         assert {b"left0", b"left1", b"left2"} <= {n for n, _ in await b.readdir(d)}
         assert leases.stats["handed_over"] >= 1 and leases.exclusive_left(d) == 0
-        asked = b.meta.methods["fs.askpub"]
+        asked = b.meta.methods["fs.pubreq"]
         assert asked >= 1 and b.meta.methods["fs.recall"] == 0
         for k in range(3):
             assert (await b.lookup(d, b"left%d" % k)).size == 1
-        assert b.meta.methods["fs.askpub"] == asked  # nothing held there any more
+        assert b.meta.methods["fs.pubreq"] == asked  # nothing held there any more
 
     run(tmp_path, body, fs_options=OPTIONS)
 

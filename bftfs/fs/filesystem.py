@@ -497,8 +497,6 @@ def _leases(meta: Meta, cache: MetadataCache, term: float, spawn: Spawn) -> Leas
     # What this mount answered about an object before its lease is not covered by it: the
     # attributes its own updates left are asked for again.
     leases.on_grant = cache.forget_own
-    if leases.publisher is not None:  # its read goes after what is held back (publish.py)
-        leases.publisher.query = meta.query
     return leases
 
 

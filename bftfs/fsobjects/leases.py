@@ -421,7 +421,7 @@ def guarded(fn: Callable[[States, Any], Any]) -> Callable[..., Any]:
         for oid, state in states.items():
             if any(
                 h[1] == EXCLUSIVE and who(h) != (caller, mount) for h in holders(state)
-            ) and not published_for(state, tokens.get(oid)):
+            ) and not published_for(state, (caller, mount), tokens.get(oid)):
                 raise MethodRefused("leased", f"object {oid} is leased to another client")
         return fn(states, inner)
 

@@ -39,7 +39,12 @@ from bftfs.fsobjects.names import (
     fs_unlink,
     fs_unlink_many,
 )
-from bftfs.fsobjects.publish import fs_askpub, fs_pub_asked, fs_publish
+from bftfs.fsobjects.publish import (
+    fs_askpub_legacy,
+    fs_pub_asked_legacy,
+    fs_publish,
+    fs_pubreq,
+)
 from bftfs.fsobjects.queries import (
     fs_getxattr,
     fs_listxattr,
@@ -165,9 +170,9 @@ FS = ObjectType(
         _lease_method("fs.lease", fs_lease, grants=True),
         _lease_method("fs.release", fs_release),
         _lease_method("fs.recall", fs_recall),
-        _lease_method("fs.askpub", fs_askpub),
+        _lease_method("fs.askpub", fs_askpub_legacy),  # (an older release's: stored requests)
         _lease_method("fs.publish", fs_publish),
-        Method("fs.pubasked", Class.QUERY, fs_pub_asked, 1, MAX_OBJECTS),
+        Method("fs.pubasked", Class.QUERY, fs_pub_asked_legacy, 1, MAX_OBJECTS),  # (older)
         _lock_method("fs.setlk", fs_setlk, grants=True),
         _lock_method("fs.renewlk", fs_renewlk, grants=True, many=True),
         _lock_method("fs.unlockowner", fs_unlock_owner, grants=False, many=True),
@@ -185,6 +190,9 @@ FS = ObjectType(
             grants=True,
             installs_applied="a",
         ),
+        # A reader's request to publish: a query, so it makes no version the holder's own
+        # updates of the objects must catch up with (fsobjects/publish.py).
+        Method("fs.pubreq", Class.QUERY, fs_pubreq, 1, MAX_OBJECTS, caller=True),
     ),
     finished=finished,
 )

@@ -1,14 +1,15 @@
-"""The publication record of an object (issue 64): how many publications readers asked of
-its exclusive holder and how many the holder made.
+"""The publication record of an object (issue 64): up to which request of each reader its
+exclusive holder has published.
 
 A query another client's exclusive lease refuses (``fsobjects.leases.guarded``) used to
 recall the lease: the holder sent what it held back and gave the lease up, so one look at
 a directory a writer works in ended its write-back.  A reader may instead ask the holder
-to **publish** (``fsobjects/publish.py``): ``lp = [asked, published]`` counts the
-requests (each reader's request gets the next number, its *token*) and the highest one
-the holder has published up to.  A query that carries a token for an object the holder
-has published up to is answered from what the servers hold although the exclusive lease
-stands: the holder sent everything it held back after that reader asked
+to **publish** (``fsobjects/publish.py``).  Its request carries a number of its own, its
+*token*: its mount's own count, above every token it used before.  The record,
+``lp = [[client, mount, token], ...]``, holds for each reader the highest token the holder
+has published up to.  A query that carries a token for an object whose holder published
+up to it for that reader is answered from what the servers hold although the exclusive
+lease stands: the holder sent everything it held back after that reader asked
 (:func:`published_for`).
 
 This module holds the record and the token check only; the methods are in
@@ -21,25 +22,47 @@ from typing import Any
 
 from bftfs.qu.timestamp import MAX_OBJECTS
 
-#: The state key of the record: ``[asked, published]``.
+#: The state key of the record: ``[[client, mount, token], ...]``.
 PUB_KEY = "lp"
 #: The key of a query envelope's tokens (``leases.tag_query``): ``[[oid, token], ...]``.
 TOKENS = "pw"
 #: Most tokens one query's envelope carries (one per object of the query).
 MAX_TOKENS = MAX_OBJECTS
+#: Readers one object's record remembers at most (the oldest entry goes first): a reader
+#: dropped so asks again, it is never answered wrongly.
+MAX_READERS = 16
+#: The largest token (a reader's count is a clock's nanoseconds or less).
+MAX_TOKEN = 2**63 - 1
+
+#: A reader: its client id and its mount's number (``leases.who``).
+Reader = tuple[int, int]
 
 
-def counts(state: Any) -> tuple[int, int]:
-    """``(asked, published)`` of an object state (``(0, 0)``: no record, or a malformed
-    one)."""
+def _is_count(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= MAX_TOKEN
+
+
+def published(state: Any) -> dict[Reader, int]:
+    """The record of an object state, reader -> highest token published (``{}``: none;
+    malformed entries, and a record of the older ``[asked, published]`` form, are left
+    out: their readers ask again)."""
     lp = state.get(PUB_KEY) if isinstance(state, dict) else None
-    if (
-        isinstance(lp, list)
-        and len(lp) == 2
-        and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in lp)
-    ):
-        return lp[0], lp[1]
-    return 0, 0
+    out: dict[Reader, int] = {}
+    for item in lp if isinstance(lp, list) else ():
+        if isinstance(item, list) and len(item) == 3 and all(_is_count(x) for x in item):
+            out[(item[0], item[1])] = item[2]
+    return out
+
+
+def with_published(state: dict[str, Any], upto: dict[Reader, int]) -> None:
+    """Raise the record of ``state`` (in place) to ``upto`` for each reader named: never
+    backwards, the readers just raised last, :data:`MAX_READERS` at most."""
+    record = published(state)
+    for reader, token in sorted(upto.items()):
+        got = max(record.pop(reader, 0), token)
+        record[reader] = got  # (last: the newest survive the bound)
+    kept = list(record.items())[-MAX_READERS:]
+    state[PUB_KEY] = [[c, m, t] for (c, m), t in kept]
 
 
 def query_tokens(arg: Any) -> dict[int, int]:
@@ -59,13 +82,13 @@ def query_tokens(arg: Any) -> dict[int, int]:
     return out
 
 
-def published_for(state: Any, token: int | None) -> bool:
-    """Whether a query with ``token`` may read ``state`` although another client holds an
-    exclusive lease on it: the holder published up to the token.  A token is a number a
-    request of the reader's was given, so a correct reader's is always above what was
-    published when it asked; an old one reused reads what the servers hold, which hurts
-    nobody but the reader."""
-    return token is not None and token >= 1 and counts(state)[1] >= token
+def published_for(state: Any, reader: Reader, token: int | None) -> bool:
+    """Whether ``reader``'s query with ``token`` may read ``state`` although another client
+    holds an exclusive lease on it: the holder published up to the token for that reader.
+    A correct reader's new token is above every one it used before, so above what was
+    published for it when it asked; an old one reused reads what the servers held then,
+    which hurts nobody but the reader."""
+    return token is not None and token >= 1 and published(state).get(reader, 0) >= token
 
 
 def with_wire_tokens(tokens: dict[int, int] | None) -> list[list[int]] | None:

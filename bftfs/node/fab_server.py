@@ -123,7 +123,7 @@ def _executed(node: Node, op: Operation, reply: Reply) -> None:
     """The replica's ``on_execute``: the lease recalls and lock wake-ups a slot's answer
     names, pushed as a Q/U node does on accept; a quota refusal counted."""
     if reply.ok:
-        node.recalls.executed(op.method, reply.result)
+        node.recalls.executed(op.method, reply.result, op.client, op.arg)
     elif reply.result == "quota":
         node.stats["fab.refused.quota"] += 1
         if node.server.admission is not None:

@@ -114,6 +114,9 @@ if TYPE_CHECKING:
 
 #: Requests ``fast_request`` parsed and handed on at most (see ``QUServer._parsed``).
 _MAX_PARSED = 1024
+#: Queries whose answers ``on_accepted`` is told too: a reader's request to publish, which
+#: the node pushes to the holders it names (``node/recalls.py``) and which makes no version.
+TOLD_QUERIES = frozenset({"fs.pubreq"})
 #: The quota a client's update is checked against while the store is short of room
 #: (``_quota_of``): none, so every update that grows the states is refused ``full``.
 _NO_ROOM = 0
@@ -226,7 +229,8 @@ class QUServer:
             client_quota: bytes one client may keep here (``[limits]``).
             on_update: told the objects an accepted update changed (the pruner).
             on_accepted: told every update this node took and its reply (the lease
-                recalls it pushes, ``node/recalls.py``).
+                recalls it pushes, ``node/recalls.py``), and every query of
+                :data:`TOLD_QUERIES` it answered.
             costs: what each method costs here (``node/method_costs.py``).
         """
         self.replica = replica
@@ -331,10 +335,14 @@ class QUServer:
         )
 
     def _accepted(self, req: Request, res: Reply) -> None:
-        if res.status is ReplyStatus.OK and not (req.op is not None and req.op.query):
+        if res.status is not ReplyStatus.OK or req.op is None:
+            return
+        if not req.op.query:
             self.on_update(req.objects)
-            if self.on_accepted is not None:
-                self.on_accepted(req, res)
+        elif req.op.method not in TOLD_QUERIES:
+            return
+        if self.on_accepted is not None:
+            self.on_accepted(req, res)
 
     def _parse(self, payload: Any) -> Request:
         try:

@@ -10,8 +10,9 @@ give a lease up nor, by withholding its push, keep a recall from arriving: every
 node of the update's quorum pushes.  Under FaB (``node/fab_server.py``) a node pushes when
 it *executes* the recall: every correct node executes every slot, once.
 
-An accepted ``fs.askpub`` (``fsobjects/publish.py``) pushes ``{"publish": [oid, ...]}`` to
-the exclusive holders its answer names the same way: they send what they held back and
+A request to publish this node answers (``fs.pubreq``, a query: ``fsobjects/publish.py``)
+pushes ``{"publish": [[oid, client, mount, token], ...]}`` to the exclusive holders its
+answer names the same way: they send what they held back, record the reader's token and
 keep their leases.  The node remembers who asked (in memory, bounded), and an accepted
 ``fs.publish`` (or ``fs.release``) pushes ``{"published": [oid, ...]}`` to them: a reader
 waiting for the publication tries its query again then, instead of polling the nodes with
@@ -43,8 +44,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio.lowlevel
 
-from bftfs.fsobjects.leases import MAX_RECALLED, live
-from bftfs.fsobjects.publish import UPTO, published_numbers
+from bftfs.fsobjects.leases import MAX_RECALLED, live, mount_of
+from bftfs.fsobjects.publish import UPTO, publication_entries
 from bftfs.ids import PrincipalId
 from bftfs.kv import KV
 from bftfs.qu import schema
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
 RECALL = "fs.recall"
 #: The method whose answer names the exclusive holders asked to publish
 #: (``fsobjects/publish.py``): pushed ``{"publish": [oid, ...]}``.
-ASK_PUBLISH = "fs.askpub"
+ASK_PUBLISH = "fs.pubreq"
 #: The holder's publication, whose answer names the objects recorded: their askers are
 #: pushed ``{"published": [oid, ...]}``.
 PUBLISH = "fs.publish"
@@ -87,26 +88,22 @@ class Recalls:
         self.stats = stats
         #: Off in the ``withhold-recalls`` Byzantine profile (testing/byzantine).
         self.enabled = True
-        #: Per object, the clients whose ``fs.askpub`` named it and the token each was
-        #: given, oldest object first (a Q/U update names its caller; under FaB nobody is
-        #: remembered and readers poll).
+        #: Per object, the clients whose ``fs.pubreq`` named it and the token each asked
+        #: with, oldest object first.
         self._askers: OrderedDict[int, dict[int, int]] = OrderedDict()
 
     def accepted(self, req: Request, reply: Reply) -> None:
-        """An update this Q/U node took: push the recalls (or lock wake-ups) its answer
-        names; remember who asked for a publication, and tell them when it lands."""
+        """An update this Q/U node took, or a request to publish it answered: push the
+        recalls, requests to publish or lock wake-ups its answer names; remember who asked
+        for a publication, and tell them when it lands."""
         if req.op is None:
             return
-        if req.op.method == ASK_PUBLISH:
-            self._asked(req.client, reply.answer)
-        elif req.op.method == PUBLISH and self.enabled:
-            self._published(req.op.arg, reply.answer)
-        elif req.op.method == RELEASE and self.enabled:
+        if req.op.method == RELEASE and self.enabled:
             self._released(req.objects)
-        self.executed(req.op.method, reply.answer)
+        self.executed(req.op.method, reply.answer, req.client, req.op.arg)
 
     def _asked(self, client: int, answer: Any) -> None:
-        """``fs.askpub``'s answer ``[[oid, holders, token], ...]``: the tokens ``client``
+        """``fs.pubreq``'s answer ``[[oid, holders, token], ...]``: the tokens ``client``
         waits for."""
         for item in answer if isinstance(answer, list) else ():
             if isinstance(item, list) and len(item) == 3:
@@ -120,20 +117,23 @@ class Recalls:
             self._askers.popitem(last=False)
 
     def _published(self, arg: Any, answer: Any) -> None:
-        """An ``fs.publish`` recorded the objects of its answer up to the numbers of its
-        argument (``n``): push ``{"published": [oid, ...]}`` to each client whose token
-        on one of them that covers."""
+        """An ``fs.publish`` recorded the objects of its answer up to the readers' tokens
+        of its argument (``r``): push ``{"published": [oid, ...]}`` to each client whose
+        token on one of them that covers."""
         try:
-            numbers = published_numbers(arg.get(UPTO) if isinstance(arg, dict) else None)
+            entries = publication_entries(arg.get(UPTO) if isinstance(arg, dict) else None)
         except MethodRefused:
             return  # (an update refused so is never accepted)
         told: dict[int, list[int]] = {}
         for oid in answer if isinstance(answer, list) else ():
             askers = self._askers.get(oid) if isinstance(oid, int) else None
-            n = numbers.get(oid)
-            if askers is None or n is None:
+            readers = entries.get(oid)
+            if askers is None or readers is None:
                 continue
-            for client in [c for c, token in askers.items() if token <= n]:
+            upto: dict[int, int] = {}
+            for (c, _m), token in readers.items():
+                upto[c] = max(upto.get(c, 0), token)
+            for client in [c for c, token in askers.items() if token <= upto.get(c, 0)]:
                 del askers[client]
                 told.setdefault(client, []).append(oid)
             if not askers:
@@ -153,21 +153,37 @@ class Recalls:
             sent = self._push(PrincipalId(client), {"published": oids[:MAX_RECALLED]})
             self.stats["qu.published.pushed" if sent else "qu.published.unconnected"] += 1
 
-    def executed(self, method: str, answer: Any) -> None:
-        """A method this node ran and its answer (a Q/U update it accepted, or a FaB slot
-        it executed, ``node/fab_server.py``): push the recalls or wake-ups it names."""
+    def executed(self, method: str, answer: Any, client: int = 0, arg: Any = None) -> None:
+        """A method this node ran for ``client`` with ``arg`` and its answer (a Q/U update
+        it accepted or request to publish it answered, or a FaB slot it executed,
+        ``node/fab_server.py``): push the recalls, requests to publish or wake-ups it
+        names."""
         if method in LOCK_WAKES and isinstance(answer, dict):
             self._wake(answer.get("w"))
             return
+        if method == ASK_PUBLISH:
+            self._asked(client, answer)
+        elif method == PUBLISH and self.enabled:
+            self._published(arg, answer)
         if method not in (RECALL, ASK_PUBLISH) or not isinstance(answer, list):
             return
         if not self.enabled:
             self.stats["qu.recalls.withheld"] += 1
             return
-        key, stat = ("recall", "qu.recalls") if method == RECALL else ("publish", "qu.publish")
-        for holder, oids in _per_client(answer).items():
-            sent = self._push(PrincipalId(holder), {key: oids[:MAX_RECALLED]})
-            self.stats[f"{stat}.pushed" if sent else f"{stat}.unconnected"] += 1
+        if method == RECALL:
+            for holder, oids in _per_client(answer).items():
+                sent = self._push(PrincipalId(holder), {"recall": oids[:MAX_RECALLED]})
+                self.stats["qu.recalls.pushed" if sent else "qu.recalls.unconnected"] += 1
+            return
+        mount = mount_of(arg) if isinstance(arg, dict) else 0
+        asks: dict[int, list[list[int]]] = {}
+        for item in answer:
+            if isinstance(item, list) and len(item) == 3 and isinstance(item[2], int):
+                for holder, oids in _per_client([item[:2]]).items():
+                    asks.setdefault(holder, []).append([oids[0], client, mount, item[2]])
+        for holder, items in asks.items():
+            sent = self._push(PrincipalId(holder), {"publish": items[:MAX_RECALLED]})
+            self.stats["qu.publish.pushed" if sent else "qu.publish.unconnected"] += 1
 
     def _wake(self, wake: Any) -> None:
         if not self.enabled:

@@ -34,6 +34,7 @@ from bftfs import fsobjects as obj
 from bftfs.fs.clients.protocols import BlockClient, MetadataClient
 from bftfs.fs.clients.reading import (
     HINT_FALLBACK,
+    AskTokens,
     PublishedHints,
     RecentTokens,
     ask_publication,
@@ -76,10 +77,10 @@ T = TypeVar("T")
 
 #: The lease methods: they change no content, so they drop nothing the leases keep.
 _LEASE_METHODS = frozenset(
-    {"fs.lease", "fs.release", "fs.recall", "session.renew", "fs.askpub", "fs.publish"}
+    {"fs.lease", "fs.release", "fs.recall", "session.renew", "fs.pubreq", "fs.publish"}
 )
-#: Queries never answered from the leases (the holder's read of requests to publish).
-_UNCACHED = frozenset({"fs.pubasked"})
+#: Queries never answered from the leases (a reader's request to publish).
+_UNCACHED = frozenset({"fs.pubreq"})
 
 #: What the protocol clients raise when the cluster cannot answer (``bftfs.outcome``).
 _PROTOCOL_ERRORS = (ClusterUnavailable,)
@@ -211,6 +212,7 @@ class Meta:
         self.publish_reads = False
         #: The tokens a lookup or stat may read with again (``fs/clients/reading.py``).
         self.recent = RecentTokens()
+        self.ask_tokens = AskTokens(lambda: self.wall_ns())  # (tests replace ``wall_ns``)
         self.hints = PublishedHints(config.b)  # the word that a publication landed
 
     async def query(self, oid: int | list[int], method: str, arg: Any = None) -> Any:
@@ -423,10 +425,9 @@ class Meta:
     async def _ask_publication(self, objects: list[int]) -> dict[int, int]:
         """Ask the exclusive holders of ``objects`` to publish (``fs/clients/reading.py``):
         the tokens a query of them reads with."""
-        self.methods["fs.askpub"] += 1
+        self.methods["fs.pubreq"] += 1
         try:
-            async with self._one_update_per_object(objects):
-                return await ask_publication(self.qu.update, objects, self.wall_ns())
+            return await ask_publication(self.qu.query, objects, self.wall_ns(), self.ask_tokens)
         except MethodRefused as e:
             if e.code != "no-such-method":
                 raise

@@ -61,7 +61,11 @@ PER_OBJECT = frozenset({"fs.statmany", "fs.peekmany"})
 #: acts on every object alone (a lease given back; a recall queued, its answer a list of
 #: ``[oid, holders]``), so one per group is what one on all would do, and their answers
 #: (None, or those lists) are put together.
-PER_OBJECT_UPDATES = frozenset({"fs.release", "fs.recall", "fs.askpub", "fs.publish"})
+PER_OBJECT_UPDATES = frozenset({"fs.release", "fs.recall", "fs.publish"})
+#: The queries answering a list of per-object items (a request to publish's
+#: ``[[oid, holders, token], ...]``): sent to each group for its own objects, the lists
+#: put together.
+PER_OBJECT_LISTS = frozenset({"fs.pubreq"})
 #: The updates run as a cross-group transaction when their objects span groups.
 CROSSING = frozenset({"fs.rename", "fs.link", "fs.mkdir", *REMOVALS})
 
@@ -206,7 +210,24 @@ class GroupedQU:
     async def query(self, objects: Objects, method: str, arg: Any = None) -> Any:
         if method in PER_OBJECT | {"fs.lookupstat"} and self.spans(objects):
             return await self._split_query(_ids(objects), method, arg)
+        if method in PER_OBJECT_LISTS and self.spans(objects):
+            return await self._split_list_query(_ids(objects), method, arg)
         return await self._rerouted(objects, lambda c: c.query(objects, method, arg))
+
+    async def _split_list_query(self, ids: list[int], method: str, arg: Any) -> list[Any]:
+        """A :data:`PER_OBJECT_LISTS` query of objects on several groups: each group's
+        share asked at once, the lists put together."""
+        split: dict[int, list[int]] = {}
+        for o in ids:
+            split.setdefault(self.layout.group_of_object(o), []).append(o)
+        out: list[Any] = []
+
+        async def one(_g: int, share: list[int]) -> None:
+            got = await self.query(share, method, arg)
+            out.extend(got if isinstance(got, list) else ())
+
+        await GroupedRW._each(one, split)
+        return out
 
     async def _split_query(self, ids: list[int], method: str, arg: Any) -> Any:
         """A query of objects on several groups that answers per object (``statmany``,

@@ -5,7 +5,7 @@ of one client identity (two laptops with the same bundle) must recall each other
 as two clients do, or one would answer from a lease while the other changed what it
 covers.  The nodes know only the principal a request is signed by, so each mount says
 which one it is: ``lm`` in every ``fs`` update's argument map, and an envelope around the
-argument of every query an exclusive lease guards.
+argument of every query an exclusive lease guards, and in a request to publish's map.
 
 This sits right above the Q/U client, below the encryption boundary (``fs/clients/seal.py``), so
 what is sealed is the argument the methods take and the envelope stays outside it."""
@@ -18,7 +18,7 @@ from typing import Any
 
 from bftfs.fab.metaclient import FabClientStatistics
 from bftfs.fs.clients.protocols import MetadataClient, Objects
-from bftfs.fs.clients.reading import TOKENS
+from bftfs.fs.clients.reading import ASK_PUBLISH, TOKENS
 from bftfs.fsobjects.leases import MOUNT, tag_query
 from bftfs.fsobjects.methods import GUARDED_QUERIES
 from bftfs.qu.client import ClientStatistics
@@ -50,6 +50,8 @@ class MountTagged:
         the publication tokens the asking task reads with (``fs/clients/reading.py``)."""
         if method in GUARDED_QUERIES:
             arg = tag_query(arg, self.mount, TOKENS.get())
+        elif method == ASK_PUBLISH and isinstance(arg, dict):
+            arg = {**arg, MOUNT: self.mount}  # the reader the holder publishes for
         return await self.inner.query(objects, method, arg)
 
     async def update(self, objects: Objects, method: str, arg: Any = None) -> Any:

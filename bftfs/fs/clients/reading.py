@@ -1,7 +1,7 @@
 """A reader's side of a publication (issue 64; the protocol: ``fsobjects/publish.py``).
 
 A query another client's exclusive lease refuses asks that holder to publish
-(``fs.askpub``) rather than recalling its lease, and is sent again with the tokens the
+(``fs.pubreq``) rather than recalling its lease, and is sent again with the tokens the
 request was given until the holder has published up to them; the tokens ride in the
 query's mount envelope (``fs/clients/mounttag.py``), which sits below the sealing of
 arguments, so they travel in :data:`TOKENS` (a context variable of the asking task) rather
@@ -68,24 +68,42 @@ HINT_FALLBACK = 1.0
 #: The tokens the current task's queries read with (object -> token; None: none).
 TOKENS: ContextVar[dict[int, int] | None] = ContextVar("publication_tokens", default=None)
 
-#: ``QUClient.update`` (the objects, the method, the argument).
-Update = Callable[[list[int], str, Any], Awaitable[Any]]
+#: The request to publish: a query (``fsobjects/publish.py``).
+ASK_PUBLISH = "fs.pubreq"
+
+#: ``QUClient.query`` (the objects, the method, the argument).
+Query = Callable[[list[int], str, Any], Awaitable[Any]]
 
 
-async def ask_publication(update: Update, objects: list[int], lt: int) -> dict[int, int]:
-    """Ask the exclusive holders of ``objects`` to publish: the tokens of those another
-    client holds exclusively (``{}``: none does any more, the query may go at once)."""
-    answer = await update(objects, "fs.askpub", {"lt": lt})
-    tokens: dict[int, int] = {}
+class AskTokens:
+    """This mount's tokens for its requests to publish: each above every one before it
+    (a token at or below what a holder published for this reader would read that older
+    publication), starting from the wall clock so that a remount of the same mount number
+    starts above what the last one used."""
+
+    def __init__(self, wall_ns: Callable[[], int]) -> None:
+        self._wall_ns = wall_ns
+        self._last = 0
+
+    def next(self) -> int:
+        """A new token."""
+        self._last = max(self._last + 1, self._wall_ns())
+        return self._last
+
+
+async def ask_publication(
+    query: Query, objects: list[int], lt: int, tokens: AskTokens
+) -> dict[int, int]:
+    """Ask the exclusive holders of ``objects`` to publish, with a new token of
+    ``tokens``: the tokens of those another client holds exclusively (``{}``: none does
+    any more, the query may go at once)."""
+    token = tokens.next()
+    answer = await query(objects, ASK_PUBLISH, {"lt": lt, "k": token})
+    got: dict[int, int] = {}
     for item in answer if isinstance(answer, list) else ():
-        if (
-            isinstance(item, list)
-            and len(item) == 3
-            and isinstance(item[0], int)
-            and isinstance(item[2], int)
-        ):
-            tokens[item[0]] = item[2]
-    return tokens
+        if isinstance(item, list) and len(item) == 3 and isinstance(item[0], int):
+            got[item[0]] = token
+    return got
 
 
 @contextlib.contextmanager

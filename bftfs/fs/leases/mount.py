@@ -53,7 +53,7 @@ import trio
 
 from bftfs.fs.leases.answers import LeasedAnswers, looked_up_name, passing
 from bftfs.fs.leases.holdings import Holdings, Lease
-from bftfs.fs.leases.publish import Publisher
+from bftfs.fs.leases.publish import AskVotes, Publisher
 from bftfs.fs.leases.recalls import Recalls
 from bftfs.fs.leases.releases import Releases, Spawn, Update
 from bftfs.fs.leases.sessions import Sessions
@@ -109,7 +109,7 @@ class Leases:
         self.recalls = Recalls(self.holdings, self.releases, RecallVotes(b), spawn, self.stats)
         #: Publishing what is held back under an exclusive lease a reader asks about,
         #: keeping the lease (``publish.py``, issue 64; None without a query to read with).
-        self.publisher = None if query is None else _publisher(self, b, query, update, spawn)
+        self.publisher = None if query is None else _publisher(self, b, update, spawn)
         #: The files no other client can have seen (``leases/unseen.py``, issue 62).
         self.unseen = self.holdings.unseen
         self.sessions: Sessions | None = None
@@ -443,14 +443,12 @@ class Leases:
         await self.recalls.release_all()
 
 
-def _publisher(leases: Leases, b: int, query: Query, update: Update, spawn: Spawn) -> Publisher:
+def _publisher(leases: Leases, b: int, update: Update, spawn: Spawn) -> Publisher:
     """The publisher of ``leases`` (``publish.py``), told the nodes' requests."""
-    votes = RecallVotes(b, "publish")
     recalls = leases.recalls
     publisher = Publisher(
         leases.holdings,
-        votes,
-        query,
+        AskVotes(b),
         update,
         spawn,
         leases.releases.wall_ns,

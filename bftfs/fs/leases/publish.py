@@ -2,18 +2,19 @@
 (issue 64; the protocol: ``fsobjects/publish.py``).
 
 A reader whose query one of this mount's exclusive leases refused asks the nodes for a
-publication; every correct node that takes the request pushes ``{"publish": [oid, ...]}``
-here.  A request is believed from ``b + 1`` nodes (:class:`RecallVotes` on that key), so a
-Byzantine node alone cannot make the mount send early (which would cost only rounds).
-The mount then, at most :data:`RATE` times a second after a burst of :data:`BURST`, for
-up to :data:`BATCH` objects at a time, :data:`PARALLEL` publications at once: reads the
-requests counted on them (``fs.pubasked``), sends what it holds back for them with the gated update
-``fs.publish`` (the gate sends a directory's held-back creates,
-mkdirs, removals and the buffered writes of the files under it first, as for a release),
-which records the publication.  The lease, its cache and the directory's write-back stay:
-a writer with a reader beside it keeps working without a round per operation, and a
-reader looking now and then waits a few rounds a look.  An object the mount has not used
-for :data:`IDLE` (nor anything in its tree), or no longer holds, is handed over instead:
+publication with a token of its own (``fs.pubreq``, a query); every correct node that
+answers it pushes ``{"publish": [[oid, client, mount, token], ...]}`` here.  A request is
+believed from ``b + 1`` nodes pushing the same entry (:class:`AskVotes`), so a Byzantine
+node alone can neither make the mount send early (which would cost only rounds) nor
+record a token no reader asked with.  The mount then, at most :data:`RATE` times a second
+after a burst of :data:`BURST`, for up to :data:`BATCH` objects at a time,
+:data:`PARALLEL` publications at once, sends what it holds back for them with the gated
+update ``fs.publish`` (the gate sends a directory's held-back creates, mkdirs, removals
+and the buffered writes of the files under it first, as for a release), which records
+each reader's token.  The lease, its cache and the directory's write-back stay: a writer
+with a reader beside it keeps working without a round per operation, and a reader
+looking now and then waits a few rounds a look.  An object the mount has not used for
+:data:`IDLE` (nor anything in its tree), or no longer holds, is handed over instead:
 released after what it held back, as at a recall, so that the reader may lease it.
 
 The files made under a published directory are no longer *unseen* (``leases/unseen.py``):
@@ -32,40 +33,81 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
 
 from bftfs.fs.leases.holdings import COUNT_USES, Holdings
 from bftfs.fs.leases.releases import Spawn, Update
-from bftfs.fs.leases.votes import RecallVotes
+from bftfs.fsobjects.leases import MAX_RECALLED
+from bftfs.fsobjects.publish import MAX_UPTO
+from bftfs.fsobjects.pubstate import MAX_TOKEN, Reader
 from bftfs.rate import ByteRate
 
 log = logging.getLogger(__name__)
 
 #: Publications this mount makes at once, and a second after that: what bounds the rounds
-#: readers cost a writer (two a publication, and what it held back sent early); a reader
+#: readers cost a writer (one a publication, and what it held back sent early); a reader
 #: looking now and then is answered at once.
 BURST = 32
 RATE = 10
 #: Objects one publication names at most (``MAX_OBJECTS``).
 BATCH = 32
+#: Readers' tokens one publication records per object at most (the newest).
+READERS_PER_OBJECT = MAX_UPTO // BATCH
 #: Publications under way at once: a reader listing a directory asks for each of its
 #: entries, and one publication after another (a second each on two loaded cores) kept
 #: a listing of 300 entries waiting past ``PUBLISH_WAIT``, so it recalled the directory.
 PARALLEL = 4
-#: Objects whose pushes are counted at most (then they are forgotten).
+#: Requests whose pushes are counted at most (then they are forgotten).
 MAX_COUNTED = 4096
 #: Seconds without a use of an object or its tree after which a request to publish it
 #: hands it over instead (released: the reader may lease it), as a recall would: a
 #: writer keeps what it works on, not what it made and left (``Holdings.used_since``).
 IDLE = 1.0
-#: The query the requests counted are read with (not answered from the leases).
-ASKED = "fs.pubasked"
 
-#: The ungated query (``Meta.query_now``: an object or a list of them).
-Query = Callable[[Any, str, Any], Awaitable[Any]]
+#: One request to publish as nodes push it: the object, the reader, its token.
+Ask = tuple[int, int, int, int]
+
+
+class AskVotes:
+    """Which nodes pushed each request to publish: believed once ``b + 1`` distinct nodes
+    pushed the same entry (one of them correct, which answered the reader's request), so
+    a Byzantine node alone cannot name a reader or a token nobody asked with."""
+
+    def __init__(self, b: int) -> None:
+        self.b = b
+        self._pushed: dict[Ask, set[int]] = {}
+        self.stats: Counter[str] = Counter()
+
+    def count(self, node: int, body: Any) -> list[Ask]:
+        """Count node ``node``'s push ``body``: the requests now believed."""
+        items = body.get("publish") if isinstance(body, dict) else None
+        if not isinstance(items, list) or len(items) > MAX_RECALLED:
+            self.stats["publish_pushes_malformed"] += 1
+            return []
+        if len(self._pushed) > MAX_COUNTED:
+            self._pushed.clear()  # a Byzantine node's pushes for requests nobody made
+        believed = []
+        for item in items:
+            if not (
+                isinstance(item, list)
+                and len(item) == 4
+                and all(
+                    isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= MAX_TOKEN
+                    for x in item
+                )
+            ):
+                self.stats["publish_pushes_malformed"] += 1
+                continue
+            ask: Ask = (item[0], item[1], item[2], item[3])
+            nodes = self._pushed.setdefault(ask, set())
+            nodes.add(int(node))
+            if len(nodes) > self.b:
+                del self._pushed[ask]  # the next request needs b + 1 pushes of its own
+                believed.append(ask)
+        return believed
 
 
 class Publisher:
@@ -74,55 +116,46 @@ class Publisher:
     def __init__(
         self,
         holdings: Holdings,
-        votes: RecallVotes,
-        query: Query,
+        votes: AskVotes,
         update: Update,
         spawn: Spawn,
         wall_ns: Callable[[], int],
         stats: Counter[str],
-        give_up: Callable[[list[list[int]]], Awaitable[None]],
+        give_up: Callable[[list[list[int]]], Any],
     ) -> None:
-        """``give_up``: lets leases go and releases them (``Recalls.give_up``)."""
+        """``update``: the gated update (``Meta.update``: what the mount holds back for
+        the objects goes first); ``give_up``: lets leases go and releases them
+        (``Recalls.give_up``)."""
         self._give_up = give_up
         self._holdings = holdings
         self._votes = votes
-        #: What ``fs.pubasked`` is read with: the file system gives the gated query
-        #: (``Meta.query``), so what the mount holds back for the objects goes before
-        #: the read too, and what it made there is leased, and given up, by then.
-        self.query = query
         self._update = update
         self._spawn = spawn
         self._wall_ns = wall_ns
         self._stats = stats
-        #: Objects asked for and not yet published, in order.
-        self._wanted: dict[int, None] = {}
+        #: Objects asked for and not yet published, in order, with each reader's token.
+        self._wanted: dict[int, dict[Reader, int]] = {}
         #: Publications under way (at most :data:`PARALLEL`).
         self._running = 0
         #: The publications' pace: :data:`BURST` at once, then :data:`RATE` a second.
         self._pace = ByteRate(RATE, burst=BURST / RATE)
 
-    def _ours(self, oid: int) -> bool:
-        """Whether a request to publish ``oid`` is taken: always, but that the pushes
-        counted stay bounded (a Byzantine node's for objects nobody asked about).  Not
-        only the objects held here exclusively: an unseen file whose own lease lapsed
-        here, or a lease this mount stopped using ``HOLDER_MARGIN`` before its end, still
-        stands on the nodes, and what the mount holds back for it must go: such an
-        object, like one not used here for :data:`IDLE`, is released rather than
-        published (:meth:`publish`), so its record goes and readers need no token and
-        may lease it; a publication of an object it holds nothing back for
-        sends nothing, and the nodes record it only while its exclusive lease stands."""
-        if len(self._votes) > MAX_COUNTED:
-            self._votes.clear()
-        return True
-
     def on_push(self, node: int, body: Any) -> None:
-        """A node's push of a request to publish (``Recalls.on_publish``)."""
-        believed = self._votes.count(node, body, self._ours)
-        for key, n in self._votes.take_stats().items():
-            self._stats["publish_" + key] += n
-        for oid in believed:
-            self._votes.forget(oid)  # the next request needs b + 1 pushes of its own
-            self._wanted[oid] = None
+        """A node's push of requests to publish (``Recalls.on_publish``).  Every request
+        believed is taken, not only those on objects held here exclusively: an unseen
+        file whose own lease lapsed here, or a lease this mount stopped using
+        ``HOLDER_MARGIN`` before its end, still stands on the nodes, and what the mount
+        holds back for it must go: such an object, like one not used here for
+        :data:`IDLE`, is released rather than published (:meth:`publish`), so its record
+        goes and readers need no token and may lease it; a publication of an object it
+        holds nothing back for sends nothing, and the nodes record it only while its
+        exclusive lease stands."""
+        believed = self._votes.count(node, body)
+        self._stats.update(self._votes.stats)
+        self._votes.stats.clear()
+        for oid, client, mount, token in believed:
+            readers = self._wanted.setdefault(oid, {})
+            readers[(client, mount)] = max(readers.get((client, mount), 0), token)
         if believed:
             self._stats["publish_asked"] += len(believed)
             while self._running < min(PARALLEL, math.ceil(len(self._wanted) / BATCH)):
@@ -134,36 +167,36 @@ class Publisher:
             while self._wanted:
                 await self._pace.spend(1)
                 batch = list(self._wanted)[:BATCH]
-                for oid in batch:
-                    del self._wanted[oid]
-                await self.publish(batch)
+                await self.publish({oid: self._wanted.pop(oid) for oid in batch})
         finally:
             self._running -= 1
 
-    async def publish(self, oids: Sequence[int]) -> bool:
-        """Publish ``oids`` now (at most :data:`BATCH`): whether the nodes recorded it.  A
-        failure leaves the readers to ask again or recall the lease.  What it reads of
-        the leases is no use of the objects (``COUNT_USES``): it would keep them in use."""
+    async def publish(self, asked: dict[int, dict[Reader, int]]) -> bool:
+        """Publish the objects of ``asked`` now (at most :data:`BATCH`), recording each
+        reader's token: whether the nodes recorded it.  A failure leaves the readers to ask
+        again or recall the lease.  What it reads of the leases is no use of the objects
+        (``COUNT_USES``): it would keep them in use."""
         reset = COUNT_USES.set(False)
         try:
-            return await self._publish(list(oids))
+            return await self._publish(asked)
         finally:
             COUNT_USES.reset(reset)
 
-    async def _publish(self, oids: list[int]) -> bool:
+    async def _publish(self, asked: dict[int, dict[Reader, int]]) -> bool:
         started = now = trio.current_time()
+        oids = list(asked)
         kept = [o for o in oids if self._holdings.used_since(o, now - IDLE, now)]
         unseen = self._holdings.unseen
         unseen.seen(oids)  # the reader knows them now
         for oid in oids:
             unseen.publish(oid)
         try:
-            asked = await self.query(kept, ASKED, None) if kept else []
             if handed := [o for o in oids if o not in kept]:  # not in use here: the reader
                 await self._give_up(self._holdings.with_children(handed))  # may lease them
                 self._stats["handed_over"] += len(handed)
             if kept:
-                await self._update(kept, "fs.publish", {"lt": self._wall_ns(), "n": asked})
+                arg = {"lt": self._wall_ns(), "r": _entries(kept, asked)}
+                await self._update(kept, "fs.publish", arg)
         except Exception as e:  # noqa: BLE001 - readers recall the lease in the end
             self._stats["publish_failed"] += 1
             log.debug("publication of %s failed: %s", oids, e)
@@ -174,3 +207,13 @@ class Publisher:
         self._stats["published"] += len(oids)
         self._stats["publications"] += 1
         return True
+
+
+def _entries(oids: Sequence[int], asked: dict[int, dict[Reader, int]]) -> list[list[int]]:
+    """``fs.publish``'s entries for ``oids``: each reader's token, the newest
+    :data:`READERS_PER_OBJECT` of an object."""
+    out = []
+    for oid in oids:
+        newest = sorted(asked[oid].items(), key=lambda kv: kv[1])[-READERS_PER_OBJECT:]
+        out += [[oid, client, mount, token] for (client, mount), token in newest]
+    return out
