@@ -316,12 +316,38 @@ def _inner(payload: memoryview, depth: int) -> _Splitter | None:
 Split = tuple[bytes, list[bytes], dict[bytes, bytes], dict[bytes, list[bytes]]]
 
 
+#: Recent splits, by the state's bytes (read only once made; the oldest goes first past
+#: :data:`_SPLITS_MAX` bytes): a multi-object update stores the same applied table, its
+#: client's answer, at each of its up to 32 objects, and splitting it again for each was
+#: a sixth of a node's update work beside a reader looking over a writer's directory.
+_SPLITS: dict[bytes, Split | None] = {}
+_SPLITS_MAX = 4 * 1024 * 1024
+_SPLITS_SIZE = [0]
+
+
 def split(state: bytes) -> Split | None:
     """``(skeleton, its references in order, blobs by hash, references of each nested
     skeleton by hash)`` of a state, or None when it is stored whole (small, not one
-    msgpack value, nothing worth a part)."""
+    msgpack value, nothing worth a part).  Shared with every caller splitting the same
+    bytes: never changed."""
     if len(state) < SPLIT_MIN:
         return None
+    key = bytes(state)
+    hit = _SPLITS.get(key, _MISS)
+    if hit is not _MISS:
+        return hit  # type: ignore[return-value]
+    got = _split(key)
+    with _INNER_LOCK:
+        _SPLITS[key] = got
+        _SPLITS_SIZE[0] += len(key)
+        while _SPLITS_SIZE[0] > _SPLITS_MAX and _SPLITS:
+            old = next(iter(_SPLITS))
+            del _SPLITS[old]
+            _SPLITS_SIZE[0] -= len(old)
+    return got
+
+
+def _split(state: bytes) -> Split | None:
     s = _Splitter()
     try:
         s.walk(memoryview(state), 0)

@@ -131,3 +131,24 @@ def normalise(value: Any) -> Any:
 def unpack(data: bytes | memoryview) -> Any:
     """Parse canonical bytes (or any msgpack) with the settings the encoder assumes."""
     return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
+
+
+def map_value(data: bytes | memoryview, key: str, default: Any = None) -> Any:
+    """The value of ``key`` in packed map ``data`` (``default`` if absent), the other
+    keys' values skipped, not decoded: a stored version's time is read at each update's
+    retention check, and decoding the whole version (its state, its applied table) for it
+    was a seventh of a node's update work (``qu/schema.py`` ``oldest_versions``).
+
+    Raises:
+        ValueError: ``data`` is not one packed map (msgpack's errors are ValueErrors).
+    """
+    u = msgpack.Unpacker(raw=False, strict_map_key=False, use_list=True)
+    u.feed(data)
+    try:
+        for _ in range(u.read_map_header()):
+            if u.unpack() == key:
+                return u.unpack()
+            u.skip()
+    except msgpack.OutOfData as e:
+        raise ValueError("truncated map") from e
+    return default

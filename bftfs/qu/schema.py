@@ -62,7 +62,7 @@ from typing import Any
 from bftfs.accounting import QU
 from bftfs.kv import KV
 from bftfs.qu import blobs
-from bftfs.qu.canon import canonical, pack, unpack
+from bftfs.qu.canon import canonical, map_value, pack, unpack
 from bftfs.qu.history import (
     INITIAL_RH,
     Authenticator,
@@ -457,7 +457,7 @@ def oldest_versions(kv: KV, oid: int, k: int) -> list[tuple[Timestamp, int]]:
         if len(key) != 8 + TIMESTAMP_SIZE:
             continue
         try:
-            stored_ns = int(unpack(value).get("w", 0))
+            stored_ns = int(map_value(value, "w", 0))
         except (TypeError, ValueError, AttributeError) as e:
             raise SchemaError(f"bad stored version: {e}") from e
         out.append((Timestamp.decode(key[8:]), stored_ns))
