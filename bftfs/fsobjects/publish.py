@@ -43,7 +43,7 @@ from typing import Any
 
 from bftfs.fsobjects.leases import EXCLUSIVE, LEASE_TIME, live, mount_of, who
 from bftfs.fsobjects.limits import MAX_TIME, MIN_TIME
-from bftfs.fsobjects.pubstate import MAX_TOKEN, Reader, with_published
+from bftfs.fsobjects.pubstate import MAX_TOKEN, Reader, is_count, with_published
 from bftfs.fsobjects.state import check_arg, check_int, node_state
 from bftfs.qu.objects import MethodRefused, States
 
@@ -111,25 +111,27 @@ def fs_publish(states: States, arg: Any, caller: int) -> tuple[dict[int, Any], A
     return new, sorted(done)
 
 
+def publication_entry(item: Any) -> tuple[int, int, int, int] | None:
+    """One ``[oid, client, mount, token]`` entry (of ``fs.publish``'s :data:`UPTO`, or of
+    a node's push to a holder) as a tuple, or None when malformed."""
+    if isinstance(item, list) and len(item) == 4 and all(is_count(x) for x in item):
+        return item[0], item[1], item[2], item[3]
+    return None
+
+
 def publication_entries(got: Any) -> dict[int, dict[Reader, int]]:
     """``[[oid, client, mount, token], ...]`` (``fs.publish``'s :data:`UPTO`) as
     oid -> reader -> token (the highest named); refused ``invalid`` when malformed (a node
     telling readers reads an accepted update's the same way)."""
+    malformed = MethodRefused("invalid", f"{UPTO} must be a list of [object, client, mount, token]")
     if not isinstance(got, list) or len(got) > MAX_UPTO:
-        raise MethodRefused("invalid", f"{UPTO} must be a list of [object, client, mount, token]")
+        raise malformed
     out: dict[int, dict[Reader, int]] = {}
     for item in got:
-        if not (
-            isinstance(item, list)
-            and len(item) == 4
-            and all(
-                isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= MAX_TOKEN for x in item
-            )
-        ):
-            raise MethodRefused(
-                "invalid", f"{UPTO} must be a list of [object, client, mount, token]"
-            )
-        oid, client, mount, token = item
+        entry = publication_entry(item)
+        if entry is None:
+            raise malformed
+        oid, client, mount, token = entry
         readers = out.setdefault(oid, {})
         readers[(client, mount)] = max(readers.get((client, mount), 0), token)
     return out

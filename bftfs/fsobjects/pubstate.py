@@ -38,7 +38,8 @@ MAX_TOKEN = 2**63 - 1
 Reader = tuple[int, int]
 
 
-def _is_count(x: Any) -> bool:
+def is_count(x: Any) -> bool:
+    """Whether ``x`` is a non-negative integer no greater than :data:`MAX_TOKEN`."""
     return isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= MAX_TOKEN
 
 
@@ -49,7 +50,7 @@ def published(state: Any) -> dict[Reader, int]:
     lp = state.get(PUB_KEY) if isinstance(state, dict) else None
     out: dict[Reader, int] = {}
     for item in lp if isinstance(lp, list) else ():
-        if isinstance(item, list) and len(item) == 3 and all(_is_count(x) for x in item):
+        if isinstance(item, list) and len(item) == 3 and all(is_count(x) for x in item):
             out[(item[0], item[1])] = item[2]
     return out
 

@@ -76,9 +76,7 @@ CHUNK = 256
 T = TypeVar("T")
 
 #: The lease methods: they change no content, so they drop nothing the leases keep.
-_LEASE_METHODS = frozenset(
-    {"fs.lease", "fs.release", "fs.recall", "session.renew", "fs.pubreq", "fs.publish"}
-)
+_LEASE_METHODS = frozenset({"fs.lease", "fs.release", "fs.recall", "session.renew", "fs.publish"})
 #: Queries never answered from the leases (a reader's request to publish).
 _UNCACHED = frozenset({"fs.pubreq"})
 

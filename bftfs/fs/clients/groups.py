@@ -133,6 +133,13 @@ class GroupedQU:
             self.crossing.add_group(client)
         self.routes.add(client)
 
+    def _by_group(self, ids: list[int]) -> dict[int, list[int]]:
+        """``ids`` by the group each lives on, in their order."""
+        split: dict[int, list[int]] = {}
+        for o in ids:
+            split.setdefault(self.layout.group_of_object(o), []).append(o)
+        return split
+
     def spans(self, objects: Objects) -> bool:
         """Whether ``objects`` live on several groups."""
         return len({self.layout.group_of_object(o) for o in _ids(objects)}) > 1
@@ -217,9 +224,7 @@ class GroupedQU:
     async def _split_list_query(self, ids: list[int], method: str, arg: Any) -> list[Any]:
         """A :data:`PER_OBJECT_LISTS` query of objects on several groups: each group's
         share asked at once, the lists put together."""
-        split: dict[int, list[int]] = {}
-        for o in ids:
-            split.setdefault(self.layout.group_of_object(o), []).append(o)
+        split = self._by_group(ids)
         out: list[Any] = []
 
         async def one(_g: int, share: list[int]) -> None:
@@ -255,9 +260,7 @@ class GroupedQU:
             await at_once([stat, lookup])  # a "leased" refusal as itself: the caller recalls
             same = out["e"][0] == inner["o"] and out["s"] is not None
             return {"e": out["e"], "s": out["s"] if same else None}
-        split: dict[int, list[int]] = {}
-        for o in ids:
-            split.setdefault(self.layout.group_of_object(o), []).append(o)
+        split = self._by_group(ids)
 
         async def one(_g: int, share: list[int]) -> None:
             out.update(await self.query(share, method, arg))
@@ -291,9 +294,7 @@ class GroupedQU:
     async def _split_update(self, ids: list[int], method: str, arg: Any) -> Any:
         """A :data:`PER_OBJECT_UPDATES` update of objects on several groups: each group's
         share at once, the answers put together (lists concatenated, else None)."""
-        split: dict[int, list[int]] = {}
-        for o in ids:
-            split.setdefault(self.layout.group_of_object(o), []).append(o)
+        split = self._by_group(ids)
         answers: list[Any] = []
 
         async def one(_g: int, share: list[int]) -> None:
@@ -316,9 +317,7 @@ class GroupedQU:
         if method in PER_OBJECT and self.spans(ids):
             answer: dict[str, Any] = {}
             times: dict[int, Timestamp] = {}
-            split: dict[int, list[int]] = {}
-            for o in ids:
-                split.setdefault(self.layout.group_of_object(o), []).append(o)
+            split = self._by_group(ids)
 
             async def one(_g: int, share: list[int]) -> None:
                 a, t = await self.query_many_at(share, method, arg)

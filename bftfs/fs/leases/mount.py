@@ -53,13 +53,14 @@ import trio
 
 from bftfs.fs.leases.answers import LeasedAnswers, looked_up_name, passing
 from bftfs.fs.leases.holdings import Holdings, Lease
-from bftfs.fs.leases.publish import AskVotes, Publisher
+from bftfs.fs.leases.publish import Publisher
 from bftfs.fs.leases.recalls import Recalls
 from bftfs.fs.leases.releases import Releases, Spawn, Update
 from bftfs.fs.leases.sessions import Sessions
 from bftfs.fs.leases.taking import Query, Taker
 from bftfs.fs.leases.votes import RecallVotes
 from bftfs.fsobjects import entries
+from bftfs.fsobjects.publish import publication_entry
 from bftfs.qu.objects import MethodRefused
 
 if TYPE_CHECKING:
@@ -448,7 +449,7 @@ def _publisher(leases: Leases, b: int, update: Update, spawn: Spawn) -> Publishe
     recalls = leases.recalls
     publisher = Publisher(
         leases.holdings,
-        AskVotes(b),
+        RecallVotes(b, "publish", publication_entry),
         update,
         spawn,
         leases.releases.wall_ns,

@@ -4,7 +4,8 @@
 A reader whose query one of this mount's exclusive leases refused asks the nodes for a
 publication with a token of its own (``fs.pubreq``, a query); every correct node that
 answers it pushes ``{"publish": [[oid, client, mount, token], ...]}`` here.  A request is
-believed from ``b + 1`` nodes pushing the same entry (:class:`AskVotes`), so a Byzantine
+believed from ``b + 1`` nodes pushing the same entry (:class:`RecallVotes` over the
+entries), so a Byzantine
 node alone can neither make the mount send early (which would cost only rounds) nor
 record a token no reader asked with.  The mount then, at most :data:`RATE` times a second
 after a burst of :data:`BURST`, for up to :data:`BATCH` objects at a time,
@@ -40,9 +41,9 @@ import trio
 
 from bftfs.fs.leases.holdings import COUNT_USES, Holdings
 from bftfs.fs.leases.releases import Spawn, Update
-from bftfs.fsobjects.leases import MAX_RECALLED
+from bftfs.fs.leases.votes import RecallVotes
 from bftfs.fsobjects.publish import MAX_UPTO
-from bftfs.fsobjects.pubstate import MAX_TOKEN, Reader
+from bftfs.fsobjects.pubstate import Reader
 from bftfs.rate import ByteRate
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ RATE = 10
 BATCH = 32
 #: Readers' tokens one publication records per object at most (the newest).
 READERS_PER_OBJECT = MAX_UPTO // BATCH
+#: One request to publish as nodes push it: the object, the reader, its token.
+Ask = tuple[int, int, int, int]
 #: Publications under way at once: a reader listing a directory asks for each of its
 #: entries, and one publication after another (a second each on two loaded cores) kept
 #: a listing of 300 entries waiting past ``PUBLISH_WAIT``, so it recalled the directory.
@@ -67,48 +70,6 @@ MAX_COUNTED = 4096
 #: writer keeps what it works on, not what it made and left (``Holdings.used_since``).
 IDLE = 1.0
 
-#: One request to publish as nodes push it: the object, the reader, its token.
-Ask = tuple[int, int, int, int]
-
-
-class AskVotes:
-    """Which nodes pushed each request to publish: believed once ``b + 1`` distinct nodes
-    pushed the same entry (one of them correct, which answered the reader's request), so
-    a Byzantine node alone cannot name a reader or a token nobody asked with."""
-
-    def __init__(self, b: int) -> None:
-        self.b = b
-        self._pushed: dict[Ask, set[int]] = {}
-        self.stats: Counter[str] = Counter()
-
-    def count(self, node: int, body: Any) -> list[Ask]:
-        """Count node ``node``'s push ``body``: the requests now believed."""
-        items = body.get("publish") if isinstance(body, dict) else None
-        if not isinstance(items, list) or len(items) > MAX_RECALLED:
-            self.stats["publish_pushes_malformed"] += 1
-            return []
-        if len(self._pushed) > MAX_COUNTED:
-            self._pushed.clear()  # a Byzantine node's pushes for requests nobody made
-        believed = []
-        for item in items:
-            if not (
-                isinstance(item, list)
-                and len(item) == 4
-                and all(
-                    isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= MAX_TOKEN
-                    for x in item
-                )
-            ):
-                self.stats["publish_pushes_malformed"] += 1
-                continue
-            ask: Ask = (item[0], item[1], item[2], item[3])
-            nodes = self._pushed.setdefault(ask, set())
-            nodes.add(int(node))
-            if len(nodes) > self.b:
-                del self._pushed[ask]  # the next request needs b + 1 pushes of its own
-                believed.append(ask)
-        return believed
-
 
 class Publisher:
     """The nodes' requests to publish and their publications (module docstring)."""
@@ -116,7 +77,7 @@ class Publisher:
     def __init__(
         self,
         holdings: Holdings,
-        votes: AskVotes,
+        votes: RecallVotes[Ask],
         update: Update,
         spawn: Spawn,
         wall_ns: Callable[[], int],
@@ -150,9 +111,13 @@ class Publisher:
         goes and readers need no token and may lease it; a publication of an object it
         holds nothing back for sends nothing, and the nodes record it only while its
         exclusive lease stands."""
-        believed = self._votes.count(node, body)
-        self._stats.update(self._votes.stats)
-        self._votes.stats.clear()
+        if len(self._votes) > MAX_COUNTED:
+            self._votes.clear()  # a Byzantine node's pushes for requests nobody made
+        believed = self._votes.count(node, body, lambda _ask: True)
+        for key, n in self._votes.take_stats().items():
+            self._stats["publish_" + key] += n
+        for ask in believed:
+            self._votes.forget(ask)  # the next request needs b + 1 pushes of its own
         for oid, client, mount, token in believed:
             readers = self._wanted.setdefault(oid, {})
             readers[(client, mount)] = max(readers.get((client, mount), 0), token)
