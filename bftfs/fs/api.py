@@ -41,6 +41,13 @@ class FileSystemAPI(Protocol):
         the kernel drops what it cached under them."""
         ...
 
+    def known_xattrs(self, ino: int) -> frozenset[bytes] | None:
+        """The names of ``ino``'s extended attributes when this mount knows them whole
+        without a round (``fs/attributes.py``), else None: an empty set lets the FUSE
+        layer answer the kernel's ``getxattr`` of the inode before any handler runs
+        (``fuse/absentxattrs.py``)."""
+        ...
+
     def keep_cache(self, fh: int) -> bool: ...
 
     def content_version(self, fh: int) -> tuple[int, int, int] | None:

@@ -278,12 +278,14 @@ class Attributes:
         answer kept under a lease on it (``LeasedAnswers.xattrs``): a stat saying it has
         none (``nx == 0``), an ``fs.listxattr``.  Changing them here (:meth:`setxattr`)
         forgets what was known."""
+        if self.cache.no_xattrs_seen(ino):  # (first: the cheapest, and a listing's case)
+            return frozenset()
         leases = self.meta.leases
         f = self.cache.files.get(ino)
         s = f.st if f is not None and (f.opens or held_here(leases, ino)) else None
         if s is None:
             s = self._known_here(ino)
-        if (s is not None and s.get("nx") == 0) or self.cache.no_xattrs_seen(ino):
+        if s is not None and s.get("nx") == 0:
             return frozenset()
         if leases is not None and leases.remaining(ino, math.inf) > 0:
             return leases.answers.xattrs.get(ino)

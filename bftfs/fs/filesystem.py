@@ -311,6 +311,9 @@ class FileSystem:
             reached_by_name=reached_by_name,
         )
 
+    def known_xattrs(self, ino: int) -> frozenset[bytes] | None:
+        return self.attributes.known_xattrs(ino)
+
     async def getxattr(self, ino: int, name: bytes) -> bytes:
         return await self.attributes.getxattr(ino, name)
 

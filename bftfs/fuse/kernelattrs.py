@@ -4,7 +4,8 @@
 may cache them for (the mount's, or a lease's, ``fuse/leasecache.py``) and remembers per
 inode the attributes the kernel was last answered: an ``open`` that reads exactly those
 leaves the kernel's cache (and its timer) alone instead of dropping it
-(``Operations.open``, close-to-open for sizes)."""
+(``Operations.open``, close-to-open for sizes).  An inode known to have no extended
+attribute is noted for as long (``fuse/absentxattrs.py``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pyfuse3
 
 from bftfs.fs.api import FileSystemAPI
 from bftfs.fs.files import Attr
+from bftfs.fuse.absentxattrs import AbsentXattrs
 from bftfs.fuse.leasecache import LeaseCache
 
 #: Inodes whose attributes the kernel was last answered that are remembered (then
@@ -44,6 +46,8 @@ class KernelAttrs:
         self._told: dict[int, tuple[int, ...] | None] = {}
         #: What the kernel may cache under leases, and forgets at a recall.
         self.leased = LeaseCache(fs, self.forget)
+        #: Inodes with no extended attribute, answered before the handlers.
+        self.absent = AbsentXattrs()
 
     def entry(self, a: Attr, *, taken: bool = True) -> pyfuse3.EntryAttributes:
         """``a`` as the kernel's ``EntryAttributes``.  ``taken``: the kernel takes these
@@ -66,6 +70,8 @@ class KernelAttrs:
         e.generation = a.generation
         e.entry_timeout = self.entry_timeout
         e.attr_timeout = self.leased.attr_timeout(a.ino, self.timeout)
+        if self.absent.enabled and self.fs.known_xattrs(a.ino) == frozenset():
+            self.absent.note(a.ino, e.attr_timeout)
         e.st_mode = a.mode
         e.st_nlink = a.nlink
         e.st_uid = a.uid
@@ -83,7 +89,14 @@ class KernelAttrs:
         """Whether the kernel was last answered exactly ``a`` for ``ino``."""
         return self._told.get(ino) == told_key(a)
 
+    def no_xattrs(self, ino: int) -> None:
+        """A ``getxattr`` or ``listxattr`` of ``ino`` found none: the next ones are answered
+        before the handlers while what the mount knows says so (``fuse/absentxattrs.py``)."""
+        if self.absent.enabled and self.fs.known_xattrs(ino) == frozenset():
+            self.absent.note(ino, self.leased.attr_timeout(ino, self.timeout))
+
     def forget(self, inos: list[int]) -> None:
         """The kernel no longer holds what it was told of ``inos``."""
         for ino in inos:
             self._told.pop(ino, None)
+        self.absent.forget(inos)

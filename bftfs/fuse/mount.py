@@ -149,6 +149,7 @@ async def serve(
         book = _Book(config, mountpoint, options, session, ops, metrics)
         resolved = str(await trio.Path(mountpoint).resolve())  # before mounting: after, asks us
         pyfuse3.init(ops, str(mountpoint), fuse_options)
+        ops.attrs.absent.start()
         log.info("mounted %s as %s (%s)", mountpoint, options.client, options.to_string())
 
         async def read_ahead() -> None:
@@ -307,6 +308,8 @@ class _Book:
             "updated": time.time(),
             "requests": sum(ops.record.calls.values()),
             "calls": dict(ops.record.calls),
+            # getxattr/listxattr answered "none" before the handlers (fuse/absentxattrs.py)
+            "absent_xattr_answers": ops.attrs.absent.answered(),
             "eio": dict(ops.record.eio),
             "last_eio": list(ops.record.last_eio) if ops.record.last_eio else None,
             "unavailable_since": ops.record.unavailable_since,

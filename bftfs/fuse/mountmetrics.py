@@ -88,6 +88,11 @@ def mount_metrics(session: Session, ops: Operations, options: MountOptions) -> l
         Family(
             "bftfs_mount_written_bytes_total", "Bytes the kernel's writes handed over", "counter"
         ).add(record.written_bytes),
+        Family(
+            "bftfs_mount_absent_xattr_answers_total",
+            "getxattr and listxattr requests answered 'none' before the handlers",
+            "counter",
+        ).add(ops.attrs.absent.answered()),
     ]
     faults = Family(
         "bftfs_mount_node_faults_total",

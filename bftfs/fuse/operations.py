@@ -53,17 +53,18 @@ Kernel caching, chosen on purpose (``spec/pyfuse3-notes.md``):
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pyfuse3
 import trio
 
 from bftfs.fs.api import FileSystemAPI
-from bftfs.fs.errors import NotFound, Removed
+from bftfs.fs.errors import NoAttr, NotFound, Removed
 from bftfs.fs.files import Attr
 from bftfs.fs.locks import LockManager
 from bftfs.fuse.callrecord import CallRecord
@@ -453,18 +454,40 @@ class Operations(pyfuse3.Operations):
         # mode) was applied and skip its fchmod, so they are refused as unsupported.
         if name.startswith(b"system."):
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
-        await self.fs.setxattr(inode, name, value)
+        with self._changing_xattrs(inode):
+            await self.fs.setxattr(inode, name, value)
 
     @_handler
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        # (our pyfuse3 answers "system.*" before this runs: AbsentXattrs.start)
         if name.startswith(b"system."):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-        return await self.fs.getxattr(inode, name)
+        try:
+            return await self.fs.getxattr(inode, name)
+        except NoAttr:
+            self.attrs.no_xattrs(inode)
+            raise
 
     @_handler
     async def listxattr(self, inode: int, ctx: Any) -> Sequence[bytes]:
-        return await self.fs.listxattr(inode)
+        names = await self.fs.listxattr(inode)
+        if not names:
+            self.attrs.no_xattrs(inode)
+        return names
 
     @_handler
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
-        await self.fs.removexattr(inode, name)
+        with self._changing_xattrs(inode):
+            await self.fs.removexattr(inode, name)
+
+    @contextlib.contextmanager
+    def _changing_xattrs(self, inode: int) -> Iterator[None]:
+        """Around this mount's change of ``inode``'s extended attributes: it is no longer
+        known to have none, from before the change is sent (a ``getxattr`` after the
+        call must not be answered "none" before the handlers) and again once it is
+        answered (an answer given meanwhile may have noted it again)."""
+        self.attrs.absent.forget([inode])
+        try:
+            yield
+        finally:
+            self.attrs.absent.forget([inode])

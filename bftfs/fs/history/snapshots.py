@@ -126,6 +126,9 @@ class SnapshotBrowser:
     def on_lease_recall(self, forget: Callable[[list[int]], Awaitable[None]]) -> None:
         self.live.on_lease_recall(forget)
 
+    def known_xattrs(self, ino: int) -> frozenset[bytes] | None:
+        return self.live.known_xattrs(ino) if is_live(ino) else None
+
     def keep_cache(self, fh: int) -> bool:
         return True if fh >= PAST_FH else self.live.keep_cache(fh)
 

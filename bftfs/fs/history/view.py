@@ -61,6 +61,9 @@ class PastView:
     def lease_remaining(self, ino: int, since: float) -> float:
         return 0.0  # the past takes no leases
 
+    def known_xattrs(self, ino: int) -> frozenset[bytes] | None:
+        return None  # (each getxattr reads the past state)
+
     def on_lease_recall(self, forget: Callable[[list[int]], Awaitable[None]]) -> None:
         return None
 
