@@ -76,7 +76,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/pyfuse3-loc
     scripts/pyfuse3-locks.sh
     echo "setup: installing bftfs and its fuse and test extras into .venv"
     quiet_pip install -q -e '.[fuse,test]'
-    .venv/bin/python -c "import bftfs, trio, lmdb, zfec, nacl, msgpack, pyfuse3; assert pyfuse3.LOCKS_PATCH >= 5"
+    .venv/bin/python -c "import bftfs, trio, lmdb, zfec, nacl, msgpack, pyfuse3; assert pyfuse3.LOCKS_PATCH >= 6"
     touch "$stamp"
 fi
 # Byte-compile the package (quietly, only what changed). An editable install does not, and
