@@ -247,10 +247,11 @@ def test_absent_attributes_are_answered_before_the_handlers_and_changes_show(
 ) -> None:
     """Without leases (``lease=0``): ``ls -l`` of files another mount made asks each for
     ``security.selinux`` and its ACL, and the servers' listing said they have none: every
-    such request is answered by our pyfuse3 before the handlers
-    (``fuse/absentxattrs.py``).  This mount's own ``setxattr`` reads back at once, its
-    ``removexattr`` too, and another mount's ``setxattr`` shows within the attribute
-    timeout of the answers the table was filled from, never later."""
+    such request but the first, whose answer notes the entries listed with it, is
+    answered by our pyfuse3 before the handlers (``fuse/absentxattrs.py``).  This mount's
+    own ``setxattr`` reads back at once, its ``removexattr`` too, and another mount's
+    ``setxattr`` shows within the attribute timeout of the answers the table was filled
+    from, never later."""
     plain = "allow_other,metrics_port=0,lease=0"
     with (
         Mount(cluster.config, tmp_path / "a", client="client0", options=plain) as a,
@@ -266,8 +267,9 @@ def test_absent_attributes_are_answered_before_the_handlers_and_changes_show(
         ls = subprocess.run(["ls", "-l", str(there)], capture_output=True, text=True, timeout=60)
         assert ls.returncode == 0, ls.stderr
         answered = _metrics(cluster, a) - before
-        assert answered["absent xattrs"] >= 2 * FILES, answered  # (selinux and ACL each)
-        assert answered["fuse getxattr"] == 0, answered
+        # (selinux and ACL each; the first entry's selinux notes the others, listed with it)
+        assert answered["absent xattrs"] >= 2 * FILES - 1, answered
+        assert answered["fuse getxattr"] <= 1, answered
         mine = there / "f0"
         os.setxattr(mine, "user.mine", b"1")
         assert _value(mine, "user.mine") == b"1"

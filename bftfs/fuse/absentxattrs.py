@@ -9,12 +9,14 @@ its C callbacks instead, from a table the mount fills: inode -> until when (the 
 clock) it is known to have none.
 
 An inode is put there when an answer to the kernel carries its attributes (a lookup,
-``getattr``, a listing's entry, a create) or a ``getxattr`` is answered "none", for as long
-as the kernel may keep those attributes (the attribute timeout, or what is left of a lease
-granted before the request), so an extended attribute another mount sets shows no later
-than a change of mode would.  It leaves the table when this mount sets or removes one of
-its attributes (before the change is sent and again once it is answered, so that no answer
-given meanwhile puts it back) and when a recall makes the kernel forget its attributes.
+``getattr``, a create) or a ``getxattr`` is answered "none", and then so are the entries
+listed with it (``ls -l`` asks each entry right after the listing; a walk that asks none
+pays nothing per entry), for as long as the kernel may keep those attributes (the
+attribute timeout, or what is left of a lease granted before the request), so an extended
+attribute another mount sets shows no later than a change of mode would.  It leaves the
+table when this mount sets or removes one of its attributes (before the change is sent and
+again once it is answered, so that no answer given meanwhile puts it back) and when a
+recall makes the kernel forget its attributes.
 Every ``system.*`` name (POSIX ACLs: bftfs has none, ``Operations.getxattr``) is absent
 always.  A pyfuse3 without the patch leaves everything to the handlers.
 """

@@ -48,6 +48,9 @@ class KernelAttrs:
         self.leased = LeaseCache(fs, self.forget)
         #: Inodes with no extended attribute, answered before the handlers.
         self.absent = AbsentXattrs()
+        #: Inode -> the inodes listed with it, noted in :attr:`absent` together at the
+        #: first ``getxattr`` of one of them (:meth:`listed`).
+        self._siblings: dict[int, list[int]] = {}
 
     def entry(self, a: Attr, *, taken: bool = True) -> pyfuse3.EntryAttributes:
         """``a`` as the kernel's ``EntryAttributes``.  ``taken``: the kernel takes these
@@ -70,7 +73,7 @@ class KernelAttrs:
         e.generation = a.generation
         e.entry_timeout = self.entry_timeout
         e.attr_timeout = self.leased.attr_timeout(a.ino, self.timeout)
-        if self.absent.enabled and self.fs.known_xattrs(a.ino) == frozenset():
+        if taken and self.absent.enabled and self.fs.known_xattrs(a.ino) == frozenset():
             self.absent.note(a.ino, e.attr_timeout)
         e.st_mode = a.mode
         e.st_nlink = a.nlink
@@ -89,11 +92,28 @@ class KernelAttrs:
         """Whether the kernel was last answered exactly ``a`` for ``ino``."""
         return self._told.get(ino) == told_key(a)
 
+    def listed(self, inos: list[int]) -> None:
+        """``inos`` were listed together (a directory's entries): the first ``getxattr`` of
+        one of them that finds none notes every one known to have none (:meth:`no_xattrs`).
+        ``ls -l`` asks each entry right after the listing, and ``find`` or a walk asks
+        none: noting each entry as it was listed cost every listing the check."""
+        if not self.absent.enabled:
+            return
+        if len(self._siblings) + len(inos) > TOLD_LIMIT:
+            self._siblings.clear()
+        for ino in inos:
+            self._siblings[ino] = inos
+
     def no_xattrs(self, ino: int) -> None:
         """A ``getxattr`` or ``listxattr`` of ``ino`` found none: the next ones are answered
-        before the handlers while what the mount knows says so (``fuse/absentxattrs.py``)."""
-        if self.absent.enabled and self.fs.known_xattrs(ino) == frozenset():
-            self.absent.note(ino, self.leased.attr_timeout(ino, self.timeout))
+        before the handlers while what the mount knows says so (``fuse/absentxattrs.py``),
+        and so are those of the entries listed with it."""
+        if not self.absent.enabled:
+            return
+        for each in self._siblings.pop(ino, None) or [ino]:
+            self._siblings.pop(each, None)
+            if self.fs.known_xattrs(each) == frozenset():
+                self.absent.note(each, self.leased.attr_timeout(each, self.timeout))
 
     def forget(self, inos: list[int]) -> None:
         """The kernel no longer holds what it was told of ``inos``."""

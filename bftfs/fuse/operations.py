@@ -271,7 +271,9 @@ class Operations(pyfuse3.Operations):
                 await self.fs.lookup(inode, b".."),
             )
         here, parent = heads
-        return [(b".", here), (b"..", parent), *await self.fs.readdir(inode)]
+        entries = [(b".", here), (b"..", parent), *await self.fs.readdir(inode)]
+        self.attrs.listed([attr.ino for _, attr in entries])
+        return entries
 
     @_handler
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
