@@ -9,6 +9,9 @@ attribute is noted for as long (``fuse/absentxattrs.py``)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import pyfuse3
 
 from bftfs.fs.api import FileSystemAPI
@@ -114,6 +117,18 @@ class KernelAttrs:
             self._siblings.pop(each, None)
             if self.fs.known_xattrs(each) == frozenset():
                 self.absent.note(each, self.leased.attr_timeout(each, self.timeout))
+
+    @contextlib.contextmanager
+    def changing_xattrs(self, ino: int) -> Iterator[None]:
+        """Around this mount's change of ``ino``'s extended attributes: it is no longer
+        known to have none, from before the change is sent (a ``getxattr`` after the
+        call must not be answered "none" before the handlers) and again once it is
+        answered (an answer given meanwhile may have noted it again)."""
+        self.absent.forget([ino])
+        try:
+            yield
+        finally:
+            self.absent.forget([ino])
 
     def forget(self, inos: list[int]) -> None:
         """The kernel no longer holds what it was told of ``inos``."""

@@ -53,11 +53,10 @@ Kernel caching, chosen on purpose (``spec/pyfuse3-notes.md``):
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pyfuse3
@@ -456,12 +455,11 @@ class Operations(pyfuse3.Operations):
         # mode) was applied and skip its fchmod, so they are refused as unsupported.
         if name.startswith(b"system."):
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
-        with self._changing_xattrs(inode):
+        with self.attrs.changing_xattrs(inode):
             await self.fs.setxattr(inode, name, value)
 
     @_handler
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
-        # (our pyfuse3 answers "system.*" before this runs: AbsentXattrs.start)
         if name.startswith(b"system."):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         try:
@@ -479,17 +477,5 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
-        with self._changing_xattrs(inode):
+        with self.attrs.changing_xattrs(inode):
             await self.fs.removexattr(inode, name)
-
-    @contextlib.contextmanager
-    def _changing_xattrs(self, inode: int) -> Iterator[None]:
-        """Around this mount's change of ``inode``'s extended attributes: it is no longer
-        known to have none, from before the change is sent (a ``getxattr`` after the
-        call must not be answered "none" before the handlers) and again once it is
-        answered (an answer given meanwhile may have noted it again)."""
-        self.attrs.absent.forget([inode])
-        try:
-            yield
-        finally:
-            self.attrs.absent.forget([inode])
