@@ -76,8 +76,8 @@ class KernelAttrs:
         e.generation = a.generation
         e.entry_timeout = self.entry_timeout
         e.attr_timeout = self.leased.attr_timeout(a.ino, self.timeout)
-        if taken and self.absent.enabled and self.fs.known_xattrs(a.ino) == frozenset():
-            self.absent.note(a.ino, e.attr_timeout)
+        if taken:
+            self._note_if_none(a.ino, e.attr_timeout)
         e.st_mode = a.mode
         e.st_nlink = a.nlink
         e.st_uid = a.uid
@@ -115,8 +115,15 @@ class KernelAttrs:
             return
         for each in self._siblings.pop(ino, None) or [ino]:
             self._siblings.pop(each, None)
-            if self.fs.known_xattrs(each) == frozenset():
-                self.absent.note(each, self.leased.attr_timeout(each, self.timeout))
+            self._note_if_none(each)
+
+    def _note_if_none(self, ino: int, seconds: float | None = None) -> None:
+        """Note ``ino`` in :attr:`absent` if the mount knows it has no extended attribute,
+        for ``seconds`` (None: as long as the kernel may keep its attributes now)."""
+        if self.absent.enabled and self.fs.known_xattrs(ino) == frozenset():
+            if seconds is None:
+                seconds = self.leased.attr_timeout(ino, self.timeout)
+            self.absent.note(ino, seconds)
 
     @contextlib.contextmanager
     def changing_xattrs(self, ino: int) -> Iterator[None]:
