@@ -13,6 +13,7 @@ from typing import Any
 
 from bftfs.kv import KV
 from bftfs.qu import schema
+from bftfs.qu.canon import pack
 from bftfs.qu.history import OHSEntry, ReplicaHistory, make_authenticator, make_rh
 from bftfs.qu.messages import ReplyStatus
 from bftfs.qu.reply import Reply
@@ -47,6 +48,7 @@ def accept(
     """
     kind = su.type.value
     hist = []
+    packed_answer = pack(answer)  # the same in every object's version: packed once
     for oid in sorted(rhs):
         cand: Candidate = su.candidates[oid]
         _keep_synced(kv, oid, cand.lt_co, synced, now_ns, owner)
@@ -54,7 +56,7 @@ def accept(
         version = schema.Version(
             cand.lt, kind, state, applied, cand.lt_co, answer, True, cand.objects, now_ns
         )
-        hist.append(store_accepted(kv, cfg, oid, rhs[oid], cand, version, owner))
+        hist.append(store_accepted(kv, cfg, oid, rhs[oid], cand, version, owner, packed_answer))
     schema.store_request(kv, su.lt, req.packed(), owner)
     return Reply(
         ReplyStatus.OK,
@@ -90,17 +92,19 @@ def store_accepted(
     cand: Candidate,
     version: schema.Version,
     owner: int | None,
+    packed_answer: bytes | None = None,
 ) -> OHSEntry:
     """What accepting ``cand`` writes for ``oid`` (lines 1024-1030, also what catch-up's
     adoption writes): ``cand`` added to the history ``rh``, which a METHOD prunes below its
     conditioned-on version (line 1028; barriers and copies prune nothing), re-authenticated
-    and stored with ``version``, and then retention; the new ``<RH, alpha>``."""
+    and stored with ``version``, and then retention; the new ``<RH, alpha>``.
+    ``packed_answer``: ``version.answer`` packed, when the caller has it."""
     new = list(rh) + [cand]
     if version.kind == schema.METHOD:
         new = [c for c in new if c.lt >= cand.lt_co]
     new_rh = make_rh(new)
     auth = make_authenticator(oid, new_rh, cfg.th.n, cfg.key_for)
     schema.store_rh(kv, oid, new_rh, auth, owner)
-    schema.store_version(kv, oid, version, owner)
+    schema.store_version(kv, oid, version, owner, packed_answer)
     retain(kv, cfg, oid, new_rh, now_ns=version.stored_ns)
     return OHSEntry(new_rh, auth)

@@ -142,13 +142,29 @@ def map_value(data: bytes | memoryview, key: str, default: Any = None) -> Any:
     Raises:
         ValueError: ``data`` is not one packed map (msgpack's errors are ValueErrors).
     """
+    return map_values(data, (key,)).get(key, default)
+
+
+def map_values(data: bytes | memoryview, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The values of those of ``keys`` that packed map ``data`` holds, the other keys'
+    values skipped, not decoded (:func:`map_value`; a version's state read for an update
+    without the answer stored beside it, ``qu/schema.py`` ``load_contents``).
+
+    Raises:
+        ValueError: ``data`` is not one packed map (msgpack's errors are ValueErrors).
+    """
     u = msgpack.Unpacker(raw=False, strict_map_key=False, use_list=True)
     u.feed(data)
+    got: dict[str, Any] = {}
     try:
         for _ in range(u.read_map_header()):
-            if u.unpack() == key:
-                return u.unpack()
-            u.skip()
+            k = u.unpack()
+            if k in keys:
+                got[k] = u.unpack()
+                if len(got) == len(keys):
+                    break
+            else:
+                u.skip()
     except msgpack.OutOfData as e:
         raise ValueError("truncated map") from e
-    return default
+    return got

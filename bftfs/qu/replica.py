@@ -56,7 +56,10 @@ from bftfs import accounting
 from bftfs.kv import KV
 from bftfs.qu import schema
 from bftfs.qu.accept import Synced, accept
-from bftfs.qu.canon import canonical_map, unpack
+from bftfs.qu.applied import entry as applied_entry
+from bftfs.qu.applied import installed_table, set_entry
+from bftfs.qu.applied import seq_of as applied_seq
+from bftfs.qu.canon import canonical_map, pack, unpack
 from bftfs.qu.classify import (
     ObjectClass,
     OpType,
@@ -209,9 +212,9 @@ def _retrieve(kv: KV, oid: int, lt: Timestamp, synced: Synced) -> tuple[bytes | 
     """The state and applied table at ``lt`` (line 1011), or None if not here."""
     if lt == ZERO:
         return None, schema.EMPTY_APPLIED
-    v = schema.load_version(kv, oid, lt)
-    if v is not None and v.kind != schema.BARRIER:
-        return v.state, v.applied
+    v = schema.load_contents(kv, oid, lt)
+    if v is not None and v[0] != schema.BARRIER:
+        return v[1], v[2]
     return synced.get((oid, lt))
 
 
@@ -536,10 +539,9 @@ def _update(
     conditioned-on chain already (module docstring)."""
     req, objects = step.req, step.req.objects
     states = _states({oid: got[oid][0] for oid in objects})
-    tables = {oid: unpack(got[oid][1]) for oid in objects}
-    prior = [t.get(req.client) for t in tables.values()]
-    if any(p is not None and p[0] == op.seq for p in prior):
-        answer = next(p[1] for p in prior if p is not None and p[0] == op.seq)
+    done = next((o for o in objects if applied_seq(got[o][1], req.client) == op.seq), None)
+    if done is not None:
+        answer = applied_entry(got[done][1], req.client)[1]
         new_states: Mapping[int, bytes | None] = {oid: got[oid][0] for oid in objects}
     else:
         try:
@@ -555,46 +557,17 @@ def _update(
                 return refused
     installed = step.cfg.registry.installed_applied(op.method, op.arg)
     if installed is not None:
-        table = _installed_table(installed)
+        table = installed_table(installed)
         if table is None:
             return step.reply(ReplyStatus.REFUSED, why="invalid", at=su.at())
-        tables = dict.fromkeys(objects, table)
-    applied = {}
-    for oid in objects:
-        t = dict(tables[oid])
-        if installed is None or req.client not in t:
-            t[req.client] = [op.seq, answer]
-        # Normal values: read back from canonical bytes, and ``answer`` normalised by the
-        # registry (or read back from a table).
-        applied[oid] = canonical_map(t)
-    return {oid: (new_states[oid], applied[oid]) for oid in objects}, answer
-
-
-#: Most entries an installed applied table may hold (one per client that ever updated the
-#: object; a client id is at most 2^32).
-MAX_INSTALLED_CLIENTS = 1 << 16
-
-
-def _installed_table(blob: Any) -> dict[int, Any] | None:
-    """The applied table a move installs (``Method.installs_applied``): the canonical bytes
-    of ``{client: [seq, answer]}`` as the old generation's version held it; None if it is
-    not one.  (Whoever moves an object could also write its state: the table adds the
-    power to make one of a client's future updates, of that exact ``seq``, answer without
-    running; docs/threat-model.md.)"""
-    if not isinstance(blob, bytes):
-        return None
-    try:
-        table = unpack(blob)
-    except Exception:  # noqa: BLE001 - garbage from a client: refused, never raised
-        return None
-    if not isinstance(table, dict) or len(table) > MAX_INSTALLED_CLIENTS:
-        return None
-    for client, entry in table.items():
-        if not isinstance(client, int) or isinstance(client, bool) or not 0 <= client < 1 << 32:
-            return None
-        if not isinstance(entry, list) or len(entry) != 2:
-            return None
-        seq = entry[0]
-        if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 1 << 64:
-            return None
-    return table
+        if req.client not in table:
+            table = {**table, req.client: [op.seq, answer]}
+        moved_table = canonical_map(table)
+        return {oid: (new_states[oid], moved_table) for oid in objects}, answer
+    # ``answer`` is normalised by the registry (or read back from a table): packed once,
+    # it is what canonical encoding gives for it in every object's table.
+    entry = pack([op.seq, answer])
+    return {
+        oid: (new_states[oid], set_entry(got[oid][1], req.client, [op.seq, answer], entry))
+        for oid in objects
+    }, answer

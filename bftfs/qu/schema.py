@@ -62,7 +62,7 @@ from typing import Any
 from bftfs.accounting import QU
 from bftfs.kv import KV
 from bftfs.qu import blobs
-from bftfs.qu.canon import canonical, map_value, pack, unpack
+from bftfs.qu.canon import canonical, map_value, map_values, pack, unpack
 from bftfs.qu.history import (
     INITIAL_RH,
     Authenticator,
@@ -172,9 +172,16 @@ class Version:
     #: This server's clock when it stored the version (0: not recorded; retention by age).
     stored_ns: int = 0
 
-    def encode(self, skeleton: bytes | None = None, applied: bytes | None = None) -> bytes:
+    def encode(
+        self,
+        skeleton: bytes | None = None,
+        applied: bytes | None = None,
+        packed_answer: bytes | None = None,
+    ) -> bytes:
         """The stored value; with ``skeleton`` (``applied``), the state (the applied table)
-        is stored as that skeleton."""
+        is stored as that skeleton.  ``packed_answer``, ``pack(self.answer)``, is put in as
+        it is: an update of many objects stores its one answer in each of their versions,
+        packed once (the bytes are those ``pack`` gives the whole record)."""
         record = {
             "k": self.kind,
             "s": self.state if skeleton is None else skeleton,
@@ -190,7 +197,12 @@ class Version:
             record["sk"] = blobs.SPLIT_VERSION
         if applied is not None:
             record["ak"] = blobs.SPLIT_VERSION
-        return pack(record)
+        if packed_answer is None:
+            return pack(record)
+        return b"".join(
+            [_map_header(len(record))]
+            + [pack(k) + (packed_answer if k == "a" else pack(v)) for k, v in record.items()]
+        )
 
     @classmethod
     def decode(cls, lt: Timestamp, data: bytes, kv: KV | None = None) -> Version:
@@ -298,6 +310,40 @@ def is_forgotten(kv: KV, oid: int) -> bool:
     return kv.get(DB_GONE, oid_key(oid)) is not None
 
 
+def _map_header(count: int) -> bytes:
+    """The msgpack header of a map of ``count`` entries (as ``pack`` writes it)."""
+    if count < 16:
+        return bytes((0x80 | count,))
+    return b"\xde" + count.to_bytes(2, "big")
+
+
+#: What :func:`load_contents` reads of a stored version record.
+_CONTENTS = ("k", "s", "ap", "sk", "ak")
+
+
+def load_contents(kv: KV, oid: int, lt: Timestamp) -> tuple[str, bytes | None, bytes] | None:
+    """``(kind, state, applied table)`` of the version of ``oid`` at ``lt``, or None: what
+    an update reads of the versions it is conditioned on, without decoding the rest of the
+    record (the answer stored with it is a whole batch's, the same in each of its objects).
+
+    Raises:
+        SchemaError: the stored record does not parse.
+    """
+    raw = kv.get(DB_VER, ver_key(oid, lt))
+    if raw is None:
+        return None
+    try:
+        d = map_values(raw, _CONTENTS)
+        state, applied = d["s"], d["ap"]
+        if d.get("sk"):
+            state = blobs.join(state, lambda h: _blob(kv, h))
+        if d.get("ak"):
+            applied = blobs.join(applied, lambda h: _blob(kv, h))
+        return d["k"], state, applied
+    except (KeyError, TypeError, ValueError, blobs.BlobError) as e:
+        raise SchemaError(f"bad stored version: {e}") from e
+
+
 def load_version(kv: KV, oid: int, lt: Timestamp) -> Version | None:
     """The version of ``oid`` at ``lt``, or None."""
     raw = kv.get(DB_VER, ver_key(oid, lt))
@@ -317,7 +363,9 @@ def version_accepted(kv: KV, oid: int, lt: Timestamp) -> tuple[str, Any] | None:
         raise SchemaError(f"bad stored version: {e}") from e
 
 
-def store_version(kv: KV, oid: int, v: Version, owner: int | None = None) -> None:
+def store_version(
+    kv: KV, oid: int, v: Version, owner: int | None = None, packed_answer: bytes | None = None
+) -> None:
     """Write a version (overwrites; callers only overwrite SYNCED with accepted ones),
     charged to ``owner``.
 
@@ -336,7 +384,8 @@ def store_version(kv: KV, oid: int, v: Version, owner: int | None = None) -> Non
         if got is not None:
             _add_references(kv, got, owner)
     skeleton = parts[0] if parts is not None else None
-    _put(kv, DB_VER, key, v.encode(skeleton, table[0] if table is not None else None), owner)
+    applied = table[0] if table is not None else None
+    _put(kv, DB_VER, key, v.encode(skeleton, applied, packed_answer), owner)
 
 
 def _add_references(kv: KV, got: blobs.Split, owner: int | None) -> None:
