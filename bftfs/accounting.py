@@ -24,7 +24,7 @@ The ledgers stay separate so ``bftfs status`` can say which kind a client's byte
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from bftfs.kv import KV
@@ -126,6 +126,79 @@ QU = Ledger("qu.charge", "qu.usage")
 #: Listeners registers (``listeners/nodeside.py``, ``listeners/bnodeside.py``: key = a tag of
 #: the variant and the register's name), each charged to the writer of the value it holds.
 LR = Ledger("lr.charge", "lr.usage")
+
+
+class HeldTotals:
+    """A :class:`~bftfs.kv.KV` view over ``kv`` in which the ledgers' per-owner totals are
+    read once and written once (:meth:`flush`): every record a step stores updates its
+    owner's total, and a Q/U update of 30 objects stores some 150 records for one owner,
+    each a read and a write of the same row.  Everything else goes to ``kv`` as it is;
+    a scan of a totals table sees the totals held so far (they are written first)."""
+
+    def __init__(self, kv: KV, ledgers: tuple[Ledger, ...] = (RW, QU, LR)) -> None:
+        self.kv = kv
+        self._tables = frozenset(ledger.totals for ledger in ledgers)
+        #: ``(table, key) -> value`` (None: deleted) of the totals read or changed.
+        self._rows: dict[tuple[str, bytes], bytes | None] = {}
+        self._dirty: set[tuple[str, bytes]] = set()
+
+    def get(self, db: str, key: bytes) -> bytes | None:
+        if db not in self._tables:
+            return self.kv.get(db, key)
+        row = (db, key)
+        if row not in self._rows:
+            raw = self.kv.get(db, key)
+            self._rows[row] = bytes(raw) if raw is not None else None
+        return self._rows[row]
+
+    def put(self, db: str, key: bytes, value: bytes) -> None:
+        if db not in self._tables:
+            return self.kv.put(db, key, value)
+        self._rows[(db, key)] = value
+        self._dirty.add((db, key))
+        return None
+
+    def delete(self, db: str, key: bytes) -> bool:
+        if db not in self._tables:
+            return self.kv.delete(db, key)
+        present = self.get(db, key) is not None
+        self._rows[(db, key)] = None
+        self._dirty.add((db, key))
+        return present
+
+    def flush(self) -> None:
+        """Write the totals changed since the view was made (or last flushed)."""
+        for db, key in sorted(self._dirty):
+            value = self._rows[(db, key)]
+            if value is None:
+                self.kv.delete(db, key)
+            else:
+                self.kv.put(db, key, value)
+        self._dirty.clear()
+
+    def _through(self, db: str) -> KV:
+        if db in self._tables:
+            self.flush()
+        return self.kv
+
+    def lower(self, db: str, key: bytes) -> tuple[bytes, bytes] | None:
+        return self._through(db).lower(db, key)
+
+    def scan(
+        self, db: str, start: bytes, stop: bytes, *, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        return self._through(db).scan(db, start, stop, reverse=reverse)
+
+    def has(self, db: str, key: bytes) -> bool:
+        return self.get(db, key) is not None if db in self._tables else self.kv.has(db, key)
+
+    def lower_key(self, db: str, key: bytes) -> bytes | None:
+        return self._through(db).lower_key(db, key)
+
+    def scan_keys(
+        self, db: str, start: bytes, stop: bytes, *, reverse: bool = False
+    ) -> Iterator[bytes]:
+        return self._through(db).scan_keys(db, start, stop, reverse=reverse)
 
 
 def used(kv: KV, owner: int) -> int:
