@@ -116,4 +116,4 @@ def packed_size(e: Any) -> int:
     """Bytes the entries take (a directory's ``st_size``)."""
     if isinstance(e, bytes):
         return len(e)
-    return sum(len(b) for b in e.values())
+    return sum(map(len, e.values()))  # every stat of a directory: 64 buckets, in C

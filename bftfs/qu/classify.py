@@ -207,17 +207,20 @@ class View:
         return got
 
     def _latest_uncached(self, oid: int, barrier: bool, skip: frozenset) -> Candidate | None:
-        best: tuple | None = None
+        best: Candidate | None = None
+        best_k = 0
         for c in self.candidates(oid):
             if c.lt.barrier != barrier or c.key in skip:
                 continue
             k = self.order(oid, c)
             if k < self.th.r:
                 continue
-            rank = (c.lt.encode(), k, tuple(-o for o in c.objects))  # orders as the LTs
-            if best is None or rank > best[0]:
-                best = (rank, c)
-        return best[1] if best else None
+            # The rank is (LT, order, objects negated); the rest is compared only on a tie
+            # of LTs (a Byzantine server's invention: the objects of a multi-object
+            # candidate made a tuple per candidate, up to 32, in every classification).
+            if best is None or c.lt > best.lt or (c.lt == best.lt and _wins(c, k, best, best_k)):
+                best, best_k = c, k
+        return best
 
     def _chain(self, oid: int) -> dict[Timestamp, Timestamp]:
         """``lt -> lt_co`` at ``oid`` for every candidate that b+1 servers list *with that
@@ -558,3 +561,9 @@ def stray_holders(view: View, oid: int) -> set[int]:
         if any(c.lt > floor for c in entry(view.mohs[oid], s).rh):
             out.add(s)
     return out
+
+
+def _wins(c: Candidate, k: int, best: Candidate, best_k: int) -> bool:
+    """Whether ``c`` (order ``k``) outranks ``best`` (order ``best_k``) of the same LT: the
+    larger order, then the smaller object tuple."""
+    return (k, tuple(-o for o in c.objects)) > (best_k, tuple(-o for o in best.objects))

@@ -89,13 +89,23 @@ def rh_hash(oid: int, rh: ReplicaHistory) -> bytes:
     """
     h = hashlib.blake2b(digest_size=32, person=b"bftfs-qu-rh")
     h.update(oid.to_bytes(8, "big"))
-    for c in rh:
-        h.update(c.lt.encode())
-        h.update(c.lt_co.encode())
-        h.update(len(c.objects).to_bytes(1, "big"))
-        for o in c.objects:
-            h.update(o.to_bytes(8, "big"))
+    h.update(b"".join(map(_hashed, rh)))
     return h.digest()
+
+
+@functools.lru_cache(maxsize=16384)
+def _hashed(c: Candidate) -> bytes:
+    """What :func:`rh_hash` hashes of candidate ``c``: its LT, its LT_CO, and its objects,
+    length-prefixed.  Cached: a multi-object candidate is in the history of each of its
+    objects (up to 32), hashed in each."""
+    return b"".join(
+        (
+            c.lt.encode(),
+            c.lt_co.encode(),
+            len(c.objects).to_bytes(1, "big"),
+            b"".join(o.to_bytes(8, "big") for o in c.objects),
+        )
+    )
 
 
 Authenticator = tuple[bytes, ...]
