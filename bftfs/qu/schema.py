@@ -482,7 +482,7 @@ def newest_times(kv: KV, oid: int, k: int) -> list[Timestamp]:
     only)."""
     start, stop = _version_range(oid)
     out: list[Timestamp] = []
-    for key, _ in kv.scan(DB_VER, start, stop, reverse=True):
+    for key in kv.scan_keys(DB_VER, start, stop, reverse=True):  # each update's retention
         if len(out) == k:
             break
         if len(key) == 8 + TIMESTAMP_SIZE:
