@@ -9,5 +9,6 @@ __version__ = "0.2.0"
 #: other version is refused.  Version 6 (0.2.0): hellos carry the package version.
 WIRE_VERSION = 6
 #: Version of a node's store layout, stamped in the store (``node/storeformat.py``): a
-#: node refuses a store of a newer format and migrates an older one at start.
-STORE_FORMAT = 1
+#: node refuses a store of a newer format and migrates an older one at start.  Format 2
+#: (after 0.2.0): a version's answer may be stored split (``qu/schema.py``, ``"nk"``).
+STORE_FORMAT = 2

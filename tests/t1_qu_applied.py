@@ -1,6 +1,7 @@
 """Tier 1: applied tables rewritten as bytes, and versions stored and read without
-decoding their answers (``qu/applied.py``, ``qu/schema.py``): every shortcut gives exactly
-the bytes, or the values, of the general path it stands in for."""
+decoding their answers, long answers stored as parts (``qu/applied.py``, ``qu/schema.py``):
+every shortcut gives exactly the bytes, or the values, of the general path it stands in
+for, and an answer's parts are stored once and freed with the last version holding them."""
 
 from __future__ import annotations
 
@@ -85,6 +86,7 @@ def test_a_stored_version_reads_back_its_contents_without_its_answer() -> None:
         lt = Timestamp(k + 1, False, 1, bytes([k % 256]) * DIGEST_SIZE)
         v = schema.Version(lt, schema.METHOD, state, applied, lt, answer, True, (5, 6), 9)
         assert v.encode(packed_answer=pack(answer)) == v.encode()
+        assert schema.Version.decode(lt, v.encode()) == v  # a record of format 1
         schema.store_version(kv, 5, v, owner=1, packed_answer=pack(answer))
         assert schema.load_contents(kv, 5, lt) == (schema.METHOD, state, applied)
         assert schema.load_version(kv, 5, lt) == v
@@ -97,3 +99,27 @@ def test_map_values_reads_only_the_keys_asked_for() -> None:
     assert map_values(raw, ("z",)) == {}
     with pytest.raises(ValueError):
         map_values(raw[:5], ("c",))
+
+
+def test_a_batch_answer_is_stored_once_and_freed_with_its_last_version() -> None:
+    rng = random.Random(11)
+    kv = MemoryKV()
+    stats = [
+        {f: rng.randrange(1 << 60) for f in ("ino", "size", "mtime", "ctime", "atime", "mode")}
+        for _ in range(30)
+    ]  # a write-back batch's answer: each new file's attributes (~5 KB in all)
+    answer = normalise([stats, {}])
+    lt = Timestamp(5, False, 1, bytes(DIGEST_SIZE))
+    objects = tuple(range(100, 131))
+    for oid in objects:
+        v = schema.Version(lt, schema.METHOD, None, schema.EMPTY_APPLIED, lt, answer, True, objects)
+        schema.store_version(kv, oid, v, owner=1, packed_answer=pack(answer))
+        assert schema.load_version(kv, oid, lt) == v
+        assert schema.version_accepted(kv, oid, lt) == (schema.METHOD, answer)
+    records = list(kv.scan(schema.DB_VER, b"", b"\xff" * 9))
+    assert all(len(raw) < len(pack(answer)) for _, raw in records)  # each holds a skeleton
+    assert list(kv.scan(schema.DB_BLOB, b"", b"\xff" * 33))  # the parts, once
+    for oid in objects:
+        schema.delete_version(kv, oid, schema.load_version(kv, oid, lt))
+    assert not list(kv.scan(schema.DB_BLOB, b"", b"\xff" * 33))
+    assert not list(kv.scan(schema.DB_BREF, b"", b"\xff" * 33))

@@ -8,7 +8,7 @@ older bftfs may need its records rewritten first.  So the store carries its form
   one (nothing to migrate): it stamps :data:`~bftfs.STORE_FORMAT`;
 - finds an older one: runs the steps that bring it up to date, in order, each in one
   transaction with the new stamp, so a node killed midway starts the remaining steps again
-  (:data:`MIGRATIONS`; none yet: format 1 is the first);
+  (:data:`MIGRATIONS`);
 - finds a newer one: refuses to start, naming both formats, and changes nothing (a rolling
   downgrade past a format change is not supported: docs/operations.md).
 """
@@ -28,6 +28,15 @@ UNSTAMPED = 1
 #: Steps from format ``k`` to ``k + 1``, by ``k``: each rewrites what changed, given the
 #: LMDB environment and a write transaction.
 MIGRATIONS: dict[int, Callable[[Any, Any], None]] = {}
+
+
+def _to_2(env: Any, txn: Any) -> None:
+    """Format 1 to 2: nothing to rewrite.  Format 2 may store a version's answer split
+    (``qu/schema.py``, ``"nk"``), which a format-1 bftfs would read as the answer itself;
+    records of format 1 read as they are.  The stamp keeps an older bftfs off the store."""
+
+
+MIGRATIONS[1] = _to_2
 
 
 class StoreFormatError(Exception):

@@ -31,10 +31,12 @@ the ``owner`` (the request's authenticated sender).  A blob and its count are ch
 request that first stored it; later references change the count, not the charge (a count
 is always 4 bytes).
 
-A state (an applied table) of :data:`bftfs.qu.blobs.SPLIT_MIN` bytes or more is stored as a
-skeleton (``"s"`` with ``"sk"``, ``"ap"`` with ``"ak"``: the splitter's version, ``true``
-for 1) whose references name blobs of ``qu.blob``: parts (long strings, content-defined
-runs of a container's elements) and the nested skeletons of large containers, which refer
+A state (an applied table, an answer) of :data:`bftfs.qu.blobs.SPLIT_MIN` bytes or more is
+stored as a skeleton (``"s"`` with ``"sk"``, ``"ap"`` with ``"ak"``, ``"a"`` with ``"nk"``
+(store format 2: a batch's answer, the same in each of its up to 32 objects' versions, was
+four fifths of the bytes of their records): the splitter's version, ``true`` for 1) whose
+references name blobs of ``qu.blob``: parts (long strings, content-defined runs of a
+container's elements) and the nested skeletons of large containers, which refer
 to blobs in turn.  A blob's count is the number of stored skeletons (versions' and nested
 ones) referring to it: storing a new nested skeleton counts its references, deleting the
 last reference to one drops them, so deleting or overwriting a version frees what no other
@@ -177,11 +179,13 @@ class Version:
         skeleton: bytes | None = None,
         applied: bytes | None = None,
         packed_answer: bytes | None = None,
+        answer: bytes | None = None,
     ) -> bytes:
-        """The stored value; with ``skeleton`` (``applied``), the state (the applied table)
-        is stored as that skeleton.  ``packed_answer``, ``pack(self.answer)``, is put in as
-        it is: an update of many objects stores its one answer in each of their versions,
-        packed once (the bytes are those ``pack`` gives the whole record)."""
+        """The stored value; with ``skeleton`` (``applied``, ``answer``), the state (the
+        applied table, the answer) is stored as that skeleton.  ``packed_answer``,
+        ``pack(self.answer)``, is put in as it is: an update of many objects stores its
+        one answer in each of their versions, packed once (the bytes are those ``pack``
+        gives the whole record)."""
         record = {
             "k": self.kind,
             "s": self.state if skeleton is None else skeleton,
@@ -197,7 +201,10 @@ class Version:
             record["sk"] = blobs.SPLIT_VERSION
         if applied is not None:
             record["ak"] = blobs.SPLIT_VERSION
-        if packed_answer is None:
+        if answer is not None:
+            record["a"] = answer
+            record["nk"] = blobs.SPLIT_VERSION
+        if packed_answer is None or answer is not None:
             return pack(record)
         return b"".join(
             [_map_header(len(record))]
@@ -215,7 +222,7 @@ class Version:
             d = unpack(data)
             co = d["co"]
             state, applied = d["s"], d["ap"]
-            if d.get("sk") or d.get("ak"):
+            if d.get("sk") or d.get("ak") or d.get("nk"):
                 if kv is None:
                     raise SchemaError("a split state needs the store to join it")
                 if d.get("sk"):
@@ -228,13 +235,24 @@ class Version:
                 state,
                 applied,
                 Timestamp.decode(co) if co is not None else None,
-                d["a"],
+                _answer(d, kv),
                 bool(d["acc"]),
                 tuple(d["o"]),
                 int(d.get("w", 0)),
             )
         except (KeyError, TypeError, ValueError, blobs.BlobError) as e:
             raise SchemaError(f"bad stored version: {e}") from e
+
+
+def _answer(d: dict, kv: KV | None) -> Any:
+    """The answer a parsed version record holds: stored as a skeleton (``"nk"``) when it
+    was long enough to split (a batch's answer is the same in each of its objects'
+    versions: its parts are stored once)."""
+    if not d.get("nk"):
+        return d["a"]
+    if kv is None:
+        raise SchemaError("a split answer needs the store to join it")
+    return unpack(blobs.join(d["a"], lambda h: _blob(kv, h)))
 
 
 def load_rh(kv: KV, oid: int) -> tuple[ReplicaHistory, Authenticator | None]:
@@ -358,8 +376,8 @@ def version_accepted(kv: KV, oid: int, lt: Timestamp) -> tuple[str, Any] | None:
         return None
     try:
         d = unpack(raw)
-        return (d["k"], d["a"]) if d["acc"] else None
-    except (KeyError, TypeError, ValueError) as e:
+        return (d["k"], _answer(d, kv)) if d["acc"] else None
+    except (KeyError, TypeError, ValueError, blobs.BlobError) as e:
         raise SchemaError(f"bad stored version: {e}") from e
 
 
@@ -380,12 +398,14 @@ def store_version(
         _release(kv, old)
     parts = blobs.split(v.state) if v.state is not None else None
     table = blobs.split(v.applied)
-    for got in (parts, table):
+    said = blobs.split(packed_answer if packed_answer is not None else pack(v.answer))
+    for got in (parts, table, said):
         if got is not None:
             _add_references(kv, got, owner)
     skeleton = parts[0] if parts is not None else None
     applied = table[0] if table is not None else None
-    _put(kv, DB_VER, key, v.encode(skeleton, applied, packed_answer), owner)
+    answer = said[0] if said is not None else None
+    _put(kv, DB_VER, key, v.encode(skeleton, applied, packed_answer, answer), owner)
 
 
 def _add_references(kv: KV, got: blobs.Split, owner: int | None) -> None:
@@ -415,7 +435,7 @@ def _blob(kv: KV, h: bytes) -> bytes | None:
 
 def record_references(raw: bytes) -> list[bytes]:
     """The references a stored version record holds, once per reference (its state's,
-    then its applied table's; ``blobs.ref_hash`` and ``blobs.is_nested`` read them;
+    its applied table's, then its answer's; ``blobs.ref_hash`` and ``blobs.is_nested`` read them;
     those of nested skeletons are not included).
 
     Raises:
@@ -426,6 +446,8 @@ def record_references(raw: bytes) -> list[bytes]:
         refs = blobs.references(d["s"]) if d.get("sk") else []
         if d.get("ak"):
             refs += blobs.references(d["ap"])
+        if d.get("nk"):
+            refs += blobs.references(d["a"])
         return refs
     except (KeyError, TypeError, ValueError, AttributeError, blobs.BlobError) as e:
         raise SchemaError(f"bad stored version: {e}") from e
