@@ -58,13 +58,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from bftfs.accounting import QU
 from bftfs.kv import KV
 from bftfs.qu import blobs
-from bftfs.qu.canon import canonical, map_value, map_values, pack, unpack
+from bftfs.qu.canon import canonical, map_value, pack, unpack
 from bftfs.qu.history import (
     INITIAL_RH,
     Authenticator,
@@ -74,6 +73,7 @@ from bftfs.qu.history import (
     rh_wire,
 )
 from bftfs.qu.timestamp import TIMESTAMP_SIZE, Timestamp
+from bftfs.qu.versionrecord import SchemaError, Version, answer_of, contents
 
 DB_RH = "qu.rh"
 DB_VER = "qu.ver"
@@ -97,10 +97,6 @@ _TABLES = {tag: db for db, tag in _TAGS.items()}
 METHOD, COPY, BARRIER, SYNCED = "method", "copy", "barrier", "synced"
 
 EMPTY_APPLIED = canonical({})
-
-
-class SchemaError(Exception):
-    """Stored Q/U data that does not parse: local corruption, never a peer's fault."""
 
 
 def oid_key(oid: int) -> bytes:
@@ -157,102 +153,6 @@ OID_END = b"\xff" * 9
 def ver_key(oid: int, lt: Timestamp) -> bytes:
     """The key of the version of ``oid`` at ``lt``."""
     return oid_key(oid) + lt.encode()
-
-
-@dataclass(frozen=True)
-class Version:
-    """One stored object version."""
-
-    lt: Timestamp
-    kind: str  # METHOD, COPY, BARRIER or SYNCED
-    state: bytes | None  # canonical state; None for barriers and for "object absent"
-    applied: bytes  # canonical applied table {client: [seq, answer]}
-    lt_co: Timestamp | None  # None for SYNCED versions (not known locally)
-    answer: Any
-    accepted: bool
-    objects: tuple[int, ...]
-    #: This server's clock when it stored the version (0: not recorded; retention by age).
-    stored_ns: int = 0
-
-    def encode(
-        self,
-        skeleton: bytes | None = None,
-        applied: bytes | None = None,
-        packed_answer: bytes | None = None,
-        answer: bytes | None = None,
-    ) -> bytes:
-        """The stored value; with ``skeleton`` (``applied``, ``answer``), the state (the
-        applied table, the answer) is stored as that skeleton.  ``packed_answer``,
-        ``pack(self.answer)``, is put in as it is: an update of many objects stores its
-        one answer in each of their versions, packed once (the bytes are those ``pack``
-        gives the whole record)."""
-        record = {
-            "k": self.kind,
-            "s": self.state if skeleton is None else skeleton,
-            "ap": self.applied if applied is None else applied,
-            "co": self.lt_co.encode() if self.lt_co else None,
-            "a": self.answer,
-            "acc": self.accepted,
-            "o": list(self.objects),
-        }
-        if self.stored_ns:
-            record["w"] = self.stored_ns
-        if skeleton is not None:
-            record["sk"] = blobs.SPLIT_VERSION
-        if applied is not None:
-            record["ak"] = blobs.SPLIT_VERSION
-        if answer is not None:
-            record["a"] = answer
-            record["nk"] = blobs.SPLIT_VERSION
-        if packed_answer is None or answer is not None:
-            return pack(record)
-        return b"".join(
-            [_map_header(len(record))]
-            + [pack(k) + (packed_answer if k == "a" else pack(v)) for k, v in record.items()]
-        )
-
-    @classmethod
-    def decode(cls, lt: Timestamp, data: bytes, kv: KV | None = None) -> Version:
-        """Parse a stored value (``kv``: where the blobs of a split state are).
-
-        Raises:
-            SchemaError: the value is not one :meth:`encode` wrote.
-        """
-        try:
-            d = unpack(data)
-            co = d["co"]
-            state, applied = d["s"], d["ap"]
-            if d.get("sk") or d.get("ak") or d.get("nk"):
-                if kv is None:
-                    raise SchemaError("a split state needs the store to join it")
-                if d.get("sk"):
-                    state = blobs.join(state, lambda h: _blob(kv, h))
-                if d.get("ak"):
-                    applied = blobs.join(applied, lambda h: _blob(kv, h))
-            return cls(
-                lt,
-                d["k"],
-                state,
-                applied,
-                Timestamp.decode(co) if co is not None else None,
-                _answer(d, kv),
-                bool(d["acc"]),
-                tuple(d["o"]),
-                int(d.get("w", 0)),
-            )
-        except (KeyError, TypeError, ValueError, blobs.BlobError) as e:
-            raise SchemaError(f"bad stored version: {e}") from e
-
-
-def _answer(d: dict, kv: KV | None) -> Any:
-    """The answer a parsed version record holds: stored as a skeleton (``"nk"``) when it
-    was long enough to split (a batch's answer is the same in each of its objects'
-    versions: its parts are stored once)."""
-    if not d.get("nk"):
-        return d["a"]
-    if kv is None:
-        raise SchemaError("a split answer needs the store to join it")
-    return unpack(blobs.join(d["a"], lambda h: _blob(kv, h)))
 
 
 def load_rh(kv: KV, oid: int) -> tuple[ReplicaHistory, Authenticator | None]:
@@ -328,17 +228,6 @@ def is_forgotten(kv: KV, oid: int) -> bool:
     return kv.get(DB_GONE, oid_key(oid)) is not None
 
 
-def _map_header(count: int) -> bytes:
-    """The msgpack header of a map of ``count`` entries (as ``pack`` writes it)."""
-    if count < 16:
-        return bytes((0x80 | count,))
-    return b"\xde" + count.to_bytes(2, "big")
-
-
-#: What :func:`load_contents` reads of a stored version record.
-_CONTENTS = ("k", "s", "ap", "sk", "ak")
-
-
 def load_contents(kv: KV, oid: int, lt: Timestamp) -> tuple[str, bytes | None, bytes] | None:
     """``(kind, state, applied table)`` of the version of ``oid`` at ``lt``, or None: what
     an update reads of the versions it is conditioned on, without decoding the rest of the
@@ -348,24 +237,13 @@ def load_contents(kv: KV, oid: int, lt: Timestamp) -> tuple[str, bytes | None, b
         SchemaError: the stored record does not parse.
     """
     raw = kv.get(DB_VER, ver_key(oid, lt))
-    if raw is None:
-        return None
-    try:
-        d = map_values(raw, _CONTENTS)
-        state, applied = d["s"], d["ap"]
-        if d.get("sk"):
-            state = blobs.join(state, lambda h: _blob(kv, h))
-        if d.get("ak"):
-            applied = blobs.join(applied, lambda h: _blob(kv, h))
-        return d["k"], state, applied
-    except (KeyError, TypeError, ValueError, blobs.BlobError) as e:
-        raise SchemaError(f"bad stored version: {e}") from e
+    return None if raw is None else contents(raw, lambda h: _blob(kv, h))
 
 
 def load_version(kv: KV, oid: int, lt: Timestamp) -> Version | None:
     """The version of ``oid`` at ``lt``, or None."""
     raw = kv.get(DB_VER, ver_key(oid, lt))
-    return Version.decode(lt, raw, kv) if raw is not None else None
+    return Version.decode(lt, raw, lambda h: _blob(kv, h)) if raw is not None else None
 
 
 def version_accepted(kv: KV, oid: int, lt: Timestamp) -> tuple[str, Any] | None:
@@ -376,7 +254,7 @@ def version_accepted(kv: KV, oid: int, lt: Timestamp) -> tuple[str, Any] | None:
         return None
     try:
         d = unpack(raw)
-        return (d["k"], _answer(d, kv)) if d["acc"] else None
+        return (d["k"], answer_of(d, lambda h: _blob(kv, h))) if d["acc"] else None
     except (KeyError, TypeError, ValueError, blobs.BlobError) as e:
         raise SchemaError(f"bad stored version: {e}") from e
 
@@ -495,7 +373,7 @@ def iter_versions(kv: KV, oid: int, *, reverse: bool = False) -> list[Version]:
     out = []
     for k, v in kv.scan(DB_VER, start, stop, reverse=reverse):
         if len(k) == 8 + TIMESTAMP_SIZE:
-            out.append(Version.decode(Timestamp.decode(k[8:]), v, kv))
+            out.append(Version.decode(Timestamp.decode(k[8:]), v, lambda h: _blob(kv, h)))
     return out
 
 
