@@ -21,12 +21,11 @@ path.
 from __future__ import annotations
 
 import bisect
-import struct
 from typing import Any
 
 import msgpack
 
-from bftfs.qu.canon import canonical_map, unpack
+from bftfs.qu.canon import canonical_map, map_header, unpack
 
 #: Most bytes the table's parser may hold (the unpacker's default is 100 MiB).
 _MAX = 1 << 30
@@ -58,45 +57,48 @@ def _pairs(table: bytes) -> list[tuple[bytes, int, int, int]] | None:
     return pairs
 
 
-def entry(table: bytes, client: int) -> Any:
-    """``client``'s entry ``[seq, answer]`` of the applied table ``table``, or None; the
-    other entries are skipped, not decoded."""
+def _at(table: bytes, client: int) -> msgpack.Unpacker | None:
+    """An unpacker of ``table`` standing at ``client``'s entry (its key read, the other
+    entries before it skipped, not decoded), or None when the table has none.
+
+    Raises:
+        ValueError: ``table`` is not one map (msgpack's errors are ValueErrors).
+    """
     u = msgpack.Unpacker(raw=False, strict_map_key=False, use_list=True, max_buffer_size=_MAX)
     u.feed(table)
     try:
         for _ in range(u.read_map_header()):
             if u.unpack() == client:
-                return u.unpack()
+                return u
             u.skip()
+    except msgpack.OutOfData as e:
+        raise ValueError("truncated table") from e
+    return None
+
+
+def entry(table: bytes, client: int) -> Any:
+    """``client``'s entry ``[seq, answer]`` of the applied table ``table``, or None; the
+    other entries are skipped, not decoded."""
+    try:
+        u = _at(table, client)
+        return None if u is None else u.unpack()
     except (msgpack.OutOfData, ValueError, TypeError):
         got = unpack(table)  # not one map: as the general path would read it
         return got.get(client) if isinstance(got, dict) else None
-    return None
 
 
 def seq_of(table: bytes, client: int) -> Any:
     """The ``seq`` of ``client``'s entry ``[seq, answer]`` in ``table``, or None; its
     answer (a batch's: every object of the update holds it) is not decoded."""
-    u = msgpack.Unpacker(raw=False, strict_map_key=False, use_list=True, max_buffer_size=_MAX)
-    u.feed(table)
     try:
-        for _ in range(u.read_map_header()):
-            if u.unpack() == client:
-                u.read_array_header()
-                return u.unpack()
-            u.skip()
+        u = _at(table, client)
+        if u is None:
+            return None
+        u.read_array_header()
+        return u.unpack()
     except (msgpack.OutOfData, ValueError, TypeError):
         got = entry(table, client)
         return got[0] if got is not None else None
-    return None
-
-
-def _map_header(count: int) -> bytes:
-    if count < 16:
-        return bytes((0x80 | count,))
-    if count < 1 << 16:
-        return b"\xde" + struct.pack(">H", count)
-    return b"\xdf" + struct.pack(">I", count)
 
 
 def with_entry(table: bytes, client: int, value: bytes) -> bytes | None:
@@ -111,7 +113,7 @@ def with_entry(table: bytes, client: int, value: bytes) -> bytes | None:
     at = bisect.bisect_left(keys, key)
     replaced = at < len(pairs) and pairs[at][1] == client
     rest = at + 1 if replaced else at
-    head = _map_header(len(pairs) + (0 if replaced else 1))
+    head = map_header(len(pairs) + (0 if replaced else 1))
     before = table[pairs[0][2] : pairs[at - 1][3]] if at else b""
     after = table[pairs[rest][2] : pairs[-1][3]] if rest < len(pairs) else b""
     return b"".join((head, before, key, value, after))

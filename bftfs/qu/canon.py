@@ -116,6 +116,16 @@ def canonical_map(value: dict) -> bytes:
     return msgpack.packb(dict(items), use_bin_type=True)
 
 
+def map_header(count: int) -> bytes:
+    """The msgpack header of a map of ``count`` entries, as :func:`pack` writes it (for a
+    map put together from entries already packed)."""
+    if count < 16:
+        return bytes((0x80 | count,))
+    if count < 1 << 16:
+        return b"\xde" + count.to_bytes(2, "big")
+    return b"\xdf" + count.to_bytes(4, "big")
+
+
 def pack(value: Any) -> bytes:
     """Plain msgpack bytes, for values whose construction already fixes the byte layout
     (maps built in a fixed key order from canonical parts).  Used for storage, not hashing.

@@ -257,11 +257,7 @@ def handle_request(
     of the cross-group commit (:attr:`~bftfs.qu.objects.Method.txn`) signed by this node
     (``cfg.signer``) over :func:`~bftfs.qu.reply.signed_statement`: what a certificate is
     made of (docs/layout.md, "Certificates")."""
-    view = accounting.HeldTotals(kv)  # the step's charges: each owner's total written once
-    res = _handle_request(
-        view, cfg, sender, req, synced, now_ns, quota, max_ahead_ns, moved, fetched
-    )
-    view.flush()
+    res = _handle_request(kv, cfg, sender, req, synced, now_ns, quota, max_ahead_ns, moved, fetched)
     op = req.op
     if cfg.signer is None or op is None or op.query or not isinstance(res, Reply):
         return res

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bftfs.qu import blobs
-from bftfs.qu.canon import map_values, pack, unpack
+from bftfs.qu.canon import map_header, map_values, pack, unpack
 from bftfs.qu.timestamp import Timestamp
 
 #: The store's blob of a hash (None: not stored).
@@ -75,7 +75,7 @@ class Version:
         if packed_answer is None or answer is not None:
             return pack(record)
         return b"".join(
-            [_map_header(len(record))]
+            [map_header(len(record))]
             + [pack(k) + (packed_answer if k == "a" else pack(v)) for k, v in record.items()]
         )
 
@@ -121,13 +121,6 @@ def answer_of(d: dict, blob_of: BlobOf | None) -> Any:
     if blob_of is None:
         raise SchemaError("a split answer needs the store to join it")
     return unpack(blobs.join(d["a"], blob_of))
-
-
-def _map_header(count: int) -> bytes:
-    """The msgpack header of a map of ``count`` entries (as ``pack`` writes it)."""
-    if count < 16:
-        return bytes((0x80 | count,))
-    return b"\xde" + count.to_bytes(2, "big")
 
 
 #: What :func:`contents` reads of a stored version record.
