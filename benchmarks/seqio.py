@@ -30,6 +30,10 @@ interleaved (A B C D A B C D ...), and reports MB/s (10^6 bytes per second, like
 
   Without root the caches cannot be dropped: the read is then marked *warm* in the results.
 
+Each timed phase starts on free memory the benchmark has just freed (``--memory``,
+``benchmarks/memstate.py``): on a VM that hands idle memory back to its host, the memory
+a target's new pages come from moved a write by up to 40%.
+
 Medians and min-max over ``--runs`` repetitions, with the CPU each side spent (workload,
 FUSE daemon, servers: GlusterFS bricks or bftfs nodes) from /proc, and the FUSE daemon's
 peak resident memory in each phase (``VmHWM``; the read's daemon is a fresh one).
@@ -65,6 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 import costs  # noqa: E402
+import memstate  # noqa: E402
 import profiling  # noqa: E402
 import variants  # noqa: E402
 from common import Progress, Site, TargetSpec  # noqa: E402
@@ -243,6 +248,8 @@ def one_run(
     ``profile``, py-spy recordings of the daemon and every node, CPU seconds per part)."""
     path = site.path / "seqio.dat"
     rec: dict[str, Any] = {}
+    why_not = memstate.prepare(args.memory, args.size)
+    rec["memory"] = args.memory if why_not is None else f"as-is: {why_not}"
     hooks = _hooks(site, profile)
     for h in hooks:
         h("write", "start")
@@ -257,6 +264,8 @@ def one_run(
     rec["cold"] = why_warm is None
     if why_warm:
         rec["warm_reason"] = why_warm
+    else:
+        memstate.prepare(args.memory, args.size, dropped=True)
     rhooks = _hooks(site, profile)  # made after the remount: the new daemon's pid
     for h in rhooks:
         h("read", "start")
@@ -516,6 +525,18 @@ def _settled_markdown(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _memory_note(cfg: dict[str, Any]) -> str:
+    """The free memory each phase started from (benchmarks/memstate.py)."""
+    state = cfg.get("memory", "as-is")
+    if state == "as-is":
+        return " Free memory as the previous target left it."
+    reporting = "" if cfg.get("free_page_reporting") else " (this kernel reports no free pages)"
+    return (
+        " Each timed phase started on free memory just freed by the benchmark (as on a "
+        f"machine full of page cache; benchmarks/memstate.py){reporting}."
+    )
+
+
 def markdown(result: dict[str, Any]) -> str:
     cfg, summary = result["config"], result["summary"]
     cold = all(s["cold_runs"] == s["runs"] for s in summary.values())
@@ -531,7 +552,9 @@ def markdown(result: dict[str, Any]) -> str:
         )
         + f". MB/s = 10^6 bytes/s; median of {cfg['runs']} interleaved run(s) per target, "
         "each on a fresh target; bftfs t="
-        f"{cfg['t']}, b={cfg['b']}, durable={not cfg['no_durable']}." + common.peers_note(result),
+        f"{cfg['t']}, b={cfg['b']}, durable={not cfg['no_durable']}."
+        + common.peers_note(result)
+        + _memory_note(cfg),
         "",
         "| target | write MB/s | min-max | read MB/s (cold) | min-max "
         "| write CPU s: workload / daemon / servers | read CPU s "
@@ -703,6 +726,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="after each cold read, wait (untimed) until the bftfs nodes verified the file, "
         "then time a second cold read: reading a big file written earlier",
     )
+    ap.add_argument(
+        "--memory",
+        choices=memstate.STATES,
+        default="hot",
+        help="free memory before each timed phase (benchmarks/memstate.py): hot = just "
+        "freed by this benchmark, as on a machine full of page cache (default); as-is = "
+        "whatever the previous target left",
+    )
     ap.add_argument("--note", help="a sentence added under the table (e.g. the conditions)")
     ap.add_argument("--out", type=Path, default=common.RESULTS_DIR, help="results directory")
     ap.add_argument("--name", default="seqio", help="results file stem (default seqio)")
@@ -782,6 +813,8 @@ def main(argv: list[str] | None = None) -> int:
             "verify": args.verify,
             "settled": args.settled,
             "seed": args.seed,
+            "memory": args.memory,
+            "free_page_reporting": memstate.reporting(),
             "note": args.note,
             "bftfs_cluster": next(
                 (r["info"] for r in runs if r.get("info") and "n" in r["info"]), None
