@@ -55,6 +55,7 @@ import trio
 from bftfs.ids import PrincipalId
 from bftfs.net.errors import RemoteError, TransportError
 from bftfs.net.quorum import QuorumUnavailable
+from bftfs.qu import schema
 from bftfs.qu.adoption import BARRIER_VERSION, Current, adopt_step, listed_by
 from bftfs.qu.classify import QUThresholds, View, missing_objects
 from bftfs.qu.core import expected_lt
@@ -235,7 +236,12 @@ class CatchUp:
         wanted: set[int] = set()
         for listing in listings:
             wanted.update(listing)
-        own = self.node.store.read(lambda kv: _own_latest(kv, self.cfg, sorted(wanted)))
+        own: dict[int, Timestamp] = {}
+        ordered = sorted(wanted)
+        for start in range(0, len(ordered), MAX_LATEST):
+            await self.node.gate.step()  # a page a step: client requests first
+            page = ordered[start : start + MAX_LATEST]
+            own.update(self.node.store.read(functools.partial(_own_latest, oids=page)))
         return behind(own, listings, self.th.b)
 
     async def _listing(self, peer: PrincipalId) -> dict[int, Timestamp] | None:
@@ -439,10 +445,7 @@ class CatchUp:
         return None
 
 
-def _own_latest(kv: Any, cfg: ReplicaConfig, oids: list[int]) -> dict[int, Timestamp]:
-    """This server's newest timestamp of each of ``oids`` it ever touched."""
-    out: dict[int, Timestamp] = {}
-    for oid in oids:
-        rh = handle_history(kv, cfg, (oid,)).hist[0].rh
-        out[oid] = max(c.lt for c in rh)
-    return out
+def _own_latest(kv: Any, oids: list[int]) -> dict[int, Timestamp]:
+    """This server's newest timestamp of each of ``oids`` (ZERO where it never touched
+    one), read from the stored histories' first candidates (``schema.newest_of``)."""
+    return {oid: schema.newest_of(kv, oid) for oid in oids}

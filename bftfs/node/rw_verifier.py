@@ -528,7 +528,10 @@ class Verifier:
             if page.after is None:
                 break
             after = page.after
-            await trio.lowlevel.checkpoint()
+            # A page a step, behind client requests (node/yielding.py): after a restart of
+            # a node holding much history the scan was half of six nodes' CPU while a
+            # client copied a file (benchmarks/results/2026-12-01-ageing.md, 12-06).
+            await self.node.gate.step()
         self._publish()
 
     def _fault(self, what: str) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from bftfs.kv import KV
 from bftfs.qu import schema
 from bftfs.qu.canon import unpack
-from bftfs.qu.history import OHSEntry, make_authenticator, newest
+from bftfs.qu.history import OHSEntry, make_authenticator
 from bftfs.qu.messages import ReplyStatus, parse_fetch_chain, parse_fetch_more
 from bftfs.qu.reply import Reply
 from bftfs.qu.serverconfig import ReplicaConfig
@@ -49,8 +49,7 @@ def handle_latest(kv: KV, after: int | None, limit: int) -> dict:
             if len(out) >= limit:
                 more = True
                 break
-            rh, _ = schema.load_rh_raw(bytes(raw))
-            out.append([int.from_bytes(bytes(key), "big"), newest(rh).encode()])
+            out.append([int.from_bytes(bytes(key), "big"), schema.newest_stored(bytes(raw))])
     return {"o": out, "more": more}
 
 
