@@ -41,7 +41,9 @@ def reporting() -> bool:
     return REPORTED.exists()
 
 
-def _drop_caches() -> str | None:
+def drop_caches() -> str | None:
+    """Write dirty pages and drop the page cache, dentries and inodes; None when done,
+    else why not (without root)."""
     os.sync()
     try:
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
@@ -75,7 +77,7 @@ def prepare(state: str, size_mib: int, *, dropped: bool = False) -> str | None:
     ``dropped``: the caller has just dropped the page cache itself."""
     if state == "as-is":
         return None
-    why = None if dropped else _drop_caches()
+    why = None if dropped else drop_caches()
     if why:
         return why
     touch_and_free(hot_mib(size_mib))

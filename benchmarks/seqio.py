@@ -188,18 +188,6 @@ def peak_rss_mib(site: Site) -> float | None:
     return None
 
 
-def drop_caches() -> str | None:
-    """Write dirty pages and drop the page cache, dentries and inodes; None when done,
-    else why not (the read is then warm)."""
-    os.sync()
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-    except OSError as e:
-        return f"page cache not dropped: {e.strerror or e}"
-    return None
-
-
 def wait_verified(site: Site, limit: float = 120.0) -> float | None:
     """Seconds until every bftfs node's lazy verifier has nothing left to verify (its
     backlog of versions empty), polled from the nodes' statistics; 0 for other targets
@@ -238,7 +226,7 @@ def make_cold(site: Site) -> str | None:
     """Everything a cold read needs (see the module docstring); None, or why it is warm."""
     if site.remount is not None:
         site.remount()
-    return drop_caches()
+    return memstate.drop_caches()
 
 
 def one_run(

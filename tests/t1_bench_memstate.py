@@ -33,20 +33,20 @@ def test_as_is_drops_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse() -> None:
         raise AssertionError("as-is must not drop the page cache")
 
-    monkeypatch.setattr(memstate, "_drop_caches", refuse)
+    monkeypatch.setattr(memstate, "drop_caches", refuse)
     assert memstate.prepare("as-is", 200) is None
 
 
 def test_hot_drops_the_cache_then_touches_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     done: list[str] = []
-    monkeypatch.setattr(memstate, "_drop_caches", lambda: done.append("drop"))
+    monkeypatch.setattr(memstate, "drop_caches", lambda: done.append("drop"))
     monkeypatch.setattr(memstate, "touch_and_free", lambda mib: done.append(f"touch {mib}"))
     assert memstate.prepare("hot", 200) is None
     assert done == ["drop", f"touch {memstate.hot_mib(200)}"]
     done.clear()
     assert memstate.prepare("hot", 200, dropped=True) is None  # the read's: already dropped
     assert done == [f"touch {memstate.hot_mib(200)}"]
-    monkeypatch.setattr(memstate, "_drop_caches", lambda: "page cache not dropped: EPERM")
+    monkeypatch.setattr(memstate, "drop_caches", lambda: "page cache not dropped: EPERM")
     assert memstate.prepare("hot", 200) == "page cache not dropped: EPERM"
 
 
