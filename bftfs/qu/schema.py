@@ -215,7 +215,7 @@ def newest_stored(raw: bytes) -> bytes:
         rh, _auth = unpack(raw)
         keys = [c[0] for c in rh]
         if not keys or not all(type(k) is bytes for k in keys):
-            raise SchemaError("a replica history of timestamps")
+            raise SchemaError("not a replica history of timestamps")
         if not all(map(bytes.__gt__, keys, keys[1:])):
             raise SchemaError("replica history not in canonical order")
         return Timestamp.decode(keys[0]).encode()
