@@ -46,6 +46,7 @@ TABLE = [
     ("fs.createwrite", U, 2, 2, CLOCKS),
     ("fs.createmany", U, 2, 32, CLOCKS),
     ("fs.mkdir", U, 2, 2, ()),
+    ("fs.mkdirmany", U, 2, 32, ()),
     ("fs.link", U, 2, 2, ()),
     ("fs.unlink", U, 2, 2, ()),
     ("fs.unlinkmany", U, 2, 32, ()),

@@ -207,12 +207,12 @@ def fs_create_write(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
 def _batch(
     states: States, arg: Any, method: str, each: str
 ) -> tuple[int, list[tuple[int, dict[str, Any]]]]:
-    """The directory ``p`` and the items of a many-files update (``fs.createmany``,
-    ``fs.unlinkmany``), each with its object, checked as both need: a non-empty ``files``,
-    no item naming its own ``p`` or a time past the batch's ``now`` (the one nodes check
-    against their clocks), each object once and not ``p``, and no object of the update
-    but ``p`` that no item names (``each``: what every other object must be, for the
-    refusal)."""
+    """The directory ``p`` and the items of a many-entries update (``fs.createmany``,
+    ``fs.mkdirmany``, ``fs.unlinkmany``), each with its object, checked as all need: a
+    non-empty ``files``, no item naming its own ``p`` or a time past the batch's ``now``
+    (the one nodes check against their clocks), each object once and not ``p``, and no
+    object of the update but ``p`` that no item names (``each``: what every other object
+    must be, for the refusal)."""
     a = check_arg(arg)
     pid = check_oid(a, "p", states)
     latest = check_time(a)
@@ -304,6 +304,29 @@ def fs_mkdir(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     _add_entry(parent, name, oid, DIR_TYPE, now)
     parent["nd"] += 1
     return {pid: parent, oid: child}, [stat_of(child), stat_of(parent)]
+
+
+def fs_mkdir_many(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
+    """Several new directories in one directory, in one update (directory write-back of
+    mkdirs, ``fs/writeback/mkdirs.py``): exactly what the ``fs.mkdir`` of each, one after
+    another, would leave, or nothing (any one refused refuses them all).  ``git`` makes
+    ``.git/objects/xx`` one at a time, and ``tar x`` a tree's directories: each mkdir was
+    an update of its own.
+
+    Objects: the directory ``p`` and each new directory once.  Argument: ``p``, ``now``
+    (the latest of the items') and ``files``, each an ``fs.mkdir`` argument without ``p``.
+    A lease the update asks on what it makes (``lx``, ``ln``: ``fsobjects/leases.py``)
+    covers every new directory.  Answers ``[[stat of each new directory, in order], stat
+    of the parent]``."""
+    pid, items = _batch(states, arg, "fs.mkdirmany", "is a new directory")
+    work = dict(states)
+    stats = []
+    pst: Any = None
+    for oid, f in items:
+        made, (dst, pst) = fs_mkdir({pid: work[pid], oid: work[oid]}, dict(f, p=pid))
+        work.update(made)
+        stats.append(dst)
+    return work, [stats, pst]
 
 
 def fs_link(states: States, arg: Any) -> tuple[dict[int, Any], Any]:

@@ -122,7 +122,7 @@ def _entry_of(
         within = method == "fs.rename" and isinstance(sp, int) and sp == arg.get("dp")
         if within and isinstance(sp, int) and isinstance(sn, bytes) and isinstance(dn, bytes):
             return sp, frozenset((sn, dn))  # a rename within one directory
-        many = method in ("fs.createmany", "fs.unlinkmany")
+        many = method in ("fs.createmany", "fs.mkdirmany", "fs.unlinkmany")
         if many and isinstance(p, int) and isinstance(arg.get("files"), list):
             names = [f.get("name") if isinstance(f, dict) else None for f in arg["files"]]
             if names and all(isinstance(n, bytes) for n in names):

@@ -341,7 +341,7 @@ class Seal:
             arg = self._seal_key(arg, arg.get("sp"), "sn")
             return self._seal_key(arg, arg.get("dp"), "dn")
         files = arg.get("files")
-        if method in ("fs.createmany", "fs.unlinkmany") and isinstance(files, list):
+        if method in ("fs.createmany", "fs.mkdirmany", "fs.unlinkmany") and isinstance(files, list):
             p = arg.get("p")
             return dict(arg, files=[self._seal_key(f, p, "name") for f in files])
         return arg

@@ -35,7 +35,9 @@ MAX_ANSWERS = 4096
 
 #: Entry updates that make their name exist, and those that remove it (a refusal says the
 #: same: a create refused ``exists`` found the name, an unlink refused ``not-found`` did not).
-_MAKES_NAME = frozenset({"fs.create", "fs.createwrite", "fs.createmany", "fs.mkdir", "fs.link"})
+_MAKES_NAME = frozenset(
+    {"fs.create", "fs.createwrite", "fs.createmany", "fs.mkdir", "fs.mkdirmany", "fs.link"}
+)
 _REMOVES_NAME = frozenset({"fs.unlink", "fs.unlinkmany", "fs.rmdir"})
 
 #: Refusals that say who holds what now, not what the object is: never kept.
@@ -79,7 +81,7 @@ def made_entries(method: str, arg: Any) -> dict[bytes, list[int]]:
     if method == "fs.rename":  # (same directory: ``Meta._entry_of``) there, object not said
         names = (arg.get("sn"), arg.get("dn")) if arg.get("flags", 0) & RENAME_EXCHANGE else ()
         return {n: [] for n in (*names, arg.get("dn")) if isinstance(n, bytes)}
-    if method == "fs.createmany":
+    if method in ("fs.createmany", "fs.mkdirmany"):
         items = arg.get("files")
     elif method in ("fs.create", "fs.createwrite", "fs.mkdir"):
         items = [arg]
@@ -91,7 +93,8 @@ def made_entries(method: str, arg: Any) -> dict[bytes, list[int]]:
             continue
         name, oid, mode = f.get("name"), f.get("o"), f.get("mode")
         if isinstance(name, bytes) and isinstance(oid, int) and isinstance(mode, int):
-            out[name] = [oid, DIR_TYPE if method == "fs.mkdir" else st.S_IFMT(mode) >> 12]
+            made_dir = method in ("fs.mkdir", "fs.mkdirmany")
+            out[name] = [oid, DIR_TYPE if made_dir else st.S_IFMT(mode) >> 12]
     return out
 
 

@@ -36,6 +36,7 @@ The ``fs.mkdir`` itself (with the lease inherited, while the parent is held) is 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -120,6 +121,8 @@ class PendingMkdirs:
         self._renames_in = renames_in
         self._by_oid: dict[int, PendingMkdir] = {}
         self._by_dir: dict[int, dict[bytes, PendingMkdir]] = {}
+        #: Whether the nodes take ``fs.mkdirmany`` (off once one says it has no such method).
+        self._many = True
 
     def holds_back(self) -> bool:
         return bool(self._by_oid)
@@ -253,12 +256,80 @@ class PendingMkdirs:
         """
         if self._by_oid.get(m.oid) is not m:
             return
+        if not m.once.busy and self._many and self.meta.group_of is None:
+            # Its sisters go with it (sending one early is always allowed): a call that
+            # needs ``.git/objects/xx`` made (a link, a create sent at once) sent that one
+            # mkdir alone, and the next call the next one.
+            sisters = [
+                x for x in self._by_dir.get(m.parent, {}).values() if x is not m and not x.once.busy
+            ]
+            if sisters:
+                await self.send_many([m, *sisters[: self.writeback.batch - 1]])
+                if self._by_oid.get(m.oid) is not m:
+                    return
         async with m.once.turn() as mine:
             if not mine:
                 return
             await self.made(m.parent)  # a pending directory's own mkdir first
             await self._renames_in(m.parent)
             await self._send_now(m)
+
+    async def send_many(self, ms: list[PendingMkdir]) -> None:
+        """Make the mkdirs ``ms`` of one directory on the servers in one ``fs.mkdirmany``
+        (write-back's batch: ``git`` makes ``.git/objects/xx`` one at a time, each was an
+        update of its own).  One another task is sending is left to it (waiting for it
+        while holding the others could wait on a task that waits for them).  Refused (a
+        name taken meanwhile, nodes of an older release without the method), each goes
+        alone, where every case is handled.
+
+        Raises:
+            Unavailable: the cluster did not answer (they stay pending).
+        """
+        if len({m.parent for m in ms}) > 1:
+            raise ValueError("fs.mkdirmany makes directories of one parent")
+        if len(ms) < 2 or not self._many or self.meta.group_of is not None:
+            for m in ms:
+                await self.send(m)
+            return
+        parent = ms[0].parent
+        await self.made(parent)  # (as :meth:`send`, before any turn is held)
+        await self._renames_in(parent)
+        async with contextlib.AsyncExitStack() as turns:
+            mine = []
+            for m in ms:  # a turn nobody holds is taken without waiting
+                free = self._by_oid.get(m.oid) is m and not m.once.busy
+                if free and await turns.enter_async_context(m.once.turn()):
+                    mine.append(m)
+            if len(mine) > 1 and await self._send_together(parent, mine):
+                return
+            for m in mine:
+                if self._by_oid.get(m.oid) is m:
+                    await self._send_now(m)
+
+    async def _send_together(self, parent: int, ms: list[PendingMkdir]) -> bool:
+        """One ``fs.mkdirmany`` for ``ms``; whether it made them (else none was made)."""
+        leases = self.meta.leases
+        items = [{k: v for k, v in m.arg.items() if k != "p"} for m in ms]
+        arg: dict[str, Any] = {"p": parent, "now": max(i["now"] for i in items), "files": items}
+        inherit = leases is not None and leases.exclusive_left(parent) > 0
+        if inherit:
+            arg[INHERIT] = 1
+        listings = {} if leases is None else {m.oid: leases.answers.listings.get(m.oid) for m in ms}
+        try:
+            stats, pst = await self.meta.update_now(
+                [parent, *(m.oid for m in ms)], "fs.mkdirmany", arg
+            )
+        except Unavailable:
+            raise
+        except (FsError, OutOfDate) as e:
+            if str(e).startswith("no-such-method"):  # nodes of an older release
+                self._many = False
+            log.debug("mkdirs of %s together refused (each goes alone): %s", ms, e)
+            return False
+        for m, child in zip(ms, stats, strict=True):
+            self._made(m, child, pst, inherit, listings.get(m.oid))
+        self.writeback.stats["mkdir_write_back_updates"] += 1
+        return True
 
     async def _send_now(self, m: PendingMkdir) -> None:
         leases = self.meta.leases
@@ -280,6 +351,19 @@ class PendingMkdirs:
         except (FsError, OutOfDate) as e:
             self._failed(m, e)
             return
+        self._made(m, child, pst, inherit, listing)
+
+    def _made(
+        self,
+        m: PendingMkdir,
+        child: dict[str, Any],
+        pst: dict[str, Any],
+        inherit: bool,
+        listing: Any,
+    ) -> None:
+        """``m`` is on the servers (its stat ``child``, the parent's ``pst``; ``inherit``:
+        asked with the parent's lease, ``listing``: what this mount knew of it)."""
+        leases = self.meta.leases
         self._forget(m)
         # What this mount changed in either directory since is held back still: their
         # attributes here (own_touch, the link count) stay what those changes leave.

@@ -206,6 +206,13 @@ class HeldBack:
         else:
             await self.renames.send(update)
 
+    async def send_entries(self, kind: str, updates: list[Any]) -> None:
+        if kind == "mkdir":
+            await self.mkdirs.send_many(updates)
+            return
+        for update in updates:
+            await self.send_entry(kind, update)
+
     def drop_entry(self, kind: str, update: Any, e: FsError) -> None:
         if kind == "mkdir":
             self.mkdirs.drop(update, e)

@@ -34,14 +34,19 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
 from bftfs.fs.errors import FsError, Unavailable
 from bftfs.fs.writeback.alarm import Alarm
+from bftfs.fs.writeback.entries import (
+    ENTRY_KINDS,
+    send_entries,
+    with_their_batches,
+)
 from bftfs.qu.timestamp import NARROW_OBJECTS
 
 if TYPE_CHECKING:
@@ -64,20 +69,6 @@ class PendingUnlink:
     #: Set while a task sends it; the calls that need it wait for it.
     sending: trio.Event | None = None
     done: trio.Event = field(default_factory=trio.Event)
-
-
-class _InDirectory(Protocol):
-    @property
-    def parent(self) -> int: ...
-
-
-Deferred = TypeVar("Deferred", bound=_InDirectory)
-
-#: The kinds of entry update held back besides creates and removals, in the order they
-#: are sent: a mkdir first (``fs/writeback/mkdirs.py``: what is made in a directory
-#: follows it), then a rename (``fs/writeback/renames.py``), then a link to a file whose
-#: create waits (``fs/writeback/links.py``: it sends the create first).
-ENTRY_KINDS = ("mkdir", "rename", "link")
 
 
 class Senders(Protocol):
@@ -109,6 +100,10 @@ class Senders(Protocol):
     async def send_entry(self, kind: str, update: Any) -> None:
         """Send a held-back entry update of ``kind`` (:data:`ENTRY_KINDS`)."""
 
+    async def send_entries(self, kind: str, updates: list[Any]) -> None:
+        """Send held-back entry updates of ``kind``, of one directory, together when the
+        kind can (:data:`BATCHED_KIND`: ``PendingMkdirs.send_many``)."""
+
     def drop_entry(self, kind: str, update: Any, e: FsError) -> None:
         """Drop a held-back entry update of ``kind`` for good."""
 
@@ -124,8 +119,6 @@ MAX_DEFERRED = 1024
 MAX_FILE = 1024 * 1024
 #: Most bytes of content the deferred closes hold at once (more close as before).
 MAX_BYTES = 32 * 1024 * 1024
-#: Seconds before a mkdir or rename the cluster did not answer is sent again.
-ENTRY_RESEND = 1.0
 #: Seconds before the lease's end by which a deferred create is sent.
 LEASE_MARGIN = 3.0
 
@@ -137,63 +130,6 @@ def batch_size(max_objects: int) -> int:
     create in the directory) that meets a batch in flight repair it together with its
     own objects in one request, without splitting: 6 in a cluster of 8, 30 of 32."""
     return max_objects - 2
-
-
-def _with_their_batches(
-    waiting: Iterable[tuple[Deferred, float]], now: float, batch: int
-) -> list[Deferred]:
-    """What is due at ``now``, each directory's filled up to whole updates of
-    ``batch`` with that directory's next ones (soonest due first).
-
-    Items come due one at a time, as they were deferred (a removal every few milliseconds
-    under PostMark): sent only when due, each would go alone, a round apiece.  Sending one
-    early is always allowed (it would go anyway, and nothing waits for it), so the update
-    that must go now carries the ones that would follow it."""
-    by_dir: dict[int, list[tuple[float, Deferred]]] = {}
-    for item, at in waiting:
-        by_dir.setdefault(item.parent, []).append((at, item))
-    out: list[Deferred] = []
-    for items in by_dir.values():
-        due = sum(1 for at, _ in items if at <= now)
-        if due:
-            items.sort(key=lambda e: e[0])
-            out.extend(item for _, item in items[: -(-due // batch) * batch])
-    return out
-
-
-async def _send_entries(
-    entries: dict[tuple[str, int], tuple[Any, float]],
-    senders: Senders,
-    due_by: float,
-    parent: int | None = None,
-) -> bool:
-    """Send the entry updates of ``entries`` (``WriteBack._entries``) due by ``due_by``
-    (of directory ``parent`` only, if given), kind by kind, each by its kind's sender
-    (which calls ``WriteBack.entry_sent`` once it was taken or failed for good); one that
-    is still there after its send failed (no answer) is due again in
-    :data:`ENTRY_RESEND` seconds.  Whether any was due."""
-    sent = False
-    for kind in ENTRY_KINDS:
-        due = [
-            (key, u)
-            for (k, key), (u, at) in entries.items()
-            if k == kind and at <= due_by and (parent is None or u.parent == parent)
-        ]
-        for key, u in due:
-            sent = True
-            try:
-                await senders.send_entry(kind, u)
-            except Exception as e:  # noqa: BLE001 - a background task must go on
-                log.warning(
-                    "%s of %r not sent yet (again in %g s): %s",
-                    kind,
-                    getattr(u, "name", u),
-                    ENTRY_RESEND,
-                    e,
-                )
-                if entries.get((kind, key), (None,))[0] is u:
-                    entries[kind, key] = (u, trio.current_time() + ENTRY_RESEND)
-    return sent
 
 
 class WriteBack:
@@ -436,12 +372,12 @@ class WriteBack:
         while True:
             now = trio.current_time()
             # First the entry updates: what is made in them follows.
-            if await _send_entries(self._entries, self._senders, now):
+            if await send_entries(self._entries, self._senders, now, batch=self.batch):
                 continue
             hurry, self._hurry = self._hurry, False  # (a removal waits for room)
             until = float("inf") if hurry else now
-            gone = _with_their_batches(self._unlinks.values(), until, self.batch)
-            due = _with_their_batches(self._due.values(), now, self.batch)
+            gone = with_their_batches(self._unlinks.values(), until, self.batch)
+            due = with_their_batches(self._due.values(), now, self.batch)
             touched = [parent for parent, at in self._touches.items() if at <= now]
             if gone or due or touched:  # creates first: a removal may be of a file they make
                 await self._send_due_creates(due)
@@ -475,14 +411,14 @@ class WriteBack:
         """Send every deferred removal and create now (unmount, ``fsync`` of a directory);
         ``parallel``: directories whose creates are sent at once (each directory's
         updates follow one another, as they change it; a tree's restore uses many)."""
-        await _send_entries(self._entries, self._senders, float("inf"))
+        await send_entries(self._entries, self._senders, float("inf"), batch=self.batch)
         await self._send_batches([p for p, _ in self._due.values()], parallel)
         await self._send_unlinks([u for u, _ in self._unlinks.values()])
         await self._send_touches(list(self._touches))
 
     async def send_held_in(self, parent: int) -> list[PendingCreate]:
         """Send every entry change held back in ``parent``; the creates not made after."""
-        await _send_entries(self._entries, self._senders, float("inf"), parent)
+        await send_entries(self._entries, self._senders, float("inf"), parent, self.batch)
         creates = await self._senders.send_creates_in(parent)
         await self._send_unlinks([u for u, _ in list(self._unlinks.values()) if u.parent == parent])
         return creates
