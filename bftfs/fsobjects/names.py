@@ -13,6 +13,7 @@ counts following the entries, an object created only where nothing exists.
 from __future__ import annotations
 
 import stat as st
+from collections.abc import Callable
 from typing import Any
 
 from bftfs.fsobjects.data import fs_write
@@ -235,6 +236,27 @@ def _batch(
     return pid, items
 
 
+def _one_after_another(
+    states: States,
+    arg: Any,
+    method: str,
+    each: str,
+    step: Callable[[States, Any], tuple[dict[int, Any], Any]],
+) -> tuple[dict[int, Any], Any]:
+    """A many-entries update (:func:`_batch`) as ``step`` (the one-entry method) of each
+    item in turn on what the ones before left: ``[[each item's object's stat], the
+    parent's last stat]``, or the first refusal."""
+    pid, items = _batch(states, arg, method, each)
+    work = dict(states)
+    stats = []
+    pst: Any = None
+    for oid, f in items:
+        made, (one, pst) = step({pid: work[pid], oid: work[oid]}, dict(f, p=pid))
+        work.update(made)
+        stats.append(one)
+    return work, [stats, pst]
+
+
 def fs_create_many(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     """Several new regular files in one directory, in one update (directory write-back,
     ``fs/writeback/``): exactly what the ``fs.createwrite`` or, for an item with a write
@@ -318,15 +340,7 @@ def fs_mkdir_many(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     A lease the update asks on what it makes (``lx``, ``ln``: ``fsobjects/leases.py``)
     covers every new directory.  Answers ``[[stat of each new directory, in order], stat
     of the parent]``."""
-    pid, items = _batch(states, arg, "fs.mkdirmany", "is a new directory")
-    work = dict(states)
-    stats = []
-    pst: Any = None
-    for oid, f in items:
-        made, (dst, pst) = fs_mkdir({pid: work[pid], oid: work[oid]}, dict(f, p=pid))
-        work.update(made)
-        stats.append(dst)
-    return work, [stats, pst]
+    return _one_after_another(states, arg, "fs.mkdirmany", "is a new directory", fs_mkdir)
 
 
 def fs_link(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
@@ -397,15 +411,7 @@ def fs_unlink_many(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     latest of the items') and ``files``, each an ``fs.unlink`` argument without ``p`` (``o``,
     ``name``, ``now``).  Answers ``[[stat of each object, in order], stat of the parent]``.
     """
-    pid, items = _batch(states, arg, "fs.unlinkmany", "is one it removes")
-    work = dict(states)
-    stats = []
-    pst: Any = None
-    for oid, f in items:
-        made, (fst, pst) = fs_unlink({pid: work[pid], oid: work[oid]}, dict(f, p=pid))
-        work.update(made)
-        stats.append(fst)
-    return work, [stats, pst]
+    return _one_after_another(states, arg, "fs.unlinkmany", "is one it removes", fs_unlink)
 
 
 def fs_rmdir(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
