@@ -256,17 +256,6 @@ class PendingMkdirs:
         """
         if self._by_oid.get(m.oid) is not m:
             return
-        if not m.once.busy and self._many and self.meta.group_of is None:
-            # Its sisters go with it (sending one early is always allowed): a call that
-            # needs ``.git/objects/xx`` made (a link, a create sent at once) sent that one
-            # mkdir alone, and the next call the next one.
-            sisters = [
-                x for x in self._by_dir.get(m.parent, {}).values() if x is not m and not x.once.busy
-            ]
-            if sisters:
-                await self.send_many([m, *sisters[: self.writeback.batch - 1]])
-                if self._by_oid.get(m.oid) is not m:
-                    return
         async with m.once.turn() as mine:
             if not mine:
                 return
