@@ -17,6 +17,7 @@ from typing import Any
 from fs_helpers import Env, busy_writer, run
 from t3_fs_writeback import OPTIONS, new_file, rounds_since
 
+from bftfs.fs.clients import IdTaken
 from bftfs.fs.errors import from_refusal
 from bftfs.fs.writeback.mkdirs import PendingMkdirs
 from bftfs.fs.writeback.schedule import WriteBack
@@ -127,6 +128,37 @@ def test_nodes_without_the_method_get_each_mkdir_alone(tmp_path: Path) -> None:
         assert refused == ["fs.mkdirmany"]
         assert rounds_since(a, before)["fs.mkdir"] == len(NAMES)
         assert not parts(a)[1]._many
+        await seen_by_other(env, top, subs)
+
+    with busy_writer():
+        run(tmp_path, body, fs_options=OPTIONS)
+
+
+def test_a_batch_that_took_effect_unanswered_is_found_made(tmp_path: Path) -> None:
+    """A batch whose update took effect but whose answer the mount never saw is sent
+    again and refused: its objects exist (``oid-exists``, ``IdTaken``).  Each then goes
+    alone and finds itself made (the entry names its object id, ``_made_before``): no
+    directory is lost, none answers ESTALE."""
+
+    async def body(env: Env) -> None:
+        a = env.fss[0]
+        real = a.meta.update_now
+        lost: list[str] = []
+
+        async def answer_lost(objects: Any, method: str, arg: Any) -> Any:
+            got = await real(objects, method, arg)
+            if method == "fs.mkdirmany" and not lost:
+                lost.append(method)
+                raise IdTaken()  # as the same update sent again is answered
+            return got
+
+        a.meta.update_now = answer_lost  # type: ignore[method-assign]
+        top, subs = await held_tree(a)
+        await a.write_back()
+        assert lost == ["fs.mkdirmany"]
+        assert not parts(a)[1].holds_back()
+        for ino in subs.values():
+            assert (await a.getattr(ino)).mode & 0o7777 == 0o750
         await seen_by_other(env, top, subs)
 
     with busy_writer():

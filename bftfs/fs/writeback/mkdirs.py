@@ -310,7 +310,8 @@ class PendingMkdirs:
             )
         except Unavailable:
             raise
-        except (FsError, OutOfDate) as e:
+        except (FsError, OutOfDate, IdTaken) as e:
+            # (IdTaken: an earlier send took effect; each alone finds its own made.)
             if str(e).startswith("no-such-method"):  # nodes of an older release
                 self._many = False
             log.debug("mkdirs of %s together refused (each goes alone): %s", ms, e)
