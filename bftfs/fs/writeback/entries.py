@@ -115,6 +115,9 @@ def _resend_later(
     """Entry updates whose send failed (no answer) are due again in :data:`ENTRY_RESEND`."""
     left = {id(u): key for (k, key), (u, _) in entries.items() if k == kind}
     for u in updates:
+        key = left.get(id(u))
+        if key is None:
+            continue  # (sent before the one that failed, or failed for good)
         log.warning(
             "%s of %r not sent yet (again in %g s): %s",
             kind,
@@ -122,6 +125,4 @@ def _resend_later(
             ENTRY_RESEND,
             e,
         )
-        key = left.get(id(u))
-        if key is not None:
-            entries[kind, key] = (u, trio.current_time() + ENTRY_RESEND)
+        entries[kind, key] = (u, trio.current_time() + ENTRY_RESEND)
