@@ -48,6 +48,17 @@ class MethodRefused(Exception):
         self.message = message
 
 
+#: The refusal of a method the nodes do not have (nodes of an older release).
+NO_SUCH_METHOD = "no-such-method"
+
+
+def unknown_method(e: BaseException) -> bool:
+    """Whether ``e`` (a :class:`MethodRefused`, or the file-system error a client turned
+    it into, whose text starts with the code) says the nodes have no such method: a
+    feature newer than they are, which the caller then stops asking for."""
+    return str(e).startswith(NO_SUCH_METHOD)
+
+
 States = Mapping[int, Any]
 
 #: The key of a state that carries an intent of the cross-group commit
@@ -215,7 +226,7 @@ class Registry:
     def _checked(self, name: str, cls: Class, nobjects: int) -> Method:
         m = self._methods.get(name)
         if m is None:
-            raise MethodRefused("no-such-method", name)
+            raise MethodRefused(NO_SUCH_METHOD, name)
         if m.cls is not cls:
             raise MethodRefused("wrong-class", f"{name} is a {m.cls.value}")
         if not m.min_objects <= nobjects <= m.max_objects:

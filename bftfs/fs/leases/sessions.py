@@ -43,6 +43,7 @@ import trio
 from bftfs.fs.leases.releases import Spawn, Update
 from bftfs.fsobjects.leases import HOLDER_MARGIN
 from bftfs.fsobjects.sessions import DONE, MAX_RECALLS, MOUNT, SLOT, session_oid, slot_for
+from bftfs.qu.objects import unknown_method
 from bftfs.qu.timestamp import NARROW_OBJECTS
 
 log = logging.getLogger(__name__)
@@ -224,7 +225,7 @@ class Sessions:
         try:
             state = await self._update([self.sid(slot)], "session.renew", arg)
         except Exception as e:  # noqa: BLE001 - the session then ends where it was counted
-            if str(e).startswith("no-such-method"):  # nodes of an older release
+            if unknown_method(e):  # nodes of an older release
                 self.enabled = False
                 self._stats["session_unsupported"] += 1
                 log.info("nodes do not know lease sessions: leases are renewed per object")

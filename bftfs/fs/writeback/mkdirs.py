@@ -53,7 +53,7 @@ from bftfs.fs.leases import made_entries
 from bftfs.fs.writeback.once import SendOnce
 from bftfs.fs.writeback.unlinks import about_another_entry
 from bftfs.fsobjects.leases import INHERIT
-from bftfs.qu.objects import MethodRefused
+from bftfs.qu.objects import MethodRefused, unknown_method
 
 if TYPE_CHECKING:
     from bftfs.fs.leases import Leases
@@ -312,7 +312,7 @@ class PendingMkdirs:
             raise
         except (FsError, OutOfDate, IdTaken) as e:
             # (IdTaken: an earlier send took effect; each alone finds its own made.)
-            if str(e).startswith("no-such-method"):  # nodes of an older release
+            if unknown_method(e):  # nodes of an older release
                 self._many = False
             log.debug("mkdirs of %s together refused (each goes alone): %s", ms, e)
             return False
