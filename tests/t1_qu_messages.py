@@ -25,7 +25,7 @@ from bftfs.qu.canon import CanonicalError, canonical, canonical_map, normalise
 from bftfs.qu.history import OHSEntry
 from bftfs.qu.messages import MessageError, ReplyStatus
 from bftfs.qu.replica import cull
-from bftfs.qu.request import Operation, Request, _array_header
+from bftfs.qu.request import Operation, Request, _array_header, _ohs_item, _rh_parsed
 from bftfs.qu.timestamp import Candidate, Timestamp
 
 C0 = int(client_id(0))
@@ -60,6 +60,19 @@ def test_from_bytes_equals_from_wire_on_real_requests() -> None:
         data = r.packed()
         assert Request.from_bytes(data, 6) == Request.from_wire(data, 6) == r
         assert Request.from_bytes(data, 6) == r  # and again, from the entry cache
+
+
+def test_from_bytes_parses_a_history_the_servers_share_once() -> None:
+    """The servers of a quiet object hold one history under different MACs: a node parses
+    its bytes once, not once per server, and each entry keeps its own MACs."""
+    _, req = _warm()
+    ohs = req.mohs[7]
+    assert len({e.rh for e in ohs.values()}) == 1 and len(ohs) == 5
+    _ohs_item.cache_clear()
+    _rh_parsed.cache_clear()
+    got = Request.from_bytes(req.packed(), 6)
+    assert got == req and _rh_parsed.cache_info().misses == 1
+    assert {s: e.auth for s, e in got.mohs[7].items()} == {s: e.auth for s, e in ohs.items()}
 
 
 @settings(max_examples=300, deadline=None)
