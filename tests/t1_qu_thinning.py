@@ -187,11 +187,11 @@ def test_history_space_counts_older_versions_the_strings_only_they_use_and_recor
     10 kB are stored split (``qu.blob``); an object written A, B, B: every version but
     the newest counts, and A's string, which only an older version uses, but not B's,
     which the newest uses too; a thinned record counts; a second object's versions do not
-    mix with the first's; pages of one object each give the same sum."""
+    mix with the first's; pages of one, two or three records give the same sum."""
     from bftfs.kv import MemoryKV
     from bftfs.qu.blobs import HASH_SIZE
     from bftfs.qu.canon import pack
-    from bftfs.qu.retention import HistorySpace, history_space
+    from bftfs.qu.retention import HistoryCursor, HistorySpace, history_space
 
     kv = MemoryKV()
     a, b = random.Random(1).randbytes(10_000), random.Random(2).randbytes(10_000)
@@ -214,11 +214,12 @@ def test_history_space_counts_older_versions_the_strings_only_they_use_and_recor
     schema.store_thinned(kv, OID, Timestamp(9, False, 1, bytes(32)), co, 9)
     after, _ = history_space(kv, None, 100)
     assert after.thinned == 1 and after.bytes == older + after.thinned_bytes > older
-    paged = HistorySpace()
-    start: int | None = None
-    while True:
-        page, start = history_space(kv, start, 1)
-        paged.add(page)
-        if start is None:
-            break
-    assert paged == after
+    for size in (1, 2, 3):  # pages of a record or a few, stopping inside an object
+        paged = HistorySpace()
+        cursor: HistoryCursor | None = None
+        while True:
+            page, cursor = history_space(kv, cursor, size)
+            paged.add(page)
+            if cursor is None:
+                break
+        assert paged == after, size

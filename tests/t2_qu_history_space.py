@@ -61,6 +61,14 @@ async def test_each_node_measures_its_q_u_history_and_status_shows_it(
             statuses.append(NodeStatus(i, "127.0.0.1:1", None, True, node.statistics(), None))
             assert node.progress["qu.history"]["bytes"] == older + thin
         tables.print_nodes(statuses)
+        # Paced and a record a page: the same figure, each page a background step.
+        node, steps = cl.nodes[0], cl.nodes[0].stats["bg.steps"]
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(qu_space, "PAGE", 1)
+            paced = await qu_space.measure(node, duty=0.5)
+        records = paced.older_versions + paced.thinned + 3  # (and the three newest)
+        assert paced == await qu_space.measure(node)
+        assert node.stats["bg.steps"] - steps >= records
         out = capsys.readouterr().out
         want = ", ".join(f"{i} {human(sum(cl.nodes[i].store.read(recount)))}" for i in range(6))
         assert "history (older Q/U versions kept): " + want in " ".join(out.split()), out

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bftfs import thinning
 from bftfs.kv import KV
@@ -315,50 +315,78 @@ def _blob_refs(kv: KV, value: bytes) -> set[bytes]:
     return out
 
 
-def history_space(kv: KV, after: int | None, limit: int) -> tuple[HistorySpace, int | None]:
-    """:class:`HistorySpace` of up to ``limit`` objects with id above ``after`` (in the
-    order of ``qu.rh``), and the id to go on after (None: that was the last page).  A
-    large string an older version shares with another object's newest is counted as
-    history (content copied between files: rare)."""
-    start = schema.oid_key(0 if after is None else after + 1)
-    oids: list[int] = []
-    more = False
-    for key, _ in kv.scan(schema.DB_RH, start, schema.OID_END):
-        if len(oids) >= limit:
-            more = True
-            break
-        oids.append(int.from_bytes(key, "big"))
-    out = HistorySpace()
-    if not oids:
-        return out, None
-    lo = schema.oid_key(oids[0])
-    hi = oids[-1].to_bytes(8, "big") + b"\xff" * (TIMESTAMP_SIZE + 1)
-    counted: set[bytes] = set()
+#: Blob hashes a measure remembers as counted (~100 bytes each) before it starts over.
+MAX_COUNTED = 1 << 20
 
-    def one_object(group: list[tuple[int, bytes]]) -> None:
-        """An object's versions (size, record), oldest first: all but the newest count."""
-        live = _blob_refs(kv, group[-1][1])
-        for size, value in group[:-1]:
+
+@dataclass
+class HistoryCursor:
+    """Where a paged :func:`history_space` walk goes on: after version key ``after`` (of
+    ``qu.ver``, or of ``qu.thin`` once ``thin``), with the key and the blobs of the newest
+    version of the object it stopped in, and the blobs counted so far (a batch's answer
+    is one blob every object of the batch refers to: counted once)."""
+
+    after: bytes = b""
+    thin: bool = False
+    oid: bytes = b""
+    newest: bytes = b""
+    live: set[bytes] = field(default_factory=set)
+    counted: set[bytes] = field(default_factory=set)
+
+
+def history_space(
+    kv: KV, cursor: HistoryCursor | None, limit: int
+) -> tuple[HistorySpace, HistoryCursor | None]:
+    """:class:`HistorySpace` of up to ``limit`` stored records after ``cursor`` (None: from
+    the start), and the cursor to go on from (None: that was the last page).
+
+    Paged by records, not objects: one directory of a busy mount keeps thousands of
+    versions inside the retention window, and a page of 512 objects took up to 1.2 s of
+    a node's loop (``node/qu_space.py``).  A page may stop inside an object: the cursor
+    carries what its newest version reaches and what was counted, so each blob that older
+    versions alone reach counts once whatever the pages (up to :data:`MAX_COUNTED` blobs
+    remembered).  A large string an older version shares with another object's newest is counted as
+    history (content copied between files: rare)."""
+    cur = cursor if cursor is not None else HistoryCursor()
+    out = HistorySpace()
+    seen = 0
+    if not cur.thin:
+        for key, value in kv.scan(schema.DB_VER, cur.after + b"\x00", schema.OID_END):
+            if seen >= limit:
+                return out, cur
+            seen += 1
+            cur.after = bytes(key)
+            if len(key) != 8 + TIMESTAMP_SIZE:
+                continue
+            if key[:8] != cur.oid:
+                cur.oid = bytes(key[:8])
+                cur.newest, record = _newest(kv, cur.oid)
+                cur.live = _blob_refs(kv, record) if record else set()
+                if len(cur.counted) > MAX_COUNTED:
+                    cur.counted = set()
+            if key == cur.newest:
+                continue
             out.older_versions += 1
-            out.older_bytes += size
-            for h in _blob_refs(kv, value) - live - counted:
-                counted.add(h)
+            out.older_bytes += len(key) + len(value)
+            for h in _blob_refs(kv, value) - cur.live - cur.counted:
+                cur.counted.add(h)
                 blob = kv.get(schema.DB_BLOB, h)
                 out.older_bytes += len(h) + (len(blob) if blob is not None else 0)
-
-    last: bytes | None = None
-    group: list[tuple[int, bytes]] = []
-    for key, value in kv.scan(schema.DB_VER, lo, hi):  # oldest first: the last is newest
-        if len(key) != 8 + TIMESTAMP_SIZE:
-            continue
-        if key[:8] != last and group:
-            one_object(group)
-            group = []
-        last = bytes(key[:8])
-        group.append((len(key) + len(value), value))
-    if group:
-        one_object(group)
-    for key, value in kv.scan(schema.DB_THIN, lo, hi):
+        cur.thin, cur.after = True, b""
+    for key, value in kv.scan(schema.DB_THIN, cur.after + b"\x00", schema.OID_END):
+        if seen >= limit:
+            return out, cur
+        seen += 1
+        cur.after = bytes(key)
         out.thinned += 1
         out.thinned_bytes += len(key) + len(value)
-    return out, oids[-1] if more else None
+    return out, None
+
+
+def _newest(kv: KV, oid: bytes) -> tuple[bytes, bytes]:
+    """The key and record of object ``oid``'s (8 bytes) newest stored version."""
+    hi = oid + b"\xff" * (TIMESTAMP_SIZE + 1)
+    for key, value in kv.scan(schema.DB_VER, oid, hi, reverse=True):
+        if len(key) == 8 + TIMESTAMP_SIZE:
+            return bytes(key), bytes(value)
+    return b"", b""
