@@ -65,7 +65,7 @@ async def test_each_node_measures_its_q_u_history_and_status_shows_it(
         node, steps = cl.nodes[0], cl.nodes[0].stats["bg.steps"]
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(qu_space, "PAGE", 1)
-            paced = await qu_space.measure(node, duty=0.5)
+            paced = await qu_space.measure(node, duty=0.9)
         records = paced.older_versions + paced.thinned + 3  # (and the three newest)
         assert paced == await qu_space.measure(node)
         assert node.stats["bg.steps"] - steps >= records
