@@ -29,6 +29,10 @@ holding began (:meth:`HeldFiles.holds_current`):
   writes back under the directory's lease alone, the file's own lease let end
   (``Taker.lapses``), due before the directory's lease ends less the margin (issue 64:
   PostMark's appends, one per file every few seconds, each went as an ``fs.write``).
+  Also while it still holds its own lease, when that may lapse (its directory's removals
+  wait in write-back, ``Taker.lapses``): held back under its own, the file counted as
+  written and the held files' sweep renewed its lease, which held the next append back
+  again (PostMark 2 000 / 100 000: 10 033 file leases renewed, a seventh of the rounds).
 - **A crash** of the mount loses the writes of the last ``commit`` seconds that no
   ``fsync`` covered, as a local file system's crash does; the servers keep the file as
   it was before them.
@@ -229,20 +233,15 @@ class HeldFiles:
             return True
         left = self.leases.exclusive_left(f.ino)
         own = self.holds_current(f)
-        # Unseen: its writes wait on the directory's lease, as its removal would
-        # (``fs/writeback/unlinks.py``), with the same margins; also when it holds its own
-        # lease, if that may lapse (``Taker.lapses``): held back under its own, it counted
-        # as written and the sweep renewed it, so it was held back under it again
-        # (PostMark 2 000 / 100 000: 10 033 file leases renewed, a seventh of the rounds).
         under = self.unseen_in(f) if not own or self.leases.taker.lapses(f.ino) else None
-        if under is not None:
+        if under is not None:  # unseen: on the directory's lease (module docstring)
             self.leases.want_exclusive(under)  # (renewed ahead of its end, as for removals)
             if self.leases.exclusive_left(under) > 2 * LEASE_MARGIN:
                 left = self.leases.exclusive_left(under)
-            elif own:
-                under = None
-            else:
+            elif not own:
                 return False
+            else:
+                under = None
         elif not own:
             return False
         if (
@@ -407,9 +406,9 @@ class HeldFiles:
         nothing per file (issue 62: a tree just unpacked, read by ``grep`` and ``git
         add`` a minute later, cost every file a renewal per third of a term); one a
         removal asked back (``Leases.reclaim_exclusive``) is not bound for a term, and
-        is renewed as exclusive with the busy ones.  A file
-        left unused that long lets its exclusive lease end (an idle mount stops
-        renewing); a bound one goes when its tree is idle (``fs/leases/holdings.py``)."""
+        is renewed as exclusive with the busy ones.  A file left unused that long lets its
+        exclusive lease end (an idle mount stops renewing); a bound one goes when its tree
+        is idle (``fs/leases/holdings.py``)."""
         while True:
             await trio.sleep(self.leases.term / 3)
             now = trio.current_time()
