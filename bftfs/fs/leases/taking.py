@@ -26,9 +26,10 @@ from typing import Any
 import trio
 
 from bftfs.fs.leases.answers import MAX_ANSWERS, LeasedAnswers
+from bftfs.fs.leases.batches import Batch, plan, send_batches
 from bftfs.fs.leases.holdings import COOLDOWN, Holdings, Lease
 from bftfs.fs.leases.recalls import Recalls
-from bftfs.fs.leases.releases import BATCH, Spawn, Update
+from bftfs.fs.leases.releases import Spawn, Update
 from bftfs.fs.leases.sessions import Sessions
 from bftfs.fsobjects.leases import BOUND, EXCLUSIVE, HOLDER_MARGIN, SHARED
 from bftfs.fsobjects.sessions import SLOT
@@ -48,9 +49,6 @@ FILE_USES = 4
 #: ``rm -rf``'s removals meanwhile went one by one (issue 62: 221 of 3 000).  Half of 25
 #: leaves it 6.5 s; at the shortest term (10 s, 5 counted) the third stays.
 WRITE_BACK_RENEW = 0.5
-#: Seconds the leases asked for are gathered before they are sent (a lease is an
-#: optimisation: taking it a moment later costs nothing, a round per object would).
-GATHER = 0.002
 #: How many of the slowest recent waits for a grant a renewal is asked ahead of its
 #: lease's end (:meth:`Taker.renew_margin`), and how many recent waits are remembered.
 #: Two: a renewal asked that early comes back in time even when it waits twice as long
@@ -108,6 +106,8 @@ class Taker:
         self._taking = False
         #: Objects whose lease is asked for alone (one of a refused batch).
         self._solo: set[int] = set()
+        #: Directories whose write-back lease is asked for: sent first, unpaced.
+        self._urgent: set[int] = set()
         #: Directories whose files' exclusive leases were asked again (trio time).
         self._reclaimed: dict[int, float] = {}
         #: Files whose exclusive lease a removal asked back -> until when (trio time) it
@@ -279,12 +279,18 @@ class Taker:
             due = max(term / 3, (term - HOLDER_MARGIN / 1e9) * WRITE_BACK_RENEW)
             due = max(due, self.renew_margin())
             if h.slot is None and h.until - now < due:
-                self.ask(oid, now, EXCLUSIVE)
+                self._ask_first(oid, now)
             self.ensure_listing(oid)
             return
         self._creates[oid] += 1
         if self._creates[oid] >= USES:
-            self.ask(oid, now, EXCLUSIVE)
+            self._ask_first(oid, now)
+
+    def _ask_first(self, oid: int, now: float) -> None:
+        """Ask for the exclusive lease of ``oid``, a directory's sent ahead of the
+        files' leases (``leases/batches.py``)."""
+        if self.ask(oid, now, EXCLUSIVE) and oid not in self._files:
+            self._urgent.add(oid)
 
     def reclaim_exclusive(self, parent: int) -> None:
         """``Leases.reclaim_exclusive``: ask again for the exclusive leases of the files
@@ -323,29 +329,17 @@ class Taker:
         return int(self._holdings.term * 1e9)
 
     async def _take_wanted(self) -> None:
-        """Take the leases asked for, :data:`BATCH` objects of one quorum per update
-        (objects congruent mod ``n`` share their preferred quorum, ``Meta.new_oid``: a
-        directory's entries do), the groups at once; what is asked meanwhile goes next."""
+        """Take the leases asked for (``fs/leases/batches.py``: a directory's write-back
+        lease first, the others a few updates at a time)."""
         try:
-            while self._wanted:
-                await trio.sleep(GATHER)  # the burst of queries asking queues the rest
-                wanted, self._wanted = self._wanted, []
-                groups: dict[tuple[int, int], list[int]] = {}
-                alone = [oid for oid in wanted if oid in self._solo]
-                self._solo.difference_update(alone)
-                for oid in wanted:
-                    if oid not in alone:
-                        key = (self._kinds.get(oid, SHARED), oid % self._n)
-                        groups.setdefault(key, []).append(oid)
-                async with trio.open_nursery() as nursery:
-                    for oid in alone:
-                        nursery.start_soon(self._take, [oid], self._kinds.get(oid, SHARED))
-                    for (kind, _), group in groups.items():
-                        size = BATCH - 1 if kind == SHARED else BATCH  # (with the session)
-                        for i in range(0, len(group), size):
-                            nursery.start_soon(self._take, group[i : i + size], kind)
+            await send_batches(self._take, self._planned, lambda: bool(self._wanted))
         finally:
             self._taking = False
+
+    def _planned(self) -> list[Batch]:
+        wanted, self._wanted = self._wanted, []
+        urgent = self._urgent
+        return plan(wanted, solo=self._solo, kinds=self._kinds, n=self._n, urgent=urgent)
 
     async def _take(self, oids: list[int], kind: int = SHARED) -> None:
         """Ask for (or renew) leases of ``kind`` on ``oids`` in one update; a refusal
