@@ -58,7 +58,7 @@ def plan(
         else:
             key = (oid not in urgent, kinds.get(oid, SHARED), oid % n)
             groups.setdefault(key, []).append(oid)
-    for (paced, kind, _), group in sorted(groups.items()):
+    for (paced, kind, _), group in groups.items():
         size = BATCH - 1 if kind == SHARED else BATCH
         out += [Batch(group[i : i + size], kind, paced) for i in range(0, len(group), size)]
     solo.difference_update(wanted)

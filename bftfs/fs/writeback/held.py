@@ -236,13 +236,12 @@ class HeldFiles:
         under = self.unseen_in(f) if not own or self.leases.taker.lapses(f.ino) else None
         if under is not None:  # unseen: on the directory's lease (module docstring)
             self.leases.want_exclusive(under)  # (renewed ahead of its end, as for removals)
-            if self.leases.exclusive_left(under) > 2 * LEASE_MARGIN:
-                left = self.leases.exclusive_left(under)
-            elif not own:
-                return False
+            parent_left = self.leases.exclusive_left(under)
+            if parent_left > 2 * LEASE_MARGIN:
+                left = parent_left
             else:
-                under = None
-        elif not own:
+                under = None  # (held back under its own lease, if it holds one)
+        if under is None and not own:
             return False
         if (
             f.size > MAX_FILE
