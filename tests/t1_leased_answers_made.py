@@ -5,6 +5,8 @@ changed them, so a lookup answered from them is never wrong."""
 
 from __future__ import annotations
 
+import pytest
+
 from bftfs.fs.leases.answers import LeasedAnswers, made_entries
 from bftfs.fsobjects import DIR_TYPE
 
@@ -83,3 +85,19 @@ def test_an_update_beyond_entries_forgets_the_extended_attribute_names_kept() ->
     assert answers.xattrs[D] == frozenset((b"user.a",))
     answers.changed([D], None, frozenset())  # fs.setxattr
     assert D not in answers.xattrs
+
+
+def test_past_its_bound_the_oldest_made_names_go_not_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A directory with more names made here than the bound keeps the newest ones (it
+    was cleared whole: every name made here was then looked up at the servers again)."""
+    from bftfs.fs.leases import answers as answers_module
+
+    monkeypatch.setattr(answers_module, "MAX_MADE", 8)
+    answers = LeasedAnswers()
+    for k in range(12):
+        name = b"f%d" % k
+        arg = {"p": D, "o": 100 + k, "name": name, "mode": 0o100644}
+        made = made_entries("fs.mkdir", arg)
+        answers.entry_done("fs.mkdir", D, frozenset((name,)), "taken", made, leased_before=True)
+    known = [k for k in range(12) if answers.listed_entry(D, b"f%d" % k) is not None]
+    assert known == list(range(4, 12)), known

@@ -343,8 +343,8 @@ class Handles:
         """Make this file's buffered writes durable: blocks, then size and mtime.  Waits
         for a background flush first and reports its error (after sending what is still
         buffered: the error says an earlier write may not have reached the servers).  A
-        close (not ``durable``) of a small new file in a directory this mount holds an
-        exclusive lease on leaves its create to directory write-back (``fs/writeback/``)."""
+        close (not ``durable``) of a small new file in a directory leased here exclusively
+        leaves its create to write-back (``fs/writeback/``), at its bound after room is made."""
         f, _ = self.table.handle(fh)
         if fh in f.dropped_for:
             f.dropped_for.discard(fh)
@@ -357,6 +357,7 @@ class Handles:
         await behind_done(f, report=False)
         failed, f.behind_error = f.behind_error, None
         f.invalidate_prefetch()
+        await self.pending.room_for(f, failed is None and not durable)
         if failed is not None or durable or not self._may_defer(f):
             async with self._unsent(f, fh):
                 await self._flush_file(f)
@@ -392,8 +393,7 @@ class Handles:
             f.dropped_for |= others
 
     def _may_defer(self, f: OpenFile) -> bool:
-        """Whether a close may leave ``f``'s buffered writes for later: its create waits in
-        directory write-back, or the file is leased here exclusively (``fs/writeback/held.py``)."""
+        """Whether a close may leave ``f``'s writes for later (write-back, or held: held.py)."""
         if self.pending.defers(f):
             return True
         if self.held is None or not f.buffered or self.pending.not_made(f.ino):

@@ -31,7 +31,12 @@ from bftfs.qu.objects import MethodRefused
 log = logging.getLogger(__name__)
 
 #: Most answers kept per object (a directory's lookups); past it the oldest half goes.
-MAX_ANSWERS = 4096
+#: As many as the closed files a mount keeps (``fs/writeback/held.py``, ``MAX_KEPT``).
+MAX_ANSWERS = 16384
+#: Most entries this mount made kept per directory (a name, its object and type: about
+#: 150 bytes); past it the oldest half goes (cleared whole at 4 096 before, every name
+#: of a big directory made here was then looked up at the servers again).
+MAX_MADE = 65536
 
 #: Entry updates that make their name exist, and those that remove it (a refusal says the
 #: same: a create refused ``exists`` found the name, an unlink refused ``not-found`` did not).
@@ -278,8 +283,9 @@ class LeasedAnswers:
         if not made:
             return
         own = self.made.setdefault(parent, {})
-        if len(own) + len(made) > MAX_ANSWERS:
-            own.clear()  # (a lookup of the ones forgotten asks the servers)
+        if len(own) + len(made) > MAX_MADE:  # (a lookup of one forgotten asks the servers)
+            for name in list(own)[: max(MAX_MADE // 2, len(made))]:
+                del own[name]
         own.update(made)
 
     def drop(self, oid: int) -> None:

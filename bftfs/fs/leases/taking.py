@@ -25,7 +25,7 @@ from typing import Any
 
 import trio
 
-from bftfs.fs.leases.answers import MAX_ANSWERS, LeasedAnswers
+from bftfs.fs.leases.answers import LeasedAnswers
 from bftfs.fs.leases.batches import Batch, plan, send_batches
 from bftfs.fs.leases.holdings import COOLDOWN, Holdings, Lease
 from bftfs.fs.leases.recalls import Recalls
@@ -35,6 +35,10 @@ from bftfs.fsobjects.leases import BOUND, EXCLUSIVE, HOLDER_MARGIN, SHARED
 from bftfs.fsobjects.sessions import SLOT
 
 log = logging.getLogger(__name__)
+
+#: Objects (and directories) each of the taker's records tracks, past which they are
+#: trimmed: a bound, not a cache worth keeping.
+TRACKED = 4096
 
 #: Queries of an object while no lease was held before one is taken.
 USES = 2
@@ -128,7 +132,7 @@ class Taker:
         """A query of ``oids`` answered while not all were leased (``leased``: their
         leases): a use of each not leased, asked for after :data:`USES` of them."""
         if len(oids) == 1 and isinstance(answer, dict) and answer.get("k") == "f":
-            if len(self._files) >= MAX_ANSWERS * 16:  # a bound, not a cache worth keeping
+            if len(self._files) >= TRACKED * 16:  # a bound, not a cache worth keeping
                 self._files.clear()
             self._files.add(oids[0])
         for o, h in zip(oids, leased, strict=True):
@@ -208,7 +212,7 @@ class Taker:
         """A removal in directory ``parent`` asks to wait in write-back (``WriteBack``):
         its files no other client can have seen need no lease of their own meanwhile
         (:meth:`lapses`)."""
-        if len(self._removing) >= MAX_ANSWERS and parent not in self._removing:
+        if len(self._removing) >= TRACKED and parent not in self._removing:
             self._removing.clear()  # a bound: at worst some files are renewed once more
         self._removing[parent] = trio.current_time()
 
@@ -270,7 +274,7 @@ class Taker:
     def want_exclusive(self, oid: int) -> None:
         """``Leases.want_exclusive``: count a deferred create or removal in ``oid``."""
         now = trio.current_time()
-        if len(self._worked) >= MAX_ANSWERS and oid not in self._worked:
+        if len(self._worked) >= TRACKED and oid not in self._worked:
             self._worked.clear()  # a bound: at worst some files go to the session once more
         self._worked[oid] = now
         h = self._holdings.live(oid, now)
@@ -304,10 +308,10 @@ class Taker:
         now = trio.current_time()
         if now < self._reclaimed.get(parent, float("-inf")) + self._holdings.term / 3:
             return
-        if len(self._reclaimed) >= MAX_ANSWERS:
+        if len(self._reclaimed) >= TRACKED:
             self._reclaimed.clear()
         self._reclaimed[parent] = now
-        if len(self._kept_exclusive) >= MAX_ANSWERS * 16:  # a bound: drop those over
+        if len(self._kept_exclusive) >= TRACKED * 16:  # a bound: drop those over
             self._kept_exclusive = {o: t for o, t in self._kept_exclusive.items() if t > now}
         held = self._holdings.held
         for oid in list(self._holdings.children.get(parent, ())):

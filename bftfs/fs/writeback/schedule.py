@@ -22,7 +22,8 @@ by its *due* time in the background (:meth:`WriteBack.run`).
   create (``fs/writeback/unlinks.py``).
 - **Bounds**: at most :data:`MAX_DEFERRED` creates and removals, and :data:`MAX_BYTES`
   of content, wait at once, files of at most :data:`MAX_FILE` (more close as before), and
-  a close defers only while the lease has more than twice the margin left.
+  a close defers only while the lease has more than twice the margin left.  At the first
+  bound a close or removal waits for the oldest held-back ones to go (``room.py``).
 - **A crash** of the mount loses the deferred creates (at most ``commit`` seconds of
   closes, the promise of a local file system); the servers hold what they held before
   them.  A mount cut off past its lease sends them when it can; a name another client made
@@ -47,6 +48,7 @@ from bftfs.fs.writeback.entries import (
     send_entries,
     with_their_batches,
 )
+from bftfs.fs.writeback.room import Room
 from bftfs.qu.timestamp import NARROW_OBJECTS
 
 if TYPE_CHECKING:
@@ -187,11 +189,9 @@ class WriteBack:
         #: Most creates and removals held back at once (:data:`MAX_DEFERRED`; a test
         #: lowers it to reach it with a few files).
         self.max_deferred = MAX_DEFERRED
-        #: Set by a removal waiting for room (:meth:`room_for_unlink`): the task sends
-        #: every held-back removal now, due or not.
-        self._hurry = False
-        #: Set when held-back removals were taken out to be sent: room was made.
-        self._unlinks_went = trio.Event()
+        #: Closes and removals waiting at the bound for held-back ones to go (``room.py``).
+        self._create_room = Room()
+        self._unlink_room = Room()
         #: Deferred creates taken out to be sent, not answered yet (:meth:`writing_back`).
         self._writing: set[int] = set()
 
@@ -229,8 +229,7 @@ class WriteBack:
 
         The object's own lease: another client may reach the file again by a name its
         kernel caches, without reading the directory; only that lease makes its open
-        recall something here, which sends the removal first (else it opened the
-        removed file)."""
+        recall something here, which sends the removal first (else it opened it)."""
         left = self.leases.exclusive_left(u.parent)
         self.leases.taker.removes_in(u.parent)
         if reachable:
@@ -254,12 +253,18 @@ class WriteBack:
         if self.held() < self.max_deferred or not self._unlinks:
             return
         self.stats["unlink_room_waits"] += 1
-        if self._unlinks_went.is_set():
-            self._unlinks_went = trio.Event()
-        went = self._unlinks_went
-        self._hurry = True
         self._started()
-        await went.wait()
+        await self._unlink_room.wait()
+
+    async def room_for_create(self, parent: int) -> None:
+        """As :meth:`room_for_unlink`, for a close about to hold its create back in
+        ``parent`` (leased here): the oldest creates go, an update's worth (``room.py``)."""
+        left = self.leases.exclusive_left(parent)
+        if self.held() < self.max_deferred or not self._due or left <= 2 * LEASE_MARGIN:
+            return
+        self.stats["create_room_waits"] += 1
+        self._started()
+        await self._create_room.wait()
 
     def defer_entry(self, kind: str, key: int, parent: int, update: Any) -> bool:
         """Whether entry update ``update`` of ``kind`` (a mkdir, a rename) in directory
@@ -301,7 +306,7 @@ class WriteBack:
     def unlink_sent(self, oid: int) -> None:
         """The removal of ``oid`` was taken or dropped for good."""
         if self._unlinks.pop(oid, None) is not None:
-            self._unlinks_went.set()  # room made (:meth:`room_for_unlink`)
+            self._unlink_room.made()
 
     def _due_time(self, left: float) -> float:
         """When something deferred now is sent: ``commit`` from now, or the lease's end
@@ -336,6 +341,7 @@ class WriteBack:
         entry = self._due.pop(oid, None)
         if entry is None:
             return None
+        self._create_room.made()
         p = entry[0]
         self._bytes -= self._sizes.pop(oid, 0)
         in_dir = self._due_in.get(p.parent)
@@ -374,10 +380,10 @@ class WriteBack:
             # First the entry updates: what is made in them follows.
             if await send_entries(self._entries, self._senders, now, batch=self.batch):
                 continue
-            hurry, self._hurry = self._hurry, False  # (a removal waits for room)
-            until = float("inf") if hurry else now
+            until = self._unlink_room.due_by(now, ())  # (a removal waits for room: all)
             gone = with_their_batches(self._unlinks.values(), until, self.batch)
-            due = with_their_batches(self._due.values(), now, self.batch)
+            until = self._create_room.due_by(now, (at for _, at in self._due.values()), self.batch)
+            due = with_their_batches(self._due.values(), until, self.batch)
             touched = [parent for parent, at in self._touches.items() if at <= now]
             if gone or due or touched:  # creates first: a removal may be of a file they make
                 await self._send_due_creates(due)
@@ -491,7 +497,7 @@ class WriteBack:
             return
         for u in us:  # (one the cluster does not answer is put back: retry_unlink)
             self._unlinks.pop(u.oid, None)
-        self._unlinks_went.set()  # room made: a removal waiting for it goes on meanwhile
+        self._unlink_room.made()  # a removal waiting for room goes on meanwhile
         try:
             await self._senders.send_unlinks(us)
             self.stats["unlinks_written_back"] += len(us)
