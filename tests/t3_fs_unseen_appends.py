@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import trio
 from fs_helpers import Env, run
 from t3_fs_heldfiles import append, read_all, rounds
 from t3_fs_leases import until
@@ -160,3 +161,55 @@ def test_a_rename_out_of_the_directory_keeps_the_held_appends(tmp_path: Path) ->
         assert await read_all(b, ino) == b"first\nkept\n"
 
     run(tmp_path, body, fs_options=OPTIONS)
+
+
+async def unseen_in_a_new_directory(fs: FileSystem, n: int) -> tuple[int, list[int]]:
+    """A new directory held here exclusively, and ``n`` unseen files in it past their own
+    leases (:func:`unseen_files_past_their_leases`)."""
+    d = (await fs.mkdir(ROOT, b"d", 0o755, 0, 0)).ino
+    await exclusive(fs, d)
+    return d, await unseen_files_past_their_leases(fs, d, n)
+
+
+def test_a_new_lease_on_an_unseen_file_keeps_its_own_attributes(tmp_path: Path) -> None:
+    """A lease granted on a file no other client can have seen, after its own ended (a
+    big directory's files' leases turned into the session's too late), leaves what the
+    mount's own updates answered of it: only this mount can have changed it, so a
+    ``stat`` needs no round.  Before: each such grant forgot them, and 10 000 files made
+    and then looked at cost an ``fs.stat`` each."""
+
+    async def body(env: Env) -> None:
+        fs, leases = env.fs, env.fs.meta.leases
+        assert leases is not None
+        d, oids = await unseen_in_a_new_directory(fs, 2)
+        for o in oids:
+            await leases.taker.take_exclusive(o)  # a new holding: the grant's own path
+            assert leases.exclusive_left(o) > 0
+            leases.holdings.drop(o)  # (ended again: its attributes are not the lease's)
+            await fs.meta.update([o], "fs.release", {"lt": leases.holdings.wall_ns()})
+        before = rounds(fs)
+        for o in oids:
+            assert (await fs.getattr(o)).size == len(b"first\n")
+        assert rounds(fs) == before, dict(fs.meta.methods)
+
+    run(tmp_path, body, clients=1, fs_options=OPTIONS)
+
+
+def test_an_unseen_files_use_renews_its_directorys_lease(tmp_path: Path) -> None:
+    """Answering from a file no other client can have seen relies on its directory's
+    exclusive lease, so it renews that lease when due, as a use of the directory does:
+    the kernel answers a big tree's lookups itself, the directory looked idle, its lease
+    ended with 10 000 of its files in use, and each of them then cost a round."""
+
+    async def body(env: Env) -> None:
+        fs, leases = env.fs, env.fs.meta.leases
+        assert leases is not None
+        d, oids = await unseen_in_a_new_directory(fs, 1)
+        h = leases.holdings.held[d]
+        soon = trio.current_time() + 2.0  # less than a third of the term left
+        h.until = soon
+        await fs.getattr(oids[0])  # answered from its own attributes
+        await until("the directory renewed", lambda: leases.holdings.held[d].until > soon + 10)
+        assert leases.unseen.directory_of(oids[0]) == d  # the same holding: still unseen
+
+    run(tmp_path, body, clients=1, fs_options=OPTIONS)

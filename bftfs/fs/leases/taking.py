@@ -89,6 +89,7 @@ class Taker:
         ``sessions``: the mount's sessions shared leases are bound to (None: none)."""
         self.sessions = sessions
         self._holdings = holdings
+        holdings.unseen.relied_on = lambda parent: self.renew_if_due([parent], trio.current_time())
         self._recalls = recalls
         self._answers = answers
         self._update = update
@@ -159,6 +160,8 @@ class Taker:
         self._holdings.asking.add(oid)
         self._asked_at[oid] = now if now > 0 else trio.current_time()
         self._wanted.append(oid)
+        if kind == EXCLUSIVE and oid not in self._files and self._holdings.children.get(oid):
+            self._urgent.add(oid)  # (what it made is held under it: ahead of files' asks)
         if not self._taking:
             self._taking = True
             self._spawn(self._take_wanted)

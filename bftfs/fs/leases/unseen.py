@@ -31,6 +31,9 @@ class UnseenFiles:
         self._made: dict[int, tuple[int, float]] = {}
         #: Directories published under their holding that began then (``publish.py``).
         self._published: dict[int, float] = {}
+        #: Told each directory whose holding a file's being unseen is relied on for (a use
+        #: of that holding, which must then last: ``Taker.renew_if_due``); None: nobody.
+        self.relied_on: Callable[[int], None] | None = None
 
     def made(self, parent: int, oids: Sequence[int], since: float) -> None:
         """``oids`` were made in ``parent`` under its holding that began at ``since``
@@ -44,7 +47,11 @@ class UnseenFiles:
 
     def directory_of(self, oid: int) -> int | None:
         """The directory of file ``oid`` while no other client can have seen it, else None
-        (forgotten once the directory's holding broke)."""
+        (forgotten once the directory's holding broke).  Asked when an answer relies on
+        it: a use of the directory's holding (:attr:`relied_on`).  The kernel answers most
+        lookups of a big tree itself, so the directory's own uses stop while its files'
+        go on: its lease ended with 10 000 files in use, and every one of them then cost
+        a round."""
         made = self._made.get(oid)
         if made is None:
             return None
@@ -52,6 +59,8 @@ class UnseenFiles:
         if self._exclusive_from(parent) != since:
             del self._made[oid]
             return None
+        if self.relied_on is not None:
+            self.relied_on(parent)
         return parent
 
     def publish(self, parent: int) -> None:
