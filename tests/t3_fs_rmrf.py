@@ -172,10 +172,10 @@ def test_rm_rf_past_the_write_back_bounds_batches_its_removals(tmp_path: Path) -
 
 
 def test_files_made_past_the_write_back_bound_go_together_not_alone(tmp_path: Path) -> None:
-    """Past write-back's bound a close waits for the oldest held-back creates to be taken
-    out (an update's worth, ``fs.createmany``) and then holds its own back, as a removal
-    does at the bound: 3 000 files made in one directory sent 604 creates alone before
-    (``fs.createwrite``, a round a file: 10.9 s, now 3.9 s).  Every file is there after."""
+    """At write-back's bound a close has the oldest held-back creates sent early (an
+    update's worth, ``fs.createmany``) and the next closes find room: 3 000 files made in
+    one directory sent 604 creates alone before (``fs.createwrite``, a round a file:
+    10.9 s), 64 now (6.4 s).  Every file is there after."""
 
     async def body(env: Env) -> None:
         fs = env.fs
@@ -188,11 +188,11 @@ def test_files_made_past_the_write_back_bound_go_together_not_alone(tmp_path: Pa
         names = [b"m%04d" % k for k in range(PAST)]
         for name in names:
             await new_file(fs, d, name, b"x\n")
-        assert leases.stats["create_room_waits"] >= 1, leases.stats
+        assert leases.stats["create_room_asks"] >= 1, leases.stats
         await fs.write_back()
         work = {k: v - before[k] for k, v in fs.meta.methods.items() if v != before[k]}
         alone = work.get("fs.createwrite", 0) + work.get("fs.create", 0)
-        assert alone == 0, work
+        assert alone <= PAST // 8, work  # (before: every one past the bound, 24)
         assert work.get("fs.createmany", 0) >= PAST // wb.batch, work
         assert set(names) <= {name for name, _ in await fs.readdir(d)}
 

@@ -184,15 +184,14 @@ class PendingCreates:
             return True  # another handle is open (:meth:`_open_again`): the last close decides
         return self.writeback.defer(p, f.size)
 
-    async def room_for(self, f: OpenFile, closing: bool = True) -> None:
+    def room_for(self, f: OpenFile, closing: bool = True) -> None:
         """Before :meth:`defers` (a close, not an ``fsync``: ``closing``): at write-back's
-        bound, wait for the oldest held-back creates to go (``WriteBack.room_for_create``)
-        rather than send this one alone."""
+        bound, the oldest held-back creates go early (``WriteBack.room_for_create``)."""
         p = self._waiting(f.ino)
         if not closing or p is None or self.writeback is None or f.behind is not None:
             return
         if not self.writeback.deferred(p.oid):
-            await self.writeback.room_for_create(p.parent)
+            self.writeback.room_for_create(p.parent)
 
     def deferred_stat(self, ino: int) -> dict[str, Any] | None:
         """The attributes of ``ino`` when its create is left to write-back and not being

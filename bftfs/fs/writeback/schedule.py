@@ -189,7 +189,7 @@ class WriteBack:
         #: Most creates and removals held back at once (:data:`MAX_DEFERRED`; a test
         #: lowers it to reach it with a few files).
         self.max_deferred = MAX_DEFERRED
-        #: Closes and removals waiting at the bound for held-back ones to go (``room.py``).
+        #: Closes and removals at the bound asking for held-back ones to go (``room.py``).
         self._create_room = Room()
         self._unlink_room = Room()
         #: Deferred creates taken out to be sent, not answered yet (:meth:`writing_back`).
@@ -256,15 +256,16 @@ class WriteBack:
         self._started()
         await self._unlink_room.wait()
 
-    async def room_for_create(self, parent: int) -> None:
-        """As :meth:`room_for_unlink`, for a close about to hold its create back in
-        ``parent`` (leased here): the oldest creates go, an update's worth (``room.py``)."""
+    def room_for_create(self, parent: int) -> None:
+        """A close is about to hold its create back in ``parent`` (leased here): at the
+        bound, the task sends the oldest held-back creates early, an update's worth, and
+        the close goes on as before (``room.py``: the next closes find room)."""
         left = self.leases.exclusive_left(parent)
         if self.held() < self.max_deferred or not self._due or left <= 2 * LEASE_MARGIN:
             return
-        self.stats["create_room_waits"] += 1
+        self.stats["create_room_asks"] += 1
+        self._create_room.hurry()
         self._started()
-        await self._create_room.wait()
 
     def defer_entry(self, kind: str, key: int, parent: int, update: Any) -> bool:
         """Whether entry update ``update`` of ``kind`` (a mkdir, a rename) in directory
@@ -341,7 +342,6 @@ class WriteBack:
         entry = self._due.pop(oid, None)
         if entry is None:
             return None
-        self._create_room.made()
         p = entry[0]
         self._bytes -= self._sizes.pop(oid, 0)
         in_dir = self._due_in.get(p.parent)
