@@ -344,7 +344,7 @@ class Handles:
         for a background flush first and reports its error (after sending what is still
         buffered: the error says an earlier write may not have reached the servers).  A
         close (not ``durable``) of a small new file in a directory leased here exclusively
-        leaves its create to write-back (``fs/writeback/``), at its bound after room is made."""
+        leaves its create to write-back (``fs/writeback/``; at its bound: ``room.py``)."""
         f, _ = self.table.handle(fh)
         if fh in f.dropped_for:
             f.dropped_for.discard(fh)

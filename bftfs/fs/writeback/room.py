@@ -22,12 +22,12 @@ import trio
 
 
 class Room:
-    """One kind of held-back work (creates, or removals) a writer may wait to make room
-    in (module docstring)."""
+    """One kind of held-back work (creates, or removals) that a writer at the bound asks
+    to go early, and may wait for (module docstring)."""
 
     def __init__(self) -> None:
         self._made = trio.Event()
-        #: Whether a writer waits: the task sends some of this kind now, due or not.
+        #: Whether a writer asked: the task sends some of this kind now, due or not.
         self._hurried = False
 
     async def wait(self) -> None:
@@ -44,7 +44,7 @@ class Room:
 
     def due_by(self, now: float, times: Iterable[float], most: int | None = None) -> float:
         """What the task sends now is what is due by this (the task's look: it clears a
-        writer's request): ``now``; while a writer waits, everything, or with ``most``
+        writer's request): ``now``; once a writer asked, everything, or with ``most``
         the ``most`` held back longest (those due soonest)."""
         hurried, self._hurried = self._hurried, False
         if not hurried:

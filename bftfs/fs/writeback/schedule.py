@@ -23,7 +23,8 @@ by its *due* time in the background (:meth:`WriteBack.run`).
 - **Bounds**: at most :data:`MAX_DEFERRED` creates and removals, and :data:`MAX_BYTES`
   of content, wait at once, files of at most :data:`MAX_FILE` (more close as before), and
   a close defers only while the lease has more than twice the margin left.  At the first
-  bound a close or removal waits for the oldest held-back ones to go (``room.py``).
+  bound the oldest held-back ones go early: a removal waits for it, a close does not
+  (``room.py``).
 - **A crash** of the mount loses the deferred creates (at most ``commit`` seconds of
   closes, the promise of a local file system); the servers hold what they held before
   them.  A mount cut off past its lease sends them when it can; a name another client made
