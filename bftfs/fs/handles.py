@@ -357,7 +357,6 @@ class Handles:
         await behind_done(f, report=False)
         failed, f.behind_error = f.behind_error, None
         f.invalidate_prefetch()
-        self.pending.room_for(f, failed is None and not durable)
         if failed is not None or durable or not self._may_defer(f):
             async with self._unsent(f, fh):
                 await self._flush_file(f)

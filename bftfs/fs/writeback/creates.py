@@ -176,22 +176,16 @@ class PendingCreates:
         mount holds an exclusive lease on; a file past the inline limit keeps its blocks
         buffered with it (``writeback.MAX_FILE``), written when the create is sent.  While
         another handle of the file is open, the create waits for the last close, which
-        defers it with the file's size then."""
+        defers it with the file's size then.  One not held back yet, at write-back's
+        bound, has the oldest held-back creates sent early (``WriteBack.room_for_create``)."""
         p = self._waiting(f.ino)
         if p is None or self.writeback is None or f.behind is not None:
             return False
-        if f.opens > 1 and not self.writeback.deferred(p.oid):
-            return True  # another handle is open (:meth:`_open_again`): the last close decides
-        return self.writeback.defer(p, f.size)
-
-    def room_for(self, f: OpenFile, closing: bool = True) -> None:
-        """Before :meth:`defers` (a close, not an ``fsync``: ``closing``): at write-back's
-        bound, the oldest held-back creates go early (``WriteBack.room_for_create``)."""
-        p = self._waiting(f.ino)
-        if not closing or p is None or self.writeback is None or f.behind is not None:
-            return
         if not self.writeback.deferred(p.oid):
             self.writeback.room_for_create(p.parent)
+            if f.opens > 1:
+                return True  # another handle is open (:meth:`_open_again`): the last close decides
+        return self.writeback.defer(p, f.size)
 
     def deferred_stat(self, ino: int) -> dict[str, Any] | None:
         """The attributes of ``ino`` when its create is left to write-back and not being

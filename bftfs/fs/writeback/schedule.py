@@ -258,12 +258,12 @@ class WriteBack:
         await self._unlink_room.wait()
 
     def room_for_create(self, parent: int) -> None:
-        """A close is about to hold its create back in ``parent`` (leased here): at the
-        bound, the task sends the oldest held-back creates early, an update's worth, and
-        the close goes on as before (``room.py``: the next closes find room)."""
-        left = self.leases.exclusive_left(parent)
-        if self.held() < self.max_deferred or not self._due or left <= 2 * LEASE_MARGIN:
-            return
+        """A close is about to hold its create back in ``parent`` (``PendingCreates.defers``):
+        at the bound, the oldest held-back creates go early, an update's worth, and the
+        close goes on as before (``room.py``: the next closes find room)."""
+        at_bound = self.held() >= self.max_deferred and bool(self._due)
+        if not at_bound or self.leases.exclusive_left(parent) <= 2 * LEASE_MARGIN:
+            return  # (the lease looked at only at the bound: every close comes here)
         self.stats["create_room_asks"] += 1
         self._create_room.hurry()
         self._started()
