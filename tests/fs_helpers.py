@@ -32,6 +32,7 @@ from bftfs.fab.metaclient import FabMetaClient
 from bftfs.fs.errors import NotFound, StaleView
 from bftfs.fs.filesystem import FileSystem, open_file_system
 from bftfs.fs.leases import publish
+from bftfs.fs.writeback import creates_sending
 from bftfs.fsobjects.leases import DONE, LEASE_TIME
 from bftfs.ids import client_id
 from bftfs.outcome import patience
@@ -62,14 +63,15 @@ def _scoped(stack: list[T], value: T) -> Iterator[None]:
 def busy_writer() -> Iterator[None]:
     """A writer that keeps what it holds when a reader asks it to publish, however long a
     loaded machine pauses it between its work and the reader's look: ``publish.IDLE``
-    raised to a minute inside the block (``t3_fs_publish.py`` tests the hand-over of what
-    is left idle).  A block, not a fixture: ``t3_fab_fs.py`` calls the tests itself."""
-    idle = publish.IDLE
-    publish.IDLE = 60.0
+    and ``creates_sending.CLOSED_IDLE`` raised to a minute inside the block
+    (``t3_fs_publish.py`` tests the hand-over of what is left idle).  A block, not a
+    fixture: ``t3_fab_fs.py`` calls the tests itself."""
+    idle, closed = publish.IDLE, creates_sending.CLOSED_IDLE
+    publish.IDLE = creates_sending.CLOSED_IDLE = 60.0
     try:
         yield
     finally:
-        publish.IDLE = idle
+        publish.IDLE, creates_sending.CLOSED_IDLE = idle, closed
 
 
 def engine(name: str) -> AbstractContextManager[None]:

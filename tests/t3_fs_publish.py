@@ -19,6 +19,7 @@ from t3_fs_writeback import exclusive, new_file
 
 from bftfs.fs.filesystem import FileSystem
 from bftfs.fs.leases import Leases, publish
+from bftfs.fs.writeback import creates_sending
 from bftfs.fsobjects import ROOT
 
 OPTIONS = {"lease_term": 30.0, "write_behind": True, "commit": 60.0, "publish": True}
@@ -172,3 +173,56 @@ def test_a_writer_removing_files_a_reader_has_seen_keeps_their_exclusive_leases(
         assert all(leases.exclusive_left(o) > 0 for o in seen[1:3])
 
     run(tmp_path, body, fs_options=OPTIONS)
+
+
+def test_files_the_writer_left_reach_a_readers_look_without_its_lease(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer works on in its directory (``busy_writer``: it keeps the directory at a
+    reader's look) but left the files it made there (here ``CLOSED_IDLE`` is 0: every
+    closed one counts as left).  The reader's listing asks the directory's publication,
+    whose creates make those files without the writer's lease: the listing's attributes
+    and the reader's later looks at them meet no lease (no publication of the files, no release
+    of them), and the writer's own later write to one is seen by the reader.  A file still
+    open at the look is made with the lease, and so is one left before the reader's next
+    look (within ``FIRST_LOOK``).  Before: each file came leased and was
+    released at the reader's look (1 000 files made on one mount and listed on another,
+    the first still working there: 5 500 publication requests, the listing 5 s, ``ls -l``
+    14 s)."""
+
+    async def body(env: Env) -> None:
+        a, b, leases, d = await held_directory(env)
+        left = [await new_file(a, d, b"left%d" % k, b"left") for k in range(6)]
+        open_fh, open_attr = await a.create(d, b"open", 0o644, 0, 0, os.O_WRONLY)
+        await a.write(open_fh, 0, b"still open")
+        monkeypatch.setattr(creates_sending, "CLOSED_IDLE", 0.0)
+        released = a.meta.methods["fs.release"]
+        names = {n for n, _ in await b.readdir(d)}
+        assert {b"left%d" % k for k in range(6)} | {b"open"} <= names
+        assert leases.exclusive_left(d) > 0  # the writer keeps its directory
+        assert leases.stats["creates_handed_over"] == 6
+        assert all(leases.exclusive_left(o) == 0 for o in left)
+        assert leases.exclusive_left(open_attr.ino) > 0
+        asked = b.meta.methods["fs.pubreq"]
+        for ino in left:  # (a lookup in the directory still asks for its publication)
+            assert (await b.getattr(ino)).size == 4
+        assert b.meta.methods["fs.pubreq"] == asked
+        assert a.meta.methods["fs.release"] == released
+        fh = await a.open(left[2], os.O_WRONLY)
+        await a.write(fh, 0, b"LEFT, then changed")
+        await a.flush(fh)
+        await a.release(fh)
+        fh = await b.open(left[2], os.O_RDONLY)
+        assert await b.read(fh, 0, 100) == b"LEFT, then changed"
+        await b.release(fh)
+        await a.flush(open_fh)
+        await a.release(open_fh)
+        # The reader's next look, within ``FIRST_LOOK``: what the writer left since keeps
+        # its lease (a reader looking every second must not have them recalled).
+        later = await new_file(a, d, b"later", b"later")
+        assert b"later" in {n for n, _ in await b.readdir(d)}
+        assert leases.stats["creates_handed_over"] == 6
+        assert leases.exclusive_left(later) > 0
+
+    with busy_writer():
+        run(tmp_path, body, fs_options=OPTIONS)

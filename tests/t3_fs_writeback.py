@@ -923,10 +923,10 @@ def test_creates_sent_together_leave_out_those_made_meanwhile(tmp_path: Path) ->
         assert late is not None
         real = outbox.sender.send_many
 
-        async def send_many(batch: list[Any]) -> None:
+        async def send_many(batch: list[Any], **kw: Any) -> None:
             if late not in batch and outbox.creates.pending_of(late.oid) is late:
                 await outbox.sends.send(late)  # another task sends it alone meanwhile
-            await real(batch)
+            await real(batch, **kw)
 
         outbox.sender.send_many = send_many  # type: ignore[method-assign]
         alone, many = sent(a), a.meta.methods["fs.createmany"]

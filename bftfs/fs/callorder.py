@@ -142,8 +142,8 @@ class CallOrder:
                     deferred.append(p)  # sent together below (a recall's release, a listing)
                 elif trio.current_time() >= p.resend_at:
                     await self.sends.send(p)
-            if deferred:
-                await self.sends.send_deferred(deferred)
+            if deferred:  # (for a reader's look: those not in use go without the lease)
+                await self.sends.send_deferred(deferred, for_reader=method == "fs.publish")
 
     def _creates_to_read(
         self, parent: int, objects: list[int], names: set[bytes], method: str, arg: Any

@@ -54,6 +54,8 @@ import stat as st
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import trio
+
 from bftfs import fsobjects as obj
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.clients import Meta
@@ -185,7 +187,10 @@ class PendingCreates:
             self.writeback.room_for_create(p.parent)
             if f.opens > 1:
                 return True  # another handle is open (:meth:`_open_again`): the last close decides
-        return self.writeback.defer(p, f.size)
+        if not self.writeback.defer(p, f.size):
+            return False
+        p.closed_at = trio.current_time()
+        return True
 
     def deferred_stat(self, ino: int) -> dict[str, Any] | None:
         """The attributes of ``ino`` when its create is left to write-back and not being

@@ -23,6 +23,7 @@ import trio
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.errors import FsError, NoSpace, Unavailable
 from bftfs.fs.files.flush import FlushEngine
+from bftfs.fs.leases.publish import FOR_FIRST_LOOK
 from bftfs.fs.writeback.creates_table import CreateTable
 from bftfs.fs.writeback.creates_update import CreateSender, PendingCreate
 from bftfs.fs.writeback.schedule import batch_size
@@ -35,6 +36,10 @@ log = logging.getLogger(__name__)
 #: up to :data:`RESEND_MAX`; the file's own flush, fsync and close always send it.
 RESEND_FIRST = 1.0
 RESEND_MAX = 30.0
+#: Seconds after its close a file whose create waits is no longer in use: a reader's
+#: publication then makes it without this mount's lease (:meth:`CreateSends.send_deferred`),
+#: as a publication hands over a held object not used for ``leases.publish.IDLE``.
+CLOSED_IDLE = 1.0
 
 
 class CreateSends:
@@ -115,12 +120,21 @@ class CreateSends:
         elif settled and not self.creates.open_here(p.oid):
             self.creates.abandon(p.oid)  # closed already (a resend): nothing will release it
 
-    async def send_deferred(self, ps: list[PendingCreate]) -> None:
+    async def send_deferred(self, ps: list[PendingCreate], *, for_reader: bool = False) -> None:
         """Send creates directory write-back deferred past their files' close
         (``fs/writeback/schedule.py``), all of one directory: together in one ``fs.createmany``
         when they can be, else (or when that fails) each alone; a closed file made clean
-        is then forgotten, as a close forgets it."""
+        is then forgotten, as a close forgets it.
+
+        ``for_reader``: they go for another client's look at the directory (the gate of
+        ``fs.publish``).  At a reader's first look (``leases.publish.FIRST_LOOK``), a small
+        file closed longer than :data:`CLOSED_IDLE` ago is then made without this mount's
+        lease, as a publication hands over a file not in use (``leases/publish.py``): the
+        reader's listing reads every entry's attributes, and each file leased here refused
+        it until a publication of its own (1 000 files made on one mount, which went on
+        working there, listed on another: 5 500 requests to publish, 5 s)."""
         together = [p for p in ps if self._sendable_together(p)]
+        handed = self._idle_small(together) if for_reader and FOR_FIRST_LOOK.get() else set()
         made: set[int] = set()
         #: Creates of a batch that failed: still this task's (their waiters wait) until
         #: each is sent alone below.
@@ -128,15 +142,19 @@ class CreateSends:
         wb = self.creates.writeback
         width = batch_size(NARROW_OBJECTS) if wb is None else wb.batch
         try:
-            for i in range(0, len(together), width):
-                # Again at each batch: the batches before it waited, and meanwhile another
-                # task (a publication, a listing) sent some alone or forgot their files.
-                batch = [p for p in together[i : i + width] if self._sendable_together(p)]
-                if len(batch) > 1:
-                    if await self._send_together(batch):
-                        made.update(p.oid for p in batch)
-                    else:
-                        kept.update(batch)
+            for inherit in (False, True):
+                group = [p for p in together if (p.oid in handed) != inherit]
+                for i in range(0, len(group), width):
+                    # Again at each batch: the batches before it waited, and meanwhile
+                    # another task (a publication, a listing) sent some alone or forgot
+                    # their files.
+                    batch = [p for p in group[i : i + width] if self._sendable_together(p)]
+                    if len(batch) > 1:
+                        if await self._send_together(batch, inherit=inherit):
+                            made.update(p.oid for p in batch)
+                        else:
+                            kept.update(batch)
+            await self._handed_over(sorted(handed & made))
             for p in ps:
                 if p.oid not in made:
                     mine = p in kept
@@ -149,6 +167,34 @@ class CreateSends:
         finally:
             for p in kept:  # not sent alone (an error above): their waiters go on
                 self._sent(p, settled=False)
+
+    def _idle_small(self, ps: list[PendingCreate]) -> set[int]:
+        """The files of ``ps`` a reader's publication makes without this mount's lease
+        (:meth:`send_deferred`): closed, within the inline limit (sent whole with the
+        create: no blocks to write under a lease after it), not closed since
+        :data:`CLOSED_IDLE`."""
+        since = trio.current_time() - CLOSED_IDLE
+        files = self.cache.files
+        return {
+            p.oid
+            for p in ps
+            if p.closed_at <= since
+            and (f := files.get(p.oid)) is not None
+            and not f.opens
+            and f.size <= self.sender.inline
+        }
+
+    async def _handed_over(self, oids: list[int]) -> None:
+        """Files just made without this mount's lease (:meth:`send_deferred`): what the
+        kernel was told of them under the directory's lease is forgotten, as at a
+        release (``Leases.before_release``)."""
+        leases = self.sender.meta.leases
+        if not oids or leases is None:
+            return
+        if self.creates.writeback is not None:
+            self.creates.writeback.stats["creates_handed_over"] += len(oids)
+        if leases.before_release is not None:
+            await leases.before_release(oids)
 
     def _sendable_together(self, p: PendingCreate) -> bool:
         """Whether ``p`` may go in an ``fs.createmany`` now: still pending, nobody sending
@@ -199,7 +245,7 @@ class CreateSends:
         if leases is not None:  # a listing kept under a lease may hold the name: dropped
             leases.entry_done("fs.create", p.parent, frozenset(), "unknown")
 
-    async def _send_together(self, ps: list[PendingCreate]) -> bool:
+    async def _send_together(self, ps: list[PendingCreate], *, inherit: bool = True) -> bool:
         """One ``fs.createmany`` for ``ps``; whether it made them (else none of them is
         made by it and each is sent alone, with everything :meth:`send` handles: a name
         taken meanwhile, space, a send the cluster did not answer).  A batch that failed
@@ -215,7 +261,7 @@ class CreateSends:
         made = False
         alone = False
         try:
-            await self.sender.send_many(ps)
+            await self.sender.send_many(ps, inherit=inherit)
             made = True
         except Exception as e:  # noqa: BLE001 - each is then sent alone (it reports)
             alone = True

@@ -60,6 +60,10 @@ class PendingCreate:
     #: directory sends it again (:data:`RESEND_FIRST`).
     failures: int = 0
     resend_at: float = 0.0
+    #: When (trio time) its file's last close left it to write-back (-inf: never): a
+    #: reader's publication makes a file closed longer than ``CLOSED_IDLE`` ago without
+    #: this mount's lease (``CreateSends.send_deferred``).
+    closed_at: float = float("-inf")
 
 
 class CreateSender:
@@ -189,23 +193,25 @@ class CreateSender:
         if asked is not None and self.meta.leases is not None:
             self.meta.leases.inherit(parent, oids, asked=asked)
 
-    async def send_many(self, ps: list[PendingCreate]) -> None:
+    async def send_many(self, ps: list[PendingCreate], *, inherit: bool = True) -> None:
         """``fs.createmany``: several files of one directory in one update (directory
         write-back, ``fs/writeback/schedule.py``), a small one with its content, a bigger one
         empty and with the write lease, so that its blocks (written next, by the caller:
         ``CreateSends._write_back_closed``) need no ``fs.lock``; all made, or none (the
-        caller then sends each alone, where every special case is handled)."""
+        caller then sends each alone, where every special case is handled).  ``inherit``
+        False: made without this mount's lease even where it holds the directory (files
+        handed to a reader as they go, ``CreateSends.send_deferred``)."""
         parent = ps[0].parent
         await self._made_parent(parent)
         files = [self.cache.files[p.oid] for p in ps]
         made = [self._item(p, f) for p, f in zip(ps, files, strict=True)]
         items = [{k: v for k, v in arg.items() if k != "p"} for arg, _ in made]
         arg = {"p": parent, "now": max(item["now"] for item in items), "files": items}
-        inherit = self._inherit(parent, arg)
+        asked = self._inherit(parent, arg) if inherit else None
         stats, pst = await self.meta.update_now(
             [parent, *(p.oid for p in ps)], "fs.createmany", arg
         )
-        self._inherited(inherit, parent, [p.oid for p in ps])
+        self._inherited(asked, parent, [p.oid for p in ps])
         for p, f, child, (_, sent) in zip(ps, files, stats, made, strict=True):
             if sent is None:
                 self._made(p, child, pst)
