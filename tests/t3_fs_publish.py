@@ -180,15 +180,16 @@ def test_files_the_writer_left_reach_a_readers_look_without_its_lease(
 ) -> None:
     """The writer works on in its directory (``busy_writer``: it keeps the directory at a
     reader's look) but left the files it made there (here ``CLOSED_IDLE`` is 0: every
-    closed one counts as left).  The reader's listing asks the directory's publication,
-    whose creates make those files without the writer's lease: the listing's attributes
-    and the reader's later looks at them meet no lease (no publication of the files, no release
-    of them), and the writer's own later write to one is seen by the reader.  A file still
-    open at the look is made with the lease, and so is one left before the reader's next
-    look (within ``FIRST_LOOK``).  Before: each file came leased and was
-    released at the reader's look (1 000 files made on one mount and listed on another,
-    the first still working there: 5 500 publication requests, the listing 5 s, ``ls -l``
-    14 s)."""
+    closed one counts as left).  The reader's first listing asks the directory's
+    publication, whose creates make those files without the writer's lease: the
+    listing's attributes and the reader's later looks at them meet no lease (no
+    publication of the files, no release of them), and the writer's own later write to
+    one is seen by the reader.  A file still open at the look is made with the lease, and
+    so is one left before the reader's next look (within ``FIRST_LOOK``, here an hour).
+    Before: each file came leased, and each of the reader's looks at it asked a
+    publication (1 000 files made on one mount and listed on another, the first still
+    working there: 5 500 requests to publish, ``ls`` 5 s, ``ls -l`` 14 s)."""
+    monkeypatch.setattr(publish, "FIRST_LOOK", 3600.0)
 
     async def body(env: Env) -> None:
         a, b, leases, d = await held_directory(env)
