@@ -36,6 +36,7 @@ from typing import Any
 import trio
 
 from bftfs.fs.errors import StaleView
+from bftfs.fs.leases.publish import FOR_FIRST_LOOK
 from bftfs.fs.writeback import (
     CreateSends,
     CreateTable,
@@ -142,8 +143,9 @@ class CallOrder:
                     deferred.append(p)  # sent together below (a recall's release, a listing)
                 elif trio.current_time() >= p.resend_at:
                     await self.sends.send(p)
-            if deferred:  # (for a reader's look: those not in use go without the lease)
-                await self.sends.send_deferred(deferred, for_reader=method == "fs.publish")
+            if deferred:  # (a reader's first look: those left a while go without the lease)
+                left = method == "fs.publish" and FOR_FIRST_LOOK.get()
+                await self.sends.send_deferred(deferred, hand_over_left=left)
 
     def _creates_to_read(
         self, parent: int, objects: list[int], names: set[bytes], method: str, arg: Any

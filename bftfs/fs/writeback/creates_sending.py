@@ -23,7 +23,6 @@ import trio
 from bftfs.fs.caches import MetadataCache
 from bftfs.fs.errors import FsError, NoSpace, Unavailable
 from bftfs.fs.files.flush import FlushEngine
-from bftfs.fs.leases.publish import FOR_FIRST_LOOK
 from bftfs.fs.writeback.creates_table import CreateTable
 from bftfs.fs.writeback.creates_update import CreateSender, PendingCreate
 from bftfs.fs.writeback.schedule import batch_size
@@ -120,21 +119,21 @@ class CreateSends:
         elif settled and not self.creates.open_here(p.oid):
             self.creates.abandon(p.oid)  # closed already (a resend): nothing will release it
 
-    async def send_deferred(self, ps: list[PendingCreate], *, for_reader: bool = False) -> None:
+    async def send_deferred(self, ps: list[PendingCreate], *, hand_over_left: bool = False) -> None:
         """Send creates directory write-back deferred past their files' close
         (``fs/writeback/schedule.py``), all of one directory: together in one ``fs.createmany``
         when they can be, else (or when that fails) each alone; a closed file made clean
         is then forgotten, as a close forgets it.
 
-        ``for_reader``: they go for another client's look at the directory (the gate of
-        ``fs.publish``).  At a reader's first look (``leases.publish.FIRST_LOOK``), a small
-        file closed longer than :data:`CLOSED_IDLE` ago is then made without this mount's
-        lease, as a publication hands over a file not in use (``leases/publish.py``): the
-        reader's listing reads every entry's attributes, and each file leased here refused
-        it until a publication of its own (1 000 files made on one mount, which went on
-        working there, listed on another: 5 500 requests to publish, 5 s)."""
+        ``hand_over_left``: they go for a reader's first look at the directory (the gate
+        of ``fs.publish``, ``leases.publish.FIRST_LOOK``).  A small file closed longer than
+        :data:`CLOSED_IDLE` ago is then made without this mount's lease, as a publication
+        hands over a file not in use (``leases/publish.py``): the reader's listing reads
+        every entry's attributes, and each file leased here refused it until a publication
+        of its own (1 000 files made on one mount, which went on working there, listed on
+        another: 5 500 requests to publish, 5 s)."""
         together = [p for p in ps if self._sendable_together(p)]
-        handed = self._idle_small(together) if for_reader and FOR_FIRST_LOOK.get() else set()
+        handed = self._idle_small(together) if hand_over_left else set()
         made: set[int] = set()
         #: Creates of a batch that failed: still this task's (their waiters wait) until
         #: each is sent alone below.
