@@ -25,9 +25,10 @@ would go).  A file is never written through a link: entries are opened by object
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat as st
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +57,17 @@ Update = Callable[[int, int], None]
 
 def _quiet(done: int, total: int) -> None:
     pass
+
+
+@contextlib.contextmanager
+def naming(what: str) -> Iterator[None]:
+    """An :class:`FsError` raised within says what failed (``unlink late``) before why:
+    a restore that stops tells its user where, and the same command run again can be
+    checked against it."""
+    try:
+        yield
+    except FsError as e:
+        raise type(e)(f"{what}: {e}") from e
 
 
 @dataclass
@@ -167,7 +179,8 @@ class TreeWriter:
         async def make(rel: str, s: dict[str, Any]) -> None:
             async with limiter:
                 parent, name = self._where(rel, last, top_parent, dirs)
-                dirs[rel] = await self._dir(parent, name, s, delete, counts)
+                with naming(f"directory {rel or '.'}"):
+                    dirs[rel] = await self._dir(parent, name, s, delete, counts)
 
         # Directories level by level (parents first), each level's at once.
         limiter = trio.CapacityLimiter(PARALLEL_DIRS)
@@ -175,7 +188,8 @@ class TreeWriter:
             async with trio.open_nursery() as nursery:
                 for rel, s in levels[depth]:
                     nursery.start_soon(make, rel, s)
-        await self._lease([ino for ino, _ in dirs.values()])
+        with naming("leasing the directories"):
+            await self._lease([ino for ino, _ in dirs.values()])
         limiter = trio.CapacityLimiter(PARALLEL)
         done = [0]
 
@@ -187,7 +201,8 @@ class TreeWriter:
                 if now is not None and now.oid == v.oid and same_content(v.state, now.state):
                     counts.unchanged += 1
                 else:
-                    await self._leaf(parent, name, v, fresh, counts)
+                    with naming(f"file {rel or '.'}"):
+                        await self._leaf(parent, name, v, fresh, counts)
             done[0] += 1
             update(done[0], len(leaves))
 
@@ -195,11 +210,13 @@ class TreeWriter:
             for rel, v in leaves:
                 nursery.start_soon(one, rel, v)
         # The creates write-back holds, many directories at once: directories' times next.
-        await self.fs.write_back(parallel=PARALLEL_DIRS)
+        with naming("sending the files held"):
+            await self.fs.write_back(parallel=PARALLEL_DIRS)
 
         async def attrs(rel: str) -> None:
             async with limiter:
-                await self._dir_attrs(dirs[rel][0], tree[rel].state or {})
+                with naming(f"times of directory {rel or '.'}"):
+                    await self._dir_attrs(dirs[rel][0], tree[rel].state or {})
 
         async with trio.open_nursery() as nursery:  # (a directory's times move no other's)
             for rel in dirs:
@@ -259,7 +276,8 @@ class TreeWriter:
         wanted = set(all_entries(s["e"]))
         for entry, attr in await self.fs.readdir(ino):
             if entry not in wanted:
-                await self._remove(ino, entry, attr)
+                with naming(f"removing {entry.decode(errors='replace')}"):
+                    await self._remove(ino, entry, attr)
                 counts.deleted += 1
 
     async def _remove(self, parent: int, name: bytes, attr: Any) -> None:
