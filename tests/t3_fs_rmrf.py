@@ -230,8 +230,10 @@ def test_removals_of_files_another_mount_made_ask_their_leases_ahead_and_wait(
                 rest = [o for _, o in listed[k + 1 :]]
                 await until(
                     "the directory's and the next files' exclusive leases",
-                    lambda rest=rest: leases.exclusive_left(d) > 2 * LEASE_MARGIN
-                    and all(leases.exclusive_left(o) > 0 for o in rest),
+                    lambda rest=rest: (
+                        leases.exclusive_left(d) > 2 * LEASE_MARGIN
+                        and all(leases.exclusive_left(o) > 0 for o in rest)
+                    ),
                 )
         assert leases.stats["claims_asked"] == PAST - claims.CLAIM_AFTER, leases.stats
         await b.write_back()
