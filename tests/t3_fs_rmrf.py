@@ -22,6 +22,8 @@ from t3_fs_writeback import OPTIONS, exclusive, new_file
 from bftfs.fs.callorder import CallOrder
 from bftfs.fs.errors import NotFound
 from bftfs.fs.filesystem import FileSystem
+from bftfs.fs.leases import claims
+from bftfs.fs.writeback.schedule import LEASE_MARGIN
 from bftfs.fsobjects import ROOT
 
 #: The two directory sizes compared (files); both below the write-back bound.
@@ -197,3 +199,47 @@ def test_files_made_past_the_write_back_bound_go_together_not_alone(tmp_path: Pa
         assert set(names) <= {name for name, _ in await fs.readdir(d)}
 
     run(tmp_path, body, clients=1, fs_options=OPTIONS)
+
+
+def test_removals_of_files_another_mount_made_ask_their_leases_ahead_and_wait(
+    tmp_path: Path,
+) -> None:
+    """A mount removing files another mount made (a second laptop's ``rm -rf``) holds no
+    lease on them: each removal went alone, an ``fs.unlink`` round in a row per file.  After
+    ``CLAIM_AFTER`` removals in the directory could not wait for the file's lease, the next
+    files' exclusive leases are asked for ahead (``leases/claims.py``); once granted, every
+    further removal waits in write-back and goes six per ``fs.unlinkmany``.  The maker sees
+    the directory empty after."""
+
+    async def body(env: Env) -> None:
+        a, b = env.fss
+        d = (await a.mkdir(ROOT, b"theirs", 0o755, 0, 0)).ino
+        for k in range(PAST):
+            await new_file(a, d, b"t%04d" % k, b"x\n")
+        await a.write_back()
+        assert a.meta.leases is not None and b.meta.leases is not None
+        await a.meta.leases.release_all()  # (as a reader's first look hands them over)
+        leases = b.meta.leases
+        listed = [(n, at.ino) for n, at in await b.readdir(d) if n not in (b".", b"..")]
+        assert len(listed) == PAST
+        before = Counter(b.meta.methods)
+        for k, (name, _) in enumerate(listed):
+            await b.lookup(d, name)
+            await b.unlink(d, name)
+            if k + 1 == claims.CLAIM_AFTER:  # (the leases come in the background)
+                rest = [o for _, o in listed[k + 1 :]]
+                await until(
+                    "the directory's and the next files' exclusive leases",
+                    lambda rest=rest: (
+                        leases.exclusive_left(d) > 2 * LEASE_MARGIN
+                        and all(leases.exclusive_left(o) > 0 for o in rest)
+                    ),
+                )
+        assert leases.stats["claims_asked"] == PAST - claims.CLAIM_AFTER, leases.stats
+        await b.write_back()
+        work = {k: v - before[k] for k, v in b.meta.methods.items() if v != before[k]}
+        assert work.get("fs.unlink", 0) == claims.CLAIM_AFTER, work
+        assert work.get("fs.unlinkmany", 0) <= PAST // 3, work
+        assert not {n for n, _ in await a.readdir(d)} - {b".", b".."}
+
+    run(tmp_path, body, clients=2, fs_options=OPTIONS)

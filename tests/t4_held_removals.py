@@ -5,7 +5,7 @@ real mount of node processes.
 Every third of a term ``HeldFiles.renew_used`` turned the held files without a held-back
 write for a term into shared leases bound to the session (``Leases.to_session``), and the
 next removal in their directory found its file shared and asked every such file's
-exclusive lease back (``Leases.reclaim_exclusive``): two grants per file and sweep where
+exclusive lease back (``Claims.reclaim``): two grants per file and sweep where
 a renewal costs one (PostMark under ``reject-everything``, 18 s: 215 conversions and 215
 grants back).  A directory whose files were asked back keeps them exclusive while the
 mount creates or removes there.  Counted by the mount's lease statistics (its status file)."""

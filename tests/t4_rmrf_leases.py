@@ -7,7 +7,7 @@ A removal may wait in write-back only under an exclusive lease on the file itsel
 held files' sweep (``HeldFiles.renew_used``, every third of a term) turns the exclusive
 lease of a file not written for a term into a shared one bound to the session; the first
 removal then finds its file so held, goes at once, and asks back the exclusive leases of
-every file of the directory (``Leases.reclaim_exclusive``).  The next sweep turned them
+every file of the directory (``Claims.reclaim``).  The next sweep turned them
 into session leases again, the next removal asked them back, and so on for as long as
 ``rm -rf`` ran: the lease updates and synchronous removals grew with the directory's
 size times the removal's length (3 000 files: 2 284 ``fs.lease`` updates, every removal

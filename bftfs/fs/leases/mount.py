@@ -137,6 +137,8 @@ class Leases:
             stats=self.stats,
             sessions=self.sessions,
         )
+        #: The files' exclusive leases removals ask for (``leases/claims.py``).
+        self.claims = self.taker.claims
 
     def _dropped(self, oid: int) -> None:
         self.taker.forget(oid)
@@ -344,12 +346,6 @@ class Leases:
         from the call on; a refused grant leaves the exclusive lease to its end.  How
         many were asked (none without sessions)."""
         return self.taker.to_session(oids)
-
-    def reclaim_exclusive(self, parent: int) -> None:
-        """A removal in ``parent`` could not wait: its file is held by the shared lease
-        :meth:`to_session` made (a removal waits only on an exclusive one).  Ask again
-        for the exclusive leases of the files made there and held so, in the background."""
-        self.taker.reclaim_exclusive(parent)
 
     def renew(self, oids: Sequence[int]) -> None:
         """Renew the leases held on ``oids`` now, in as few updates as the taker groups

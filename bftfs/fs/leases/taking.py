@@ -27,6 +27,7 @@ import trio
 
 from bftfs.fs.leases.answers import LeasedAnswers
 from bftfs.fs.leases.batches import Batch, plan, send_batches
+from bftfs.fs.leases.claims import Claims
 from bftfs.fs.leases.holdings import COOLDOWN, Holdings, Lease
 from bftfs.fs.leases.recalls import Recalls
 from bftfs.fs.leases.releases import Spawn, Update
@@ -113,11 +114,8 @@ class Taker:
         self._solo: set[int] = set()
         #: Directories whose write-back lease is asked for: sent first, unpaced.
         self._urgent: set[int] = set()
-        #: Directories whose files' exclusive leases were asked again (trio time).
-        self._reclaimed: dict[int, float] = {}
-        #: Files whose exclusive lease a removal asked back -> until when (trio time) it
-        #: is not turned into a session-bound one again (:meth:`to_session`).
-        self._kept_exclusive: dict[int, float] = {}
+        #: The files' exclusive leases removals ask for (``leases/claims.py``).
+        self.claims = Claims(holdings, self, self._files, stats)
         #: Directories by when this mount last deferred a create or removal there.
         self._worked: dict[int, float] = {}
         #: Directories by when a removal there last asked to wait in write-back.
@@ -178,7 +176,7 @@ class Taker:
             h = self._holdings.live(oid, now)
             if h is None or h.kind != EXCLUSIVE or oid in self._holdings.converting:
                 continue
-            if self._kept_exclusive.get(oid, float("-inf")) > now:
+            if self.claims.keeps_exclusive(oid, now):
                 continue  # a removal in its directory asked it back: renewed as it is
             if self._worked_in(self._holdings.parents.get(oid), now):
                 continue  # a removal there would ask for it back (kept: renewed)
@@ -192,7 +190,7 @@ class Taker:
     def _worked_in(self, parent: int | None, now: float) -> bool:
         """Whether directory ``parent`` is one this mount removes files from (a removal
         there found a file turned into a shared lease and asked its files back,
-        :meth:`reclaim_exclusive`) and still works in (deferred a create or removal there
+        ``Claims.reclaim``) and still works in (deferred a create or removal there
         within the last term, :meth:`want_exclusive`).  Its files then stay exclusive:
         turned into shared ones at every sweep (a third of a term), each was asked back
         by the next removal there (that removal sent at once), two grants a sweep where a
@@ -209,7 +207,8 @@ class Taker:
         removing = removed is not None and now - removed < self._holdings.term
         if removing and self._holdings.unseen.published_under_holding(parent):
             return True
-        return parent in self._reclaimed and at is not None and now - at < self._holdings.term
+        reclaimed = parent in self.claims.reclaimed
+        return reclaimed and at is not None and now - at < self._holdings.term
 
     def removes_in(self, parent: int) -> None:
         """A removal in directory ``parent`` asks to wait in write-back (``WriteBack``):
@@ -286,43 +285,18 @@ class Taker:
             due = max(term / 3, (term - HOLDER_MARGIN / 1e9) * WRITE_BACK_RENEW)
             due = max(due, self.renew_margin())
             if h.slot is None and h.until - now < due:
-                self._ask_first(oid, now)
+                self.ask_first(oid, now)
             self.ensure_listing(oid)
             return
         self._creates[oid] += 1
         if self._creates[oid] >= USES:
-            self._ask_first(oid, now)
+            self.ask_first(oid, now)
 
-    def _ask_first(self, oid: int, now: float) -> None:
+    def ask_first(self, oid: int, now: float) -> None:
         """Ask for the exclusive lease of ``oid``, a directory's sent ahead of the
         files' leases (``leases/batches.py``)."""
         if self.ask(oid, now, EXCLUSIVE) and oid not in self._files:
             self._urgent.add(oid)
-
-    def reclaim_exclusive(self, parent: int) -> None:
-        """``Leases.reclaim_exclusive``: ask again for the exclusive leases of the files
-        made in ``parent`` whose exclusive lease went to the session, at most once per
-        third of a term per directory.  Each asked is left exclusive for a term
-        (:meth:`to_session` passes it by, so the held files' sweep renews it as
-        exclusive): turned into a session-bound lease again at the next sweep, the
-        directory's next removal found it so, could not wait, and asked them all back
-        once more, for as long as ``rm -rf`` ran (issue 62: 2 284 ``fs.lease`` updates,
-        1 608 refused, in the removal of 3 000 files, and every removal synchronous)."""
-        now = trio.current_time()
-        if now < self._reclaimed.get(parent, float("-inf")) + self._holdings.term / 3:
-            return
-        if len(self._reclaimed) >= TRACKED:
-            self._reclaimed.clear()
-        self._reclaimed[parent] = now
-        if len(self._kept_exclusive) >= TRACKED * 16:  # a bound: drop those over
-            self._kept_exclusive = {o: t for o, t in self._kept_exclusive.items() if t > now}
-        held = self._holdings.held
-        for oid in list(self._holdings.children.get(parent, ())):
-            h = held.get(oid)
-            if h is not None and h.kept and h.kind == SHARED:  # (a held file: no listing)
-                self._files.add(oid)
-                self._kept_exclusive[oid] = now + self._holdings.term
-                self.ask(oid, now, EXCLUSIVE)
 
     async def take_exclusive(self, oid: int) -> None:
         """``Leases.take_exclusive``: an exclusive lease on ``oid`` now."""
@@ -457,6 +431,9 @@ class Taker:
     def _refused(self, oids: list[int], e: Exception, kind: int = SHARED) -> None:
         if len(oids) > 1:  # someone holds or recalls one of them: ask for each alone
             for oid in oids:
+                if oid in self.claims.claimed:  # (asked ahead of removals: they go alone)
+                    self._holdings.quiet_until[oid] = trio.current_time() + COOLDOWN
+                    continue
                 self._solo.add(oid)
                 self.ask(oid, 0.0, kind)
             return

@@ -404,7 +404,7 @@ class HeldFiles:
         into shared leases bound to the session once (seven per update), which then cost
         nothing per file (issue 62: a tree just unpacked, read by ``grep`` and ``git
         add`` a minute later, cost every file a renewal per third of a term); one a
-        removal asked back (``Leases.reclaim_exclusive``) is not bound for a term, and
+        removal asked back (``Claims.reclaim``) is not bound for a term, and
         is renewed as exclusive with the busy ones.  A file left unused that long lets its
         exclusive lease end (an idle mount stops renewing); a bound one goes when its tree
         is idle (``fs/leases/holdings.py``)."""

@@ -38,7 +38,7 @@ directory in one ``fs.unlinkmany`` update:
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import trio
@@ -206,11 +206,24 @@ class PendingUnlinks:
     def _want_leases(self, parent: int, oid: int, reachable: bool) -> None:
         """Ask for (or renew) the exclusive lease on ``parent`` that removals there wait
         on, as a deferred create does, and, when file ``oid`` may be reached by another
-        client and its exclusive lease went to the session, its files' back."""
+        client, the exclusive leases of the directory's files: back, when its own went to
+        the session, else ahead of the removals (``leases/claims.py``)."""
         leases = self.writeback.leases
         leases.want_exclusive(parent)
-        if reachable and leases.exclusive_left(oid) <= 0 and leases.kept_left(oid) > 0:
-            leases.reclaim_exclusive(parent)
+        if not reachable:
+            return
+        if leases.exclusive_left(oid) <= 0 and leases.kept_left(oid) > 0:
+            leases.claims.reclaim(parent)
+        else:
+            leases.claims.ahead(parent, oid, lambda: self._listed_files(parent, oid))
+
+    def _listed_files(self, parent: int, oid: int) -> Iterator[int]:
+        """The entries of ``parent`` other than ``oid`` and its directories, in the order
+        its listing was read (``rm`` removes in that order), while known whole here."""
+        names = self.cache.names.get(parent) if parent in self.cache.listed else None
+        for o, code in (names or {}).values():  # (consumed before the next change)
+            if code != obj.DIR_TYPE and o != oid:
+                yield o
 
     def _nearly_empty(self, parent: int) -> bool:
         """Whether directory ``parent`` is known to hold fewer than
