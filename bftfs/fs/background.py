@@ -29,6 +29,7 @@ class Background:
 
     def __init__(self) -> None:
         self._nursery: trio.Nursery | None = None
+        self._closing = False
 
     @property
     def running(self) -> bool:
@@ -42,10 +43,18 @@ class Background:
     def detach(self) -> None:
         """No more tasks start (the owner is about to cancel the nursery)."""
         self._nursery = None
+        self._closing = True
 
     def spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
-        """Run ``fn`` in the background until it returns or the file system closes."""
+        """Run ``fn`` in the background until it returns or the file system closes.  Once
+        it closes, what a task still running asks to start is not started: a lease granted
+        as the mount stopped started its session's renewals, and the ``NotRunning`` raised
+        in that task, beside the nursery's cancellation, escaped as a group and failed the
+        close."""
         if self._nursery is None:
+            if self._closing:
+                log.debug("not started, the file system is closing: %r", fn)
+                return
             raise NotRunning("the file system is not running: open it with open_file_system")
         self._nursery.start_soon(self._guarded, fn)
 
