@@ -235,12 +235,17 @@ class MetadataCache:
         self.names[parent] = names
         self.listed.add(parent)
 
+    def listed_names(self, parent: int) -> dict[bytes, tuple[int, int]] | None:
+        """Directory ``parent``'s entries (name -> object id, type code) in the order its
+        listing was read, when it was read whole (then only the names removed here left
+        it; another client's changes since are not counted), else None."""
+        return self.names.get(parent) if parent in self.listed else None
+
     def entries_left(self, parent: int) -> int | None:
         """How many entries directory ``parent`` holds, when its listing was read whole
-        (then only the names removed here left it; another client's changes since are not
-        counted: an estimate, for deciding whether a lease pays), else None."""
-        names = self.names.get(parent)
-        return len(names) if names is not None and parent in self.listed else None
+        (:meth:`listed_names`: an estimate, for deciding whether a lease pays), else None."""
+        names = self.listed_names(parent)
+        return None if names is None else len(names)
 
     def attr(self, oid: int, s: dict[str, Any]) -> Attr:
         f = self.files.get(oid)

@@ -33,11 +33,9 @@ from typing import Protocol
 
 import trio
 
-from bftfs.fs.leases.holdings import Holdings
+from bftfs.fs.leases.holdings import TRACKED, Holdings
 from bftfs.fsobjects.leases import EXCLUSIVE, SHARED
 
-#: Directories (and files) each record tracks, past which it is trimmed: a bound.
-TRACKED = 4096
 #: Removals in a directory that could not wait for want of the file's own lease, within a
 #: term, before the next files' leases are asked for: one or two removals (``rm a b``) ask
 #: nothing.
@@ -114,15 +112,14 @@ class Claims:
                 self._keep(oid, now)
                 self._asker.ask(oid, now, EXCLUSIVE)
 
-    def ahead(self, parent: int, oid: int, upcoming: Callable[[], Iterable[int]]) -> None:
-        """A removal in ``parent`` of ``oid``, which another client may reach, asks to
-        wait; ``upcoming`` gives the directory's other entries that are not directories,
-        in the order they were listed.  After :data:`CLAIM_AFTER` such removals found no
-        exclusive lease on their file, ask for the next :data:`WINDOW` files' (module
-        docstring)."""
+    def ahead(self, parent: int, held: bool, upcoming: Callable[[], Iterable[int]]) -> None:
+        """A removal in ``parent`` of a file another client may reach asks to wait
+        (``held``: under this mount's exclusive lease on the file); ``upcoming`` gives the
+        directory's other entries that are not directories, in the order they were
+        listed.  After :data:`CLAIM_AFTER` such removals found no exclusive lease on their
+        file, ask for the next :data:`WINDOW` files' (module docstring)."""
         now = trio.current_time()
         state = self._ahead.get(parent)
-        held = self._holdings.exclusive_left(oid) > 0
         if state is None:
             if held:
                 return

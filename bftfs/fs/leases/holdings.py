@@ -32,6 +32,10 @@ COUNT_USES: ContextVar[bool] = ContextVar("lease_uses_counted", default=True)
 
 #: Seconds after a recall or a refusal during which no lease on the object is asked for.
 COOLDOWN = 5.0
+#: Objects (and directories) each of the taker's records (``leases/taking.py``,
+#: ``leases/claims.py``) tracks, past which they are trimmed: a bound, not a cache worth
+#: keeping.
+TRACKED = 4096
 #: Seconds at least that a directory cools down when another client's changes recall this
 #: mount's read leases there (:meth:`Holdings.read_where_changed`): two lease terms.  A
 #: directory someone writes in is likely to go on being written; each read lease taken

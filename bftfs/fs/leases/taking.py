@@ -28,7 +28,7 @@ import trio
 from bftfs.fs.leases.answers import LeasedAnswers
 from bftfs.fs.leases.batches import Batch, plan, send_batches
 from bftfs.fs.leases.claims import Claims
-from bftfs.fs.leases.holdings import COOLDOWN, Holdings, Lease
+from bftfs.fs.leases.holdings import COOLDOWN, TRACKED, Holdings, Lease
 from bftfs.fs.leases.recalls import Recalls
 from bftfs.fs.leases.releases import Spawn, Update
 from bftfs.fs.leases.sessions import Sessions
@@ -36,10 +36,6 @@ from bftfs.fsobjects.leases import BOUND, EXCLUSIVE, HOLDER_MARGIN, SHARED
 from bftfs.fsobjects.sessions import SLOT
 
 log = logging.getLogger(__name__)
-
-#: Objects (and directories) each of the taker's records tracks, past which they are
-#: trimmed: a bound, not a cache worth keeping.
-TRACKED = 4096
 
 #: Queries of an object while no lease was held before one is taken.
 USES = 2

@@ -212,16 +212,17 @@ class PendingUnlinks:
         leases.want_exclusive(parent)
         if not reachable:
             return
-        if leases.exclusive_left(oid) <= 0 and leases.kept_left(oid) > 0:
+        held = leases.exclusive_left(oid) > 0
+        if not held and leases.kept_left(oid) > 0:
             leases.claims.reclaim(parent)
         else:
-            leases.claims.ahead(parent, oid, lambda: self._listed_files(parent, oid))
+            leases.claims.ahead(parent, held, lambda: self._listed_files(parent, oid))
 
     def _listed_files(self, parent: int, oid: int) -> Iterator[int]:
         """The entries of ``parent`` other than ``oid`` and its directories, in the order
         its listing was read (``rm`` removes in that order), while known whole here."""
-        names = self.cache.names.get(parent) if parent in self.cache.listed else None
-        for o, code in (names or {}).values():  # (consumed before the next change)
+        names = self.cache.listed_names(parent) or {}
+        for o, code in names.values():  # (consumed before the next change)
             if code != obj.DIR_TYPE and o != oid:
                 yield o
 
