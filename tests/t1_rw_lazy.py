@@ -4,6 +4,7 @@ garbage-collection floor under the retention policy."""
 
 from __future__ import annotations
 
+import gc
 import itertools
 import random
 from dataclasses import replace
@@ -82,6 +83,19 @@ def test_the_book_forgets_the_least_recently_told_blocks_first() -> None:
         book.record(0, block, ts(1), VERIFIED)
     assert len(book) == 3 and book.told_by(0, ts(1)) == set()
     assert book.told_by(4, ts(1)) == {0}
+
+
+def test_the_book_holds_no_object_the_collector_walks_per_notify() -> None:
+    """Issue 62: a full book (65 536 blocks, a NOTIFY from each peer) held a record, a list
+    and a timestamp object per NOTIFY, which every full collection of the node walked;
+    now each block's NOTIFYs are one untracked dict of encoded timestamps."""
+    book = NotifyBook(1)
+    for block in range(50):
+        for node in range(5):
+            book.record(node, block, ts(block + node), VERIFIED)
+    gc.collect()
+    assert not any(gc.is_tracked(told) for told in book._blocks.values())
+    assert book.floor(3) == ts(6) and book.told_by(3, ts(7)) == {4}
 
 
 POLICY = VerificationPolicy(

@@ -153,7 +153,8 @@ async def serve(
                 options.metrics_port,
                 functools.partial(mount_metrics, session, ops, options),
             )
-        book = _Book(config, mountpoint, options, session, ops, metrics)
+        collections = _collections(ops.record)
+        book = _Book(config, mountpoint, options, session, ops, metrics, collections.stats)
         resolved = str(await trio.Path(mountpoint).resolve())  # before mounting: after, asks us
         pyfuse3.init(ops, str(mountpoint), fuse_options)
         ops.attrs.absent.start()
@@ -166,7 +167,6 @@ async def serve(
             await ops.initialised.wait()
             set_read_ahead(resolved)
 
-        collections = _collections(ops.record)
         try:
             await _until_unmounted(book.run, locks.run, read_ahead, collections.run)
         finally:
@@ -295,8 +295,10 @@ class _Book:
         session: Session,
         ops: Operations,
         metrics: MetricsServer | None,
+        collections: dict[str, float],
     ) -> None:
         self.path = status_file(config, mountpoint)
+        self.collections = collections
         self.mountpoint = mountpoint.resolve()
         self.options = options
         self.session = session
@@ -336,6 +338,9 @@ class _Book:
             # Read-ahead and write-behind: blocks prefetched, the window's largest size
             # the links asked for, background flushes (fs/files/fetch.py, pace.py).
             "streaming": dict(self.session.fs.streaming),
+            # Full garbage collections: how many, their seconds, the longest (a stall of
+            # every request; bftfs/gcpace.py).
+            "collections": dict(self.collections),
         }
 
     def _leases(self) -> dict[str, Any] | None:

@@ -109,7 +109,9 @@ def run(
             async with trio.open_nursery() as nursery:
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     await nursery.start(node.run)
-                    nursery.start_soon(FullCollections(_quiet(node.server)).run)
+                    collections = FullCollections(_quiet(node.server))
+                    node.progress["gc"] = collections.stats  # (in its stats reply)
+                    nursery.start_soon(collections.run)
                     # Listening: a Type=notify unit (bftfs-node@.service) counts as started now.
                     sdnotify.notify(f"READY=1\nSTATUS=node {spec.id} serving {spec.address}")
                     async for sig in signals:

@@ -6,6 +6,13 @@ malevolent (more than ``b`` others culled their authenticators, L2659-2664: left
 good) or stray in the running operation (:func:`bftfs.qu.core.present_view`).  Which
 servers a round goes to follows from the same sets (:meth:`HistoryCache.targets`).  Pure:
 no I/O, no clock.
+
+**Two tiers.**  The histories of the :data:`HOT` objects answered last are kept parsed;
+older ones, up to :data:`MAX_CACHED` objects in all, as their packed bytes (one ``bytes``
+an object), parsed again when a round needs them.  Parsed, an object's six entries are
+about 16 objects CPython's collector tracks: a mount that had touched 32 768 objects held
+590 000 of them, and each of its full collections walked them all (0.7 s, a stall of every
+request, issue 62's aged cluster).  Bytes are not tracked.
 """
 
 from __future__ import annotations
@@ -18,10 +25,12 @@ from collections.abc import Iterable, Mapping
 
 from bftfs.net import moved
 from bftfs.qu import core
+from bftfs.qu.canon import pack, unpack
 from bftfs.qu.classify import QUThresholds
 from bftfs.qu.history import OHSEntry
 from bftfs.qu.links import Facts
 from bftfs.qu.reply import Reply
+from bftfs.qu.request import entry_bytes, parse_entry
 from bftfs.qu.timestamp import ZERO
 
 log = logging.getLogger(__name__)
@@ -32,6 +41,8 @@ log = logging.getLogger(__name__)
 #: dropped history costs the next request on that object a round: it presents none, and
 #: the servers' replies bring theirs (as for an object the client never saw).
 MAX_CACHED = 32768
+#: Of those, the objects answered last whose histories are kept parsed (the others packed).
+HOT = 2048
 
 
 class HistoryCache:
@@ -51,7 +62,11 @@ class HistoryCache:
         self.faults = faults
         self.source = source
         self.max_cached = MAX_CACHED
+        self.hot = HOT
+        #: Parsed histories, the least recently answered first.
         self._cache: dict[int, dict[int, OHSEntry]] = {}
+        #: Packed histories (:func:`_packed`) of objects answered before those, oldest first.
+        self._cold: dict[int, bytes] = {}
         #: Servers a view or layout replaced while this cache lived (:meth:`_stale`).
         self.renewed: set[int] = set()
         #: Servers proven malevolent: left out from then on.
@@ -64,7 +79,10 @@ class HistoryCache:
         """A view or a layout replaced ``server`` by a new machine (``net/moved.py``): its
         cached histories came from the old one, under a key the servers no longer accept,
         so they go, and the new machine starts with a clean record.  Its culls prove
-        nobody malevolent from now on (:meth:`_stale`)."""
+        nobody malevolent from now on (:meth:`_stale`).  The packed histories go whole
+        (the next round on one of those objects presents none, as for a new object)
+        rather than be parsed to find the server's."""
+        self._cold.clear()
         for oid, ohs in self._cache.items():
             if server in ohs:
                 self._cache[oid] = _without(ohs, {server})
@@ -90,21 +108,52 @@ class HistoryCache:
           that took the layout drops those silently (``replica.cull``); one that had not
           yet reports them.  A cull of the new machine's own history counts.
         """
-        return reporter in self.renewed or (
-            server in self.renewed and server not in self._cache.get(oid, {})
-        )
+        return reporter in self.renewed or (server in self.renewed and server not in self._get(oid))
+
+    def _get(self, oid: int) -> Mapping[int, OHSEntry]:
+        """The cached OHS of ``oid`` (the cache's own, to be read only), parsed again if it
+        was packed; empty if none is cached."""
+        ohs = self._cache.get(oid)
+        if ohs is not None:
+            return ohs
+        packed = self._cold.pop(oid, None)
+        if packed is None:
+            return {}
+        try:
+            ohs = _parsed(packed, self.th.n)
+        except ValueError as e:  # (bytes this process packed: not expected)
+            log.warning("cached histories of object %d unreadable, forgotten: %s", oid, e)
+            return {}
+        self._cache[oid] = ohs
+        self._bound()
+        return ohs
+
+    def _bound(self) -> None:
+        """Pack the parsed histories past :attr:`hot`, the least recently answered first,
+        and forget the packed ones past :attr:`max_cached` in all."""
+        cache, cold = self._cache, self._cold
+        if len(cache) > self.hot:
+            for oid in list(itertools.islice(cache, len(cache) - self.hot)):
+                cold[oid] = _packed(cache.pop(oid))
+        over = len(cache) + len(cold) - self.max_cached
+        if over > 0:
+            for oid in list(itertools.islice(cold, over)):
+                del cold[oid]
+        over = len(cache) - self.max_cached  # (a bound below ``hot``)
+        if over > 0:
+            for oid in list(itertools.islice(cache, over)):
+                del cache[oid]
 
     def cached(self, oid: int) -> dict[int, OHSEntry]:
         """The cached OHS of ``oid`` (a copy)."""
-        return dict(self._cache.get(oid, {}))
+        return dict(self._get(oid))
 
     def mohs(self, objects: Iterable[int]) -> dict[int, Mapping[int, OHSEntry]]:
         """The cached multi-OHS of ``objects``, each object's OHS the cache's own, to be
         read only: its two readers (:meth:`present_view`, :meth:`absorb`) build new ones.
         Copied, the OHS of every object of every round was copied twice (a mount's
         write-back of 2 200 creates: 4 % of its profile's samples in that copy)."""
-        empty: Mapping[int, OHSEntry] = {}
-        return {oid: self._cache.get(oid, empty) for oid in objects}
+        return {oid: self._get(oid) for oid in objects}
 
     def targets(self, objects: Iterable[int]) -> list[int]:
         """Preferred order, with servers whose histories we leave out (stray or proven
@@ -139,7 +188,7 @@ class HistoryCache:
     def latest(self, objects: tuple[int, ...]) -> tuple:
         """The newest timestamp cached for each of ``objects`` (how far they have moved)."""
         return tuple(
-            max((c.lt for e in self._cache.get(o, {}).values() for c in e.rh), default=None) or ZERO
+            max((c.lt for e in self._get(o).values() for c in e.rh), default=None) or ZERO
             for o in objects
         )
 
@@ -155,12 +204,11 @@ class HistoryCache:
         merged = core.merge(self.mohs(objects), objects, replies)
         cache = self._cache
         for oid in objects:
-            cache.pop(oid, None)  # the most recently answered last (dropped last)
+            cache.pop(oid, None)  # the most recently answered last (packed, dropped last)
+            self._cold.pop(oid, None)
             cache[oid] = merged[oid]
             fresh.setdefault(oid, set()).update(replies)
-        if len(cache) > self.max_cached:
-            for oid in list(itertools.islice(cache, len(cache) - self.max_cached)):
-                del cache[oid]
+        self._bound()
         if self.renewed:
             self._drop_unverifiable(objects, replies)
         for rep in replies.values():
@@ -194,6 +242,16 @@ class HistoryCache:
                 gone = {s for s in culled if s not in replies and s in held}
                 if gone:
                     self._cache[oid] = _without(held, gone)
+
+
+def _packed(ohs: Mapping[int, OHSEntry]) -> bytes:
+    """An OHS as one ``bytes``: the packed list of its entries' packed items."""
+    return pack([entry_bytes(s, e) for s, e in ohs.items()])
+
+
+def _parsed(packed: bytes, n: int) -> dict[int, OHSEntry]:
+    """The OHS :func:`_packed` made (equal to the one packed; bytes this process made)."""
+    return dict(parse_entry(raw, n) for raw in unpack(packed))
 
 
 def _without(ohs: Mapping[int, OHSEntry], servers: set[int]) -> dict[int, OHSEntry]:

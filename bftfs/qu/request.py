@@ -314,15 +314,25 @@ def _array_header(count: int) -> bytes:
 
 def _packed_ohs(ohs: dict[int, OHSEntry]) -> bytes:
     """``pack(ohs_wire(ohs))``, reusing the bytes each entry was parsed from (if any)."""
-    items = []
-    for s, e in sorted(ohs.items()):
-        if is_initial(e.rh):
-            continue
-        raw = e._item
-        items.append(
-            raw[1] if raw is not None and raw[0] == s else pack([s, rh_wire(e.rh), e.auth])
-        )
+    items = [entry_bytes(s, e) for s, e in sorted(ohs.items()) if not is_initial(e.rh)]
     return _array_header(len(items)) + b"".join(items)
+
+
+def entry_bytes(server: int, e: OHSEntry) -> bytes:
+    """Server ``server``'s entry ``e`` as one packed ``[server, rh, auth]`` item (the bytes
+    it was parsed from, if any), which :func:`parse_entry` reads back."""
+    raw = e._item
+    return raw[1] if raw is not None and raw[0] == server else pack([server, rh_wire(e.rh), e.auth])
+
+
+def parse_entry(raw: bytes, n: int) -> tuple[int, OHSEntry]:
+    """``(server, entry)`` of one item :func:`entry_bytes` made (parsed once per distinct
+    byte string, :func:`_ohs_item`).
+
+    Raises:
+        HistoryError: malformed, or the server id is not one of ``n``.
+    """
+    return _ohs_item(raw, n)
 
 
 def _scan_request(data: bytes, n: int) -> dict | None:
