@@ -30,12 +30,15 @@ mount that had appended to 20 000 files ran 19 in ten minutes, the longest 1.05 
 stall of every request.  So a collection that finds fewer than :data:`FEW` unreachable
 objects doubles the rest before the next (none, quiet or not, before it ends), from
 :data:`FULL_EVERY` up to :data:`LONGEST_REST`; one that finds more starts over.  Garbage
-that reached the old generation waits at most that long.
+that reached the old generation waits at most that long, unless the process's resident
+memory grew by :data:`GROWTH` since the last collection (a few cycles can hold big
+buffers): then the rest is waived.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 from collections.abc import Callable
 
 import trio
@@ -55,6 +58,17 @@ NEVER = 1 << 30
 FEW = 1000
 #: The longest rest after full collections that found next to nothing (seconds).
 LONGEST_REST = 16 * FULL_EVERY
+#: Bytes of resident memory grown since the last full collection that waive its rest.
+GROWTH = 256 << 20
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (``/proc/self/statm``; 0 where there is none)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def take_over() -> None:
@@ -73,6 +87,7 @@ class FullCollections:
         quiet: whether no request has been in flight for ``QUIET`` seconds at a trio time.
         pending: collections of the young generations since the last full one.
         collect: runs a full collection (the number of objects it freed).
+        resident: the process's resident memory in bytes.
     """
 
     def __init__(
@@ -81,10 +96,12 @@ class FullCollections:
         *,
         pending: Callable[[], int] = lambda: gc.get_count()[2],
         collect: Callable[[], int] = gc.collect,
+        resident: Callable[[], int] = resident_bytes,
     ) -> None:
         self.quiet = quiet
         self.pending = pending
         self.collect = collect
+        self.resident = resident
         #: Full collections run (while quiet, and forced under load), their seconds, the
         #: longest, and the rest now taken after each (seconds).
         self.stats = {"quiet": 0, "forced": 0, "seconds": 0.0, "longest": 0.0, "rest": 0.0}
@@ -93,16 +110,20 @@ class FullCollections:
         """Run full collections for the process's life (a task of its nursery)."""
         last = trio.current_time()
         rest = 0.0  # none before the first
+        held = self.resident()  # at the last collection
         while True:
             await trio.sleep(CHECK)
             now = trio.current_time()
-            if self.pending() < MIN_YOUNG or now - last < rest:
+            if self.pending() < MIN_YOUNG:
+                continue
+            if now - last < rest and self.resident() - held < GROWTH:
                 continue
             quiet = self.quiet(now)
             if not quiet and now - last < max(FULL_EVERY, rest):
                 continue
             freed = self.collect()
             last = trio.current_time()
+            held = self.resident()
             rest = min(2 * max(rest, FULL_EVERY / 2), LONGEST_REST) if freed < FEW else 0.0
             self.stats["quiet" if quiet else "forced"] += 1
             self.stats["seconds"] += last - now

@@ -119,9 +119,10 @@ def test_a_node_is_quiet_only_with_no_client_request_in_flight_for_a_while() -> 
     assert quiet(100.0 + 2 * gcpace.QUIET)
 
 
-def _pacer_times(quiet: bool, freed: int, seconds: float) -> list[float]:
+def _pacer_times(quiet: bool, freed: int, seconds: float, growth: int = 0) -> list[float]:
     """When a pacer collects over ``seconds`` of mock time, always quiet or never, the
-    young generations running all along, each collection finding ``freed`` objects."""
+    young generations running all along, each collection finding ``freed`` objects, the
+    process's resident memory growing by ``growth`` bytes a second."""
 
     async def main() -> list[float]:
         times: list[float] = []
@@ -131,7 +132,10 @@ def _pacer_times(quiet: bool, freed: int, seconds: float) -> list[float]:
             return freed
 
         pacer = gcpace.FullCollections(
-            lambda _: quiet, pending=lambda: gcpace.MIN_YOUNG, collect=collect
+            lambda _: quiet,
+            pending=lambda: gcpace.MIN_YOUNG,
+            collect=collect,
+            resident=lambda: int(growth * trio.current_time()),
         )
         with trio.move_on_after(seconds):
             await pacer.run()
@@ -156,3 +160,11 @@ def test_collections_that_find_nothing_come_ever_more_rarely_up_to_a_bound() -> 
 def test_a_collection_that_finds_garbage_starts_the_rests_over() -> None:
     assert _pacer_times(quiet=False, freed=gcpace.FEW, seconds=100) == [30.0, 60.0, 90.0]
     assert len(_pacer_times(quiet=True, freed=gcpace.FEW, seconds=10.1)) == 20  # every look
+
+
+def test_memory_grown_since_the_last_collection_waives_the_rest() -> None:
+    """A few cycles found can hold big buffers: a process whose resident memory grew by
+    ``GROWTH`` since its last full collection does not wait out the rest."""
+    growth = gcpace.GROWTH // 20  # GROWTH in 20 s: every 20 s (rounded up to a look)
+    busy = _pacer_times(quiet=True, freed=0, seconds=100, growth=growth)
+    assert busy == [0.5, 21.0, 41.5, 62.0, 82.5]
