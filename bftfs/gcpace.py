@@ -116,10 +116,11 @@ class FullCollections:
             now = trio.current_time()
             if self.pending() < MIN_YOUNG:
                 continue
-            if now - last < rest and self.resident() - held < GROWTH:
+            waits = rest if now - last < rest and self.resident() - held < GROWTH else 0.0
+            if now - last < waits:
                 continue
             quiet = self.quiet(now)
-            if not quiet and now - last < max(FULL_EVERY, rest):
+            if not quiet and now - last < max(FULL_EVERY, waits):
                 continue
             freed = self.collect()
             last = trio.current_time()

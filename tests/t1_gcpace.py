@@ -166,5 +166,7 @@ def test_memory_grown_since_the_last_collection_waives_the_rest() -> None:
     """A few cycles found can hold big buffers: a process whose resident memory grew by
     ``GROWTH`` since its last full collection does not wait out the rest."""
     growth = gcpace.GROWTH // 20  # GROWTH in 20 s: every 20 s (rounded up to a look)
-    busy = _pacer_times(quiet=True, freed=0, seconds=100, growth=growth)
-    assert busy == [0.5, 21.0, 41.5, 62.0, 82.5]
+    quiet = _pacer_times(quiet=True, freed=0, seconds=100, growth=growth)
+    assert quiet == [0.5, 21.0, 41.5, 62.0, 82.5]
+    busy = _pacer_times(quiet=False, freed=0, seconds=100, growth=growth)
+    assert busy == [30.0, 60.0, 90.0]  # under load: every FULL_EVERY, as before the rests
