@@ -47,7 +47,7 @@ try:
     import pyfuse3
 except ModuleNotFoundError as e:
     sys.exit(0 if e.name != "pyfuse3" else 1)  # a dependency not installed yet
-sys.exit(0 if getattr(pyfuse3, "LOCKS_PATCH", 0) >= 6 else 1)
+sys.exit(0 if getattr(pyfuse3, "LOCKS_PATCH", 0) >= 7 else 1)
 EOF
 }
 if installed; then

@@ -14,6 +14,7 @@ import trio.testing
 from bftfs import taskstacks
 from bftfs.fuse.callrecord import LONG_REQUEST, CallRecord
 from bftfs.fuse.handler import handler
+from bftfs.fuse.kernelheld import KernelHeld
 from bftfs.fuse.paths import KnownPaths
 from bftfs.fuse.recentlookups import RecentLookups
 
@@ -69,6 +70,7 @@ class _Host:
         self.record = CallRecord()
         self.lookups = RecentLookups()
         self.paths = KnownPaths()
+        self.held = KernelHeld()
         self.go = trio.Event()
 
     def revoked_in(self) -> int | None:

@@ -25,6 +25,7 @@ from bftfs.fs.errors import NoSpace, NotFound, Unavailable
 from bftfs.fuse.callrecord import CallRecord
 from bftfs.fuse.errormap import unwrap
 from bftfs.fuse.handler import handler
+from bftfs.fuse.kernelheld import KernelHeld
 from bftfs.fuse.options import parse
 from bftfs.fuse.paths import KnownPaths
 from bftfs.fuse.recentlookups import RecentLookups
@@ -276,6 +277,7 @@ class _Host:
         self.record = CallRecord()
         self.lookups = RecentLookups()
         self.paths = KnownPaths()
+        self.held = KernelHeld()
         self.fail = fail
 
     def revoked_in(self) -> int | None:

@@ -71,6 +71,8 @@ def _metrics(pc: ProcessCluster, m: Mount) -> Counter[str]:
                 )
         if line.startswith("bftfs_mount_absent_xattr_answers_total "):
             out["absent xattrs"] = int(float(line.split()[-1]))
+        if line.startswith("bftfs_mount_fast_dir_answers_total "):
+            out["fast dirs"] = int(float(line.split()[-1]))
     return out
 
 
@@ -138,6 +140,66 @@ def test_ls_l_of_leased_files_asks_the_nodes_nothing(
         assert os.getxattr(tagged, "user.tag") == b"value"
         assert _no_attr(tagged, "user.other")
         assert os.listxattr(tagged) == ["user.tag"]
+
+
+def _walk(d: Path) -> dict[str, tuple[int, int, int]]:
+    """Each entry under ``d`` (by path) with its number, mode and size, as ``find`` and
+    the Andrew stat phase see them: a listing, then an ``lstat`` of each entry."""
+    out = {}
+    stack = [d]
+    while stack:
+        here = stack.pop()
+        with os.scandir(here) as it:
+            for e in it:
+                s = e.stat(follow_symlinks=False)
+                assert e.inode() == s.st_ino, e.path
+                out[e.path] = (s.st_ino, s.st_mode, s.st_size)
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(Path(e.path))
+    return out
+
+
+def test_a_walk_of_a_held_tree_is_answered_before_the_handlers(
+    cluster: ProcessCluster, tmp_path: Path
+) -> None:
+    """A tree the mount holds, copied as ``cp -p`` does (write, then ``chmod``: the kernel
+    holds each file's attributes), then walked: every ``opendir``, ``readdir`` and
+    ``releasedir`` is answered in its callback (pyfuse3 patch 7), the entries listed
+    bare (the kernel keeps the attributes it holds), so no handler runs and no ``stat``
+    asks; names, numbers, types and sizes are the files'.  A file written since (the
+    kernel dropped its attributes) is listed with them: its new size, still no ``stat``."""
+    with Mount(cluster.config, tmp_path / "a", client="client0", options=OPTIONS) as a:
+        d, files = _tree(a, cluster, "walked")
+        sub = d / "sub"
+        sub.mkdir()
+        for i in range(3):
+            (sub / f"s{i}.h").write_bytes(b"#define X\n" * (i + 1))
+            files.append(sub / f"s{i}.h")
+        for f in files:
+            os.chmod(f, 0o640)
+        before = _metrics(cluster, a)
+        seen = _walk(d)
+        after = _metrics(cluster, a)
+        want = {str(f): (f.stat().st_ino, f.stat().st_mode, f.stat().st_size) for f in files}
+        want[str(sub)] = (sub.stat().st_ino, sub.stat().st_mode, sub.stat().st_size)
+        assert seen == want
+        answered = after - before
+        assert _rounds(before, after) == {}, answered
+        for op in ("opendir", "readdir", "releasedir", "getattr", "lookup"):
+            assert answered[f"fuse {op}"] == 0, answered
+        assert answered["fast dirs"] >= 2 * 4, answered  # two directories: open, 2 reads, release
+        grown = files[0]
+        with open(grown, "ab") as f:
+            f.write(b"/* more */\n" * 50)
+        (d / "new.c").write_bytes(b"int y;\n")  # the listing changes: the kernel reads it again
+        os.chmod(d / "new.c", 0o640)
+        before = _metrics(cluster, a)
+        seen = _walk(d)
+        after = _metrics(cluster, a)
+        assert seen[str(grown)][2] == grown.stat().st_size == want[str(grown)][2] + 550
+        assert str(d / "new.c") in seen
+        answered = after - before
+        assert answered["fuse getattr"] == 0 and answered["fuse readdir"] == 0, answered
 
 
 def test_an_open_files_new_attribute_is_read_back_while_it_is_open(

@@ -80,6 +80,18 @@ class FileSystemAPI(Protocol):
 
     async def readdir(self, ino: int) -> list[tuple[bytes, Attr]]: ...
 
+    def held_names(self, ino: int) -> list[tuple[bytes, int, int]] | None:
+        """Directory ``ino``'s entries as ``(name, object id, type code: mode >> 12)``
+        when the mount has them without a round (None: ask :meth:`readdir`).
+        Synchronous: the mount answers such a listing in the kernel's request callback,
+        without its event loop (pyfuse3 patch 7)."""
+        ...
+
+    def known_attr(self, ino: int) -> Attr | None:
+        """``ino``'s attributes when the mount has them without a round (None: ask
+        :meth:`getattr`); synchronous, as :meth:`held_names`."""
+        ...
+
     def listing_heads(self, ino: int) -> tuple[Attr, Attr] | None:
         """The ``.`` and ``..`` entries of directory ``ino``'s listing when the mount can
         give them without a round (None: ask :meth:`getattr` and :meth:`lookup`)."""

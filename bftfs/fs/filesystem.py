@@ -245,6 +245,12 @@ class FileSystem:
     def listing_heads(self, ino: int) -> tuple[Attr, Attr] | None:
         return self.names.listing_heads(ino)
 
+    def held_names(self, ino: int) -> list[tuple[bytes, int, int]] | None:
+        return self.names.held_names(ino)
+
+    def known_attr(self, ino: int) -> Attr | None:
+        return self.names.known_attr(ino)
+
     async def readlink(self, ino: int) -> bytes:
         return await self.names.readlink(ino)
 

@@ -23,6 +23,7 @@ import trio
 from bftfs.fs.errors import FsError, Unavailable
 from bftfs.fuse.callrecord import CallRecord
 from bftfs.fuse.errormap import unwrap
+from bftfs.fuse.kernelheld import KernelHeld
 from bftfs.fuse.leasecache import STARTED
 from bftfs.fuse.paths import KnownPaths, describe, learn
 from bftfs.fuse.recentlookups import RecentLookups
@@ -69,6 +70,8 @@ class HandlerHost(Protocol):
     paths: KnownPaths
     #: The view this mount's client was revoked in (``ClientViews.revoked_in``), or None.
     revoked_in: Callable[[], int | None]
+    #: Whose attributes the kernel holds valid (``fuse/kernelheld.py``).
+    held: KernelHeld
 
 
 P = ParamSpec("P")
@@ -127,6 +130,7 @@ def handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[An
                 if record.unavailable_since is not None:
                     record.available_again()
                 learn(self.paths, name, args, result)
+                self.held.after(self.paths, name, args)
                 return result
         except pyfuse3.FUSEError:
             raise

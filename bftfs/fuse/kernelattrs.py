@@ -17,6 +17,7 @@ import pyfuse3
 from bftfs.fs.api import FileSystemAPI
 from bftfs.fs.files import Attr
 from bftfs.fuse.absentxattrs import AbsentXattrs
+from bftfs.fuse.kernelheld import KernelHeld
 from bftfs.fuse.leasecache import LeaseCache
 
 #: Inodes whose attributes the kernel was last answered that are remembered (then
@@ -47,6 +48,8 @@ class KernelAttrs:
         #: None when it was shown others it may not have taken (a listing): an open that
         #: reads the same leaves the kernel's cache alone (its timer too).
         self._told: dict[int, tuple[int, ...] | None] = {}
+        #: Whose attributes the kernel holds valid (listed bare: ``fuse/kernelheld.py``).
+        self.held = KernelHeld()
         #: What the kernel may cache under leases, and forgets at a recall.
         self.leased = LeaseCache(fs, self.forget)
         #: Inodes with no extended attribute, answered before the handlers.
@@ -76,6 +79,10 @@ class KernelAttrs:
         e.generation = a.generation
         e.entry_timeout = self.entry_timeout
         e.attr_timeout = self.leased.attr_timeout(a.ino, self.timeout)
+        if e.attr_timeout > self.timeout:  # under a lease: another's change recalls it
+            self.held.told(a.ino, e.attr_timeout)
+        else:  # (a listing must show the attributes another client changed meanwhile)
+            self.held.dropped((a.ino,))
         if taken:
             self._note_if_none(a.ino, e.attr_timeout)
         e.st_mode = a.mode
@@ -141,4 +148,5 @@ class KernelAttrs:
         """The kernel no longer holds what it was told of ``inos``."""
         for ino in inos:
             self._told.pop(ino, None)
+        self.held.dropped(inos)
         self.absent.forget(inos)

@@ -67,6 +67,11 @@ READ_AHEAD_KB = 2048
 #: and 35 us of latency a request.  pyfuse3 stops polling for a while when polls keep
 #: finding nothing, so an idle or sparse mount spends at most this a few times a second.
 REQUEST_SPIN = 25e-6
+#: Seconds requests go before the daemon's ready tasks (write-back, replies, renewals)
+#: since those last had a turn (patch 7, ``request_priority``): right after a copy a
+#: walk's every request waited for the write-back's tasks to take a turn first; past this
+#: they run first, so background work waits no longer than it.
+REQUEST_PRIORITY = 2e-3
 #: The end of a mount goes on sending what it holds back until this many ``timeo`` pass
 #: without progress (60 s at the default ``timeo=10``; ``fs/session.py``).
 END_WAIT_TIMEOS = 6
@@ -321,6 +326,8 @@ class _Book:
             "calls": dict(ops.record.calls),
             # getxattr/listxattr answered "none" before the handlers (fuse/absentxattrs.py)
             "absent_xattr_answers": ops.attrs.absent.answered(),
+            # opendir/readdir/releasedir answered without the event loop (fuse/directories.py)
+            "fast_dir_answers": ops.dirs.answered(),
             "eio": dict(ops.record.eio),
             "last_eio": list(ops.record.last_eio) if ops.record.last_eio else None,
             "unavailable_since": ops.record.unavailable_since,
@@ -486,8 +493,7 @@ def mount_background(
 
 
 def _spin_for_requests() -> None:
-    """Have pyfuse3 poll for a program's next request (:data:`REQUEST_SPIN`; a build
-    without patch 6 waits on the event loop as released pyfuse3 does)."""
-    spin = getattr(pyfuse3, "request_spin", None)
-    if spin is not None:
-        spin(round(REQUEST_SPIN * 1e9))
+    """Have pyfuse3 poll for a program's next request (:data:`REQUEST_SPIN`) and take it
+    before ready tasks for a while (:data:`REQUEST_PRIORITY`)."""
+    pyfuse3.request_spin(round(REQUEST_SPIN * 1e9))
+    pyfuse3.request_priority(round(REQUEST_PRIORITY * 1e9))

@@ -65,6 +65,22 @@ def _qu_client_families(session: Session, taken: str) -> list[Family]:
     return out
 
 
+def _callback_families(ops: Operations) -> list[Family]:
+    """Requests our pyfuse3 answers in their C callback, before the handlers (patches 5, 7)."""
+    return [
+        Family(
+            "bftfs_mount_absent_xattr_answers_total",
+            "getxattr and listxattr requests answered 'none' before the handlers",
+            "counter",
+        ).add(ops.attrs.absent.answered()),
+        Family(
+            "bftfs_mount_fast_dir_answers_total",
+            "opendir, readdir and releasedir requests answered without the event loop",
+            "counter",
+        ).add(ops.dirs.answered()),
+    ]
+
+
 def mount_metrics(session: Session, ops: Operations, options: MountOptions) -> list[Family]:
     """The mount's Prometheus metrics (called in the trio loop at each scrape), named by
     the Prometheus guide: base units in the name, ``_total`` on counters, one meaning per
@@ -88,11 +104,7 @@ def mount_metrics(session: Session, ops: Operations, options: MountOptions) -> l
         Family(
             "bftfs_mount_written_bytes_total", "Bytes the kernel's writes handed over", "counter"
         ).add(record.written_bytes),
-        Family(
-            "bftfs_mount_absent_xattr_answers_total",
-            "getxattr and listxattr requests answered 'none' before the handlers",
-            "counter",
-        ).add(ops.attrs.absent.answered()),
+        *_callback_families(ops),
     ]
     faults = Family(
         "bftfs_mount_node_faults_total",

@@ -64,9 +64,9 @@ import trio
 
 from bftfs.fs.api import FileSystemAPI
 from bftfs.fs.errors import NoAttr, NotFound, Removed
-from bftfs.fs.files import Attr
 from bftfs.fs.locks import LockManager
 from bftfs.fuse.callrecord import CallRecord
+from bftfs.fuse.directories import OpenDirectories
 from bftfs.fuse.handler import handler as _handler
 from bftfs.fuse.kernelattrs import KernelAttrs
 from bftfs.fuse.lockrequests import LockRequests
@@ -111,6 +111,7 @@ class Operations(pyfuse3.Operations):
         #: The entries the kernel is answered, their timeouts (leases' too), and what it
         #: was last told per inode.
         self.attrs = KernelAttrs(fs, timeout=timeout, entry_timeout=entry_timeout)
+        self.held = self.attrs.held
         self.read_only = read_only
         #: The view this mount's client was revoked in, or None (the mount sets it from
         #: its session's view tracker; ``fuse/handler.py`` answers EACCES once set).
@@ -126,11 +127,13 @@ class Operations(pyfuse3.Operations):
         self.paths = KnownPaths()
         #: The kernel's lock requests, over ``locks``.
         self.lock_requests = LockRequests(fs, locks, self.attrs)
-        # Directory listings are snapshots per opendir, so readdir offsets stay stable while
-        # entries are created and removed (pyfuse3 requires stable ``next_id``).
-        #: Open directories: their inode, and the listing read at their first readdir.
-        self._dirs: dict[int, tuple[int, list[tuple[bytes, Attr]] | None]] = {}
-        self._next_dir_fh = 1
+        #: Open directories, and their requests answered without the event loop: pyfuse3
+        #: (patch 7) calls ``opendir_now``, ``readdir_now`` and ``releasedir_now`` first.
+        self.dirs = OpenDirectories(fs, self.attrs, self.lookups)
+        self.dirs.usable = lambda: self.revoked_in() is None
+        self.opendir_now = self.dirs.opendir_now
+        self.readdir_now = self.dirs.readdir_now
+        self.releasedir_now = self.dirs.releasedir_now
         #: Set once the kernel's INIT is answered (what it negotiated, e.g. the read-ahead,
         #: may be raised only after: fuse/mount.py).
         self.initialised = trio.Event()
@@ -176,8 +179,9 @@ class Operations(pyfuse3.Operations):
             return e
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        # Inode numbers are object ids: nothing per-inode is kept that needs forgetting.
-        return None
+        # Inode numbers are object ids: nothing per-inode is kept that needs forgetting,
+        # but the kernel no longer holds these inodes' attributes.
+        self.held.dropped(ino for ino, _ in inode_list)
 
     @_handler
     async def getattr(self, inode: int, ctx: Any = None) -> Any:
@@ -252,56 +256,30 @@ class Operations(pyfuse3.Operations):
         """A handle and its listing, read now (a directory gone is refused at its open,
         which the kernel's walk retries: ``Namespace.check_reached``) unless the kernel
         keeps the last one under this mount's lease (``fuse/leasecache.py``): it then
-        sends no ``readdir``, and one it sends (its kept pages dropped) reads it then."""
-        keep = self.attrs.leased.keeps_listing(inode)
-        entries = None if keep else await self._listing(inode)
-        fh = self._next_dir_fh
-        self._next_dir_fh += 1
-        self._dirs[fh] = (inode, entries)
-        return fh, keep
-
-    async def _listing(self, inode: int) -> list[tuple[bytes, Attr]]:
-        # POSIX readdir returns "." and ".." too (the kernel does not add them).
-        self.attrs.leased.listed(inode)
-        heads = self.fs.listing_heads(inode)
-        if heads is None:
-            heads = (
-                await self.fs.getattr(inode, reached_by_name=True),
-                await self.fs.lookup(inode, b".."),
-            )
-        here, parent = heads
-        entries = [(b".", here), (b"..", parent), *await self.fs.readdir(inode)]
-        self.attrs.listed([attr.ino for _, attr in entries])
-        return entries
+        sends no ``readdir``, and one it sends (its kept pages dropped) reads it then.
+        Such an open is mostly answered before this handler (``fuse/directories.py``)."""
+        keep = self.dirs.kept(inode)
+        entries = None if keep else await self.dirs.listing(inode)
+        return self.dirs.open(inode, entries), keep
 
     @_handler
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        handle = self._dirs.get(fh)
-        if handle is None:
+        if not await self.dirs.reply(fh, start_id, token):
             raise pyfuse3.FUSEError(errno.EBADF)
-        inode, entries = handle
-        if entries is None:
-            entries = await self._listing(inode)
-            self._dirs[fh] = (inode, entries)
-        # Offsets are positions in the handle's listing, plus one (0 means "from the start").
-        for i in range(start_id, len(entries)):
-            name, attr = entries[i]
-            if not pyfuse3.readdir_reply(token, name, self.attrs.entry(attr, taken=False), i + 1):
-                return
 
     async def releasedir(self, fh: int) -> None:
-        self._dirs.pop(fh, None)
+        self.dirs.release(fh)
 
     @_handler  # (it had none: an error escaped to pyfuse3's loop and ended the mount)
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         # Every namespace update is complete on a quorum before it returns, but the entries
         # directory write-back keeps (leases, fs/writeback/), which go now: 0 means the
         # directory's are on a quorum (then the rest of the mount's go too).
-        handle = self._dirs.get(fh)
-        if handle is None:
+        inode = self.dirs.inode_of(fh)
+        if inode is None:
             await self.fs.write_back()
         else:
-            await self.fs.sync_directory(handle[0])
+            await self.fs.sync_directory(inode)
 
     # Files ---------------------------------------------------------------------------------
 

@@ -50,6 +50,10 @@ class KnownPaths:
     def released(self, fh: int) -> None:
         self._handles.pop(fh, None)
 
+    def inode_of(self, fh: int) -> int | None:
+        """The inode handle ``fh`` was opened on (None: not known here)."""
+        return self._handles.get(fh)
+
     def path(self, ino: int) -> str:
         """``/a/b`` (inside the mount), ``.../b`` when an ancestor is not known, or
         ``inode N`` when nothing is."""

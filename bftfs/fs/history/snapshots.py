@@ -169,6 +169,15 @@ class SnapshotBrowser:
     def listing_heads(self, ino: int) -> tuple[Attr, Attr] | None:
         return self.live.listing_heads(ino) if is_live(ino) else None
 
+    def held_names(self, ino: int) -> list[tuple[bytes, int, int]] | None:
+        names = self.live.held_names(ino) if is_live(ino) else None
+        if names is not None and ino == ROOT:
+            names = [entry for entry in names if entry[0] != SNAPDIR_NAME]
+        return names
+
+    def known_attr(self, ino: int) -> Attr | None:
+        return self.live.known_attr(ino) if is_live(ino) else None
+
     async def readdir(self, ino: int) -> list[tuple[bytes, Attr]]:
         if is_live(ino):
             entries = await self.live.readdir(ino)

@@ -89,6 +89,12 @@ class PastView:
     def listing_heads(self, ino: int) -> tuple[Attr, Attr] | None:
         return None  # a past directory's own attributes are read with it
 
+    def held_names(self, ino: int) -> list[tuple[bytes, int, int]] | None:
+        return None  # read from the directory's past state (readdir)
+
+    def known_attr(self, ino: int) -> Attr | None:
+        return None  # (getattr)
+
     async def readdir(self, ino: int) -> list[tuple[bytes, Attr]]:
         s = await self._state(ino)
         if s.get("k") != "d":

@@ -163,6 +163,23 @@ class Listing:
             out[name] = entry
         return out
 
+    def held_names(self, ino: int) -> list[tuple[bytes, int, int]] | None:
+        """Directory ``ino``'s entries as ``(name, object id, type code)`` when the mount
+        holds its listing whole (:meth:`_local_entries`), else None (:meth:`readdir`
+        asks).  Synchronous, so the mount answers a walk's ``readdir`` without its event
+        loop; the entries' attributes, where the kernel needs them, are :meth:`known_attr`."""
+        ents = self._local_entries(ino)
+        if ents is None:
+            return None
+        assert self.meta.leases is not None  # (_local_entries found the listing leased)
+        self.meta.leases.stats["local_listings"] += 1
+        return [(name, oid, code) for name, (oid, code) in ents.items()]
+
+    def known_attr(self, oid: int) -> Attr | None:
+        """``oid``'s attributes when known without a round (:meth:`_known_stat`), else None."""
+        s = self._known_stat(oid)
+        return None if s is None else self.cache.attr(oid, s)
+
     def listing_heads(self, ino: int) -> tuple[Attr, Attr] | None:
         """``.`` and ``..`` of a directory whose listing is answered in the mount
         (:meth:`_local_entries`): the kernel takes only their inode numbers and types from

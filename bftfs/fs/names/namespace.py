@@ -214,6 +214,14 @@ class Names:
         """Every entry with its attributes, sorted by name (:meth:`Listing.readdir`)."""
         return await self.listing.readdir(ino)
 
+    def held_names(self, ino: int) -> list[tuple[bytes, int, int]] | None:
+        """The entries without a round, or None (:meth:`Listing.held_names`)."""
+        return self.listing.held_names(ino)
+
+    def known_attr(self, ino: int) -> Attr | None:
+        """Attributes without a round, or None (:meth:`Listing.known_attr`)."""
+        return self.listing.known_attr(ino)
+
     def listing_heads(self, ino: int) -> tuple[Attr, Attr] | None:
         """``.`` and ``..`` of a directory listed in the mount (:meth:`Listing.listing_heads`)."""
         return self.listing.listing_heads(ino)
