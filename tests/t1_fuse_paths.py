@@ -40,3 +40,17 @@ def test_what_is_not_known_is_said_so_and_the_table_is_bounded() -> None:
         paths.found(1, b"f", 1000 + i)
     assert paths.path(51) == "inode 51"  # forgotten when the table filled
     assert paths.path(1000 + LIMIT) == "/f"
+
+
+def test_a_rename_moves_the_inode_last_seen_under_the_name() -> None:
+    """Found through an index (it walked every known name at each rename): a name found
+    again for another inode is that inode's; a rename of a name not known moves nothing."""
+    paths = KnownPaths()
+    paths.found(1, b"a", 20)
+    paths.found(1, b"a", 21)  # replaced (an atomic save): "a" is 21 now
+    paths.found(1, b"b", 20)  # 20 seen under another name since
+    paths.moved(1, b"a", 1, b"c")
+    assert (paths.path(21), paths.path(20)) == ("/c", "/b")
+    paths.moved(1, b"a", 1, b"d")  # nothing known as "a" any more
+    paths.moved(1, b"b", 1, b"e")
+    assert (paths.path(21), paths.path(20)) == ("/c", "/e")

@@ -40,6 +40,10 @@ RECORD = 152
 Entry = tuple[bytes, Attr] | tuple[bytes, int, int]
 Listing = list[Entry]
 
+#: The first directory handle: far from files' (counted from 1, ``fs/files/table.py``)
+#: and past views' (from ``1 << 63``), so a handle names one thing (``fuse/paths.py``).
+FIRST_FH = 1 << 62
+
 #: A directory's type code in a listing.
 DIR_CODE = stat.S_IFDIR >> 12
 
@@ -53,7 +57,7 @@ class OpenDirectories:
         self.lookups = lookups
         #: Handle -> its directory, and the listing read for it (None: not read yet).
         self._open: dict[int, tuple[int, Listing | None]] = {}
-        self._next_fh = 1
+        self._next_fh = FIRST_FH
         #: Whether the mount's client may still ask the cluster (revoked: every request goes
         #: to the handlers, which answer EACCES); the mount sets it (``Operations``).
         self.usable = lambda: True

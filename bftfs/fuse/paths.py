@@ -26,21 +26,27 @@ class KnownPaths:
 
     def __init__(self) -> None:
         self._names: dict[int, tuple[int, bytes]] = {}
+        #: (parent, name) -> the inode last seen under it (a rename finds it at once).
+        self._by_name: dict[tuple[int, bytes], int] = {}
         self._handles: dict[int, int] = {}
 
     def found(self, parent: int, name: bytes, ino: int) -> None:
         """``name`` in ``parent`` is ``ino`` (a lookup, create, mkdir, link ... answered)."""
         if len(self._names) >= LIMIT:
             self._names.clear()
+            self._by_name.clear()
+        old = self._names.get(ino)
+        if old is not None and self._by_name.get(old) == ino:
+            del self._by_name[old]
         self._names[ino] = (parent, name)
+        self._by_name[(parent, name)] = ino
 
     def moved(self, parent: int, name: bytes, new_parent: int, new_name: bytes) -> None:
         """A rename: whatever was ``name`` in ``parent`` is now ``new_name`` in
         ``new_parent``."""
-        for ino, where in self._names.items():
-            if where == (parent, name):
-                self._names[ino] = (new_parent, new_name)
-                return
+        ino = self._by_name.pop((parent, name), None)
+        if ino is not None:
+            self.found(new_parent, new_name, ino)
 
     def opened(self, fh: int, ino: int) -> None:
         if len(self._handles) >= LIMIT:
