@@ -17,6 +17,7 @@ import errno
 import json
 import os
 import subprocess
+import sys
 import time
 import urllib.request
 from collections import Counter
@@ -342,3 +343,63 @@ def test_absent_attributes_are_answered_before_the_handlers_and_changes_show(
         assert _value(theirs, "user.theirs") is None  # (noted: answered before the handlers)
         os.setxattr(made / "f1", "user.theirs", b"2")
         _wait("the other mount's attribute", 10, lambda: _value(theirs, "user.theirs") == b"2")
+
+
+#: A process asking ``security.selinux`` of one file from four threads as fast as it can:
+#: every request is answered in pyfuse3's callback (the file has no attribute), and one is
+#: always queued, so the mount's worker never finds the device empty.
+HAMMER = r"""
+import os, sys, threading
+path = sys.argv[1]
+def ask():
+    while True:
+        try:
+            os.getxattr(path, "security.selinux", follow_symlinks=False)
+        except OSError:
+            pass
+for _ in range(4):
+    threading.Thread(target=ask, daemon=True).start()
+print("hammering", flush=True)
+sys.stdin.read()
+"""
+
+
+def _within(code: str) -> None:
+    """Run ``code`` (``os`` imported) in a process of its own; fail if it fails or takes
+    more than 30 s (a request the mount never answers cannot hang the test)."""
+    got = subprocess.run(
+        [sys.executable, "-c", "import os\n" + code], capture_output=True, text=True, timeout=30
+    )
+    assert got.returncode == 0, got.stderr
+
+
+def test_requests_answered_back_to_back_leave_the_loop_its_turn(
+    cluster: ProcessCluster, tmp_path: Path
+) -> None:
+    """While another process's requests, all answered in pyfuse3's callback, keep the
+    device busy, a request that needs the servers still completes: requests go before
+    ready tasks only for ``REQUEST_PRIORITY`` since the event loop's last turn (patch 7),
+    then the loop gets one, ready tasks or not, and with it the servers' replies."""
+    with Mount(cluster.config, tmp_path / "a", client="client0", options=OPTIONS) as a:
+        d, files = _tree(a, cluster, "hammered")
+        assert _no_attr(files[0])
+        hammer = subprocess.Popen(
+            [sys.executable, "-c", HAMMER, str(files[0])],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert hammer.stdout is not None and hammer.stdout.readline().strip() == "hammering"
+            before = _metrics(cluster, a)["absent xattrs"]
+            with Mount(cluster.config, tmp_path / "b", client="client1", options=OPTIONS) as b:
+                # b's create recalls a's lease on the directory (a answers it from its
+                # event loop), then a lists the directory again (a round): each within
+                # a bound far below the lease term, or the test fails, never hangs.
+                _within(f"open({str(b.mountpoint / 'hammered' / 'from-b')!r}, 'w').close()")
+                _within(f"assert 'from-b' in os.listdir({str(d)!r})")
+            assert _metrics(cluster, a)["absent xattrs"] > before  # (it hammered meanwhile)
+            assert hammer.poll() is None
+        finally:
+            hammer.kill()
+            hammer.communicate(timeout=30)
