@@ -377,9 +377,9 @@ def test_requests_answered_back_to_back_leave_the_loop_its_turn(
     cluster: ProcessCluster, tmp_path: Path
 ) -> None:
     """While another process's requests, all answered in pyfuse3's callback, keep the
-    device busy, a request that needs the servers still completes: requests go before
-    ready tasks only for ``REQUEST_PRIORITY`` since the event loop's last turn (patch 7),
-    then the loop gets one, ready tasks or not, and with it the servers' replies."""
+    device busy, a request that needs the servers still completes: the event loop gets
+    its turns (pyfuse3 starts more workers, which yield to each other), and with them the
+    servers' replies."""
     with Mount(cluster.config, tmp_path / "a", client="client0", options=OPTIONS) as a:
         d, files = _tree(a, cluster, "hammered")
         assert _no_attr(files[0])
