@@ -19,6 +19,7 @@ Both paths share one handle table and give the same answers.
 from __future__ import annotations
 
 import stat
+import time
 from typing import Any
 
 import pyfuse3
@@ -84,31 +85,32 @@ class OpenDirectories:
     async def listing(self, inode: int) -> Listing:
         """``inode``'s listing, with ``.`` and ``..`` (POSIX readdir returns them, and the
         kernel does not add them), read now: held here, or asked of the cluster."""
-        held = self._held_listing(inode)
-        if held is not None:
-            return held
-        self.attrs.leased.listed(inode)
         heads = self.fs.listing_heads(inode)
+        names = None if heads is None else self.fs.held_names(inode)
+        self.attrs.leased.listed(inode)  # (before any wait: a recall meanwhile forgets it)
+        if heads is not None and names is not None:
+            return self._listed(inode, heads[1].ino, names)
         if heads is None:
             heads = (
                 await self.fs.getattr(inode, reached_by_name=True),
                 await self.fs.lookup(inode, b".."),
             )
-        here, parent = heads
-        entries: Listing = [(b".", here), (b"..", parent), *await self.fs.readdir(inode)]
-        self.attrs.listed([_ino(e) for e in entries])
-        return entries
+        return self._listed(inode, heads[1].ino, await self.fs.readdir(inode))
 
     def _held_listing(self, inode: int) -> Listing | None:
         """:meth:`listing` when the mount holds it whole (no round, no wait), else None."""
         heads = self.fs.listing_heads(inode)
-        if heads is None:
-            return None
-        names = self.fs.held_names(inode)
-        if names is None:
+        names = None if heads is None else self.fs.held_names(inode)
+        if heads is None or names is None:
             return None
         self.attrs.leased.listed(inode)
-        entries: Listing = [(b".", inode, DIR_CODE), (b"..", heads[1].ino, DIR_CODE), *names]
+        return self._listed(inode, heads[1].ino, names)
+
+    def _listed(self, inode: int, parent: int, names: list[Any]) -> Listing:
+        """The listing of ``inode`` (parent ``parent``) of ``names``, ``.`` and ``..``
+        first (bare: the kernel takes nothing but their number and type), their numbers
+        noted as told the kernel (``KernelAttrs.listed``)."""
+        entries: Listing = [(b".", inode, DIR_CODE), (b"..", parent, DIR_CODE), *names]
         self.attrs.listed([_ino(e) for e in entries])
         return entries
 
@@ -130,8 +132,9 @@ class OpenDirectories:
         """Directory requests answered in their callback so far (pyfuse3 patch 7)."""
         return int(pyfuse3.fast_dir_answers())
 
-    def _record(self, entry: Entry, offset: int) -> tuple[Any, ...]:
-        """The kernel's record of ``entry`` (next offset ``offset``): ``(name, ino, type
+    def _record(self, entry: Entry, offset: int, now: float) -> tuple[Any, ...]:
+        """The kernel's record of ``entry`` (next offset ``offset``, the time ``now``:
+        ``time.monotonic()`` read once a reply): ``(name, ino, type
         code, offset)`` bare, where the kernel holds the entry's attributes or they are not
         known here (it asks them at the next ``stat``: ``fuse/kernelheld.py``), else
         ``(name, EntryAttributes, offset)``.  ``.`` and ``..`` are always bare: the kernel
@@ -139,14 +142,14 @@ class OpenDirectories:
         name = entry[0]
         if len(entry) == 3:
             ino, code = entry[1], entry[2]
-            if name in (b".", b"..") or self.attrs.held.holds(ino):
+            if name in (b".", b"..") or self.attrs.held.holds(ino, now):
                 return name, ino, code, offset
             attr = self.fs.known_attr(ino)
             if attr is None:
                 return name, ino, code, offset
         else:
             attr = entry[1]
-            if name in (b".", b"..") or self.attrs.held.holds(attr.ino):
+            if name in (b".", b"..") or self.attrs.held.holds(attr.ino, now):
                 return name, attr.ino, attr.mode >> 12, offset
         return name, self.attrs.entry(attr, taken=False), offset
 
@@ -181,7 +184,8 @@ class OpenDirectories:
                 return None
             self._open[fh] = (inode, entries)
         end = min(len(entries), start + size // RECORD + 1)
-        return [self._record(entries[i], i + 1) for i in range(start, end)]
+        now = time.monotonic()
+        return [self._record(entries[i], i + 1, now) for i in range(start, end)]
 
     def releasedir_now(self, fh: int) -> bool:
         """The handle is closed (nothing to wait for)."""
@@ -194,8 +198,9 @@ class OpenDirectories:
         entries = await self.entries(fh)
         if entries is None:
             return False
+        now = time.monotonic()
         for i in range(start, len(entries)):
-            record = self._record(entries[i], i + 1)
+            record = self._record(entries[i], i + 1, now)
             if len(record) == 4:
                 added = pyfuse3.readdir_reply_bare(token, *record)
             else:

@@ -52,10 +52,11 @@ class KernelHeld:
             self._until.clear()
         self._until[ino] = time.monotonic() + seconds
 
-    def holds(self, ino: int) -> bool:
-        """Whether the kernel holds ``ino``'s attributes valid (as far as known here)."""
+    def holds(self, ino: int, now: float | None = None) -> bool:
+        """Whether the kernel holds ``ino``'s attributes valid (as far as known here) at
+        ``now`` (``time.monotonic()``; read here if None: a listing reads it once)."""
         until = self._until.get(ino)
-        return until is not None and until > time.monotonic()
+        return until is not None and until > (time.monotonic() if now is None else now)
 
     def dropped(self, inos: Iterable[int]) -> None:
         """The kernel no longer holds (or may not hold) the attributes of ``inos``."""

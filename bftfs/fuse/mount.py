@@ -67,11 +67,6 @@ READ_AHEAD_KB = 2048
 #: and 35 us of latency a request.  pyfuse3 stops polling for a while when polls keep
 #: finding nothing, so an idle or sparse mount spends at most this a few times a second.
 REQUEST_SPIN = 25e-6
-#: Seconds requests go before the daemon's ready tasks since those last had a turn (patch
-#: 7, ``request_priority``).  Off (0: a ready task runs first, patch 6): at 2 ms a held
-#: append's write-back was sent before a ``kill -9`` it waits for in one run of two
-#: (``t4_leases.py``, 12-07), not understood yet.
-REQUEST_PRIORITY = 0.0
 #: The end of a mount goes on sending what it holds back until this many ``timeo`` pass
 #: without progress (60 s at the default ``timeo=10``; ``fs/session.py``).
 END_WAIT_TIMEOS = 6
@@ -493,7 +488,5 @@ def mount_background(
 
 
 def _spin_for_requests() -> None:
-    """Have pyfuse3 poll for a program's next request (:data:`REQUEST_SPIN`) and take it
-    before ready tasks for a while (:data:`REQUEST_PRIORITY`)."""
+    """Have pyfuse3 poll for a program's next request (:data:`REQUEST_SPIN`)."""
     pyfuse3.request_spin(round(REQUEST_SPIN * 1e9))
-    pyfuse3.request_priority(round(REQUEST_PRIORITY * 1e9))
