@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from mount_helpers import two_mounts
 
-from bftfs.testing.mounts import Mount, fuse_available
+from bftfs.testing.mounts import Mount, abort, fuse_available
 from bftfs.testing.processes import ProcessCluster
 
 pytestmark = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3")
@@ -51,6 +51,22 @@ except BlockingIOError:
     print("busy")
 else:
     print("got")
+"""
+
+
+#: Dirties a shared mapping of ``argv[1]``, then locks the file (the daemon drops the
+#: kernel's pages of it, which first writes the dirty ones back through the daemon),
+#: dirties it again and unlocks: what SQLite does in WAL mode with its ``-shm`` file.
+MMAP_LOCK = """
+import fcntl, mmap, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+m = mmap.mmap(fd, 8192, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+m[0:5] = b"dirty"
+fcntl.lockf(fd, fcntl.LOCK_EX)
+m[5:10] = b"again"
+fcntl.lockf(fd, fcntl.LOCK_UN)
+m.close()
+os.close(fd)
 """
 
 
@@ -102,6 +118,22 @@ class Holder:
         for pipe in (self.proc.stdin, self.proc.stdout):
             if pipe is not None:
                 pipe.close()
+
+
+def run_or_abort(argv: list[str], mountpoint: Path) -> str:
+    """``argv``'s output; past :data:`PATIENCE` the mount's FUSE connection is aborted (a
+    program waiting on a request the daemon never answers cannot even be killed) and the
+    test fails."""
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as p:
+        try:
+            out, _ = p.communicate(timeout=PATIENCE)
+        except subprocess.TimeoutExpired:
+            abort(mountpoint)
+            p.kill()
+            p.communicate()
+            pytest.fail(f"{argv[0]} waited past {PATIENCE} s: the mount hung (aborted)")
+    assert p.returncode == 0, f"{argv[0]} exited {p.returncode}"
+    return out
 
 
 def flock_holder(path: Path) -> Holder:
@@ -411,3 +443,33 @@ def test_ofd_locks_belong_to_the_open_file_and_go_with_its_last_close(
         if other.stdout.strip() == b"got":
             break
         assert time.monotonic() < deadline, "the OFD lock outlived its file's last close"
+
+
+def test_a_lock_over_dirty_shared_mapped_pages_does_not_hang_the_mount(
+    files: tuple[Path, Path], mounts: tuple[Path, Path]
+) -> None:
+    """The daemon dropped the kernel's pages of a file just locked from its event loop's
+    thread, and the kernel first writes a shared mapping's dirty pages back through the
+    daemon: a wait on itself (the whole mount hung; SQLite in WAL mode did it).  The
+    pages now go from a worker thread; the other mount reads what the mapping wrote."""
+    a, b = files
+    a.write_bytes(b"x" * 8192)
+    assert run_or_abort([sys.executable, "-c", MMAP_LOCK, str(a)], mounts[0]) == ""
+    assert a.read_bytes()[:10] == b"dirtyagain"
+    assert b.read_bytes()[:10] == b"dirtyagain"
+
+
+def test_sqlite_in_wal_mode_commits_on_a_mount(mounts: tuple[Path, Path]) -> None:
+    """SQLite's WAL mode (a shared mapping of its ``-shm`` file, locks on it) commits and
+    reads back on a mount, in a subprocess so that a hang fails the test."""
+    db = mounts[0] / "wal.sqlite"
+    code = (
+        "import sqlite3, sys\n"
+        "c = sqlite3.connect(sys.argv[1])\n"
+        "assert c.execute('pragma journal_mode=wal').fetchone()[0] == 'wal'\n"
+        "c.execute('create table t(k integer primary key, v text)')\n"
+        "for i in range(10):\n"
+        "    c.execute('insert into t(v) values (?)', (str(i),)); c.commit()\n"
+        "print(c.execute('select count(*) from t').fetchone()[0])\n"
+    )
+    assert run_or_abort([sys.executable, "-c", code, str(db)], mounts[0]).strip() == "10"

@@ -9,11 +9,22 @@ import errno
 import fcntl
 
 import pyfuse3
+import trio
 
 from bftfs.fs.api import FileSystemAPI
 from bftfs.fs.locks import FLOCK, OFFSET_MAX, POSIX, UNLOCK, WRITE, LockManager
 from bftfs.fuse.kernelattrs import KernelAttrs
 from bftfs.fuse.kernellocks import FLOCK_KINDS, KINDS, byte_range, conflict_answer, lock_kind
+
+
+def drop_pages(ino: int) -> None:
+    """Have the kernel drop ``ino``'s cached pages and attributes.  Called on a worker
+    thread, never the loop's: a program's shared ``mmap`` leaves dirty pages even with the
+    writeback cache off, and the kernel writes them back (``WRITE`` requests this daemon
+    must answer) before it drops them; from the loop's thread that waited forever (SQLite
+    in WAL mode hung the mount)."""
+    pyfuse3.invalidate_inode(ino, attr_only=False)
+
 
 #: libfuse's lock: type, start, length, pid.
 KernelLock = tuple[int, int, int, int]
@@ -55,7 +66,7 @@ class LockRequests:
         if kind != UNLOCK:
             await self.fs.revalidate(fh)
             self.attrs.forget([ino])
-            pyfuse3.invalidate_inode(ino, attr_only=False)
+            await trio.to_thread.run_sync(drop_pages, ino)
 
     async def getlk(self, inode: int, owner: int, lock: KernelLock) -> KernelLock:
         """``F_GETLK``: the conflicting lock, as the kernel reports it."""

@@ -9,6 +9,7 @@ body failed.  :func:`fuse_available` tells tests to skip where there is no ``/de
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -101,3 +102,23 @@ class Mount:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.unmount()
+
+
+def abort(mountpoint: Path) -> None:
+    """Abort the FUSE connection of ``mountpoint`` (``/sys/fs/fuse/connections/N/abort``):
+    a daemon stuck in the kernel (waiting for a request only it could answer) can then be
+    killed and unmounted, so a test that found it stuck fails instead of hanging."""
+    target = os.path.abspath(mountpoint)  # (no system call on the mount: it may hang)
+    minor = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == target:
+                minor = fields[2].split(":")[1]
+    if minor is None:
+        return
+    control = Path("/sys/fs/fuse/connections")
+    if not (control / minor).exists():
+        subprocess.run(["mount", "-t", "fusectl", "none", str(control)], check=False)
+    with contextlib.suppress(OSError):
+        (control / minor / "abort").write_text("1")
