@@ -72,7 +72,7 @@ REQUEST_SPIN = 25e-6
 END_WAIT_TIMEOS = 6
 
 
-def _device_of(target: str) -> str | None:
+def device_of(target: str) -> str | None:
     """``major:minor`` of the file system mounted at ``target`` (a resolved path), from
     ``/proc/self/mountinfo``: a ``stat`` of our own mount point, or resolving it, would
     wait for this daemon to answer it."""
@@ -89,7 +89,7 @@ def set_read_ahead(target: str, kib: int = READ_AHEAD_KB) -> bool:
     """Raise the kernel's read-ahead of the mount at ``target`` (resolved before mounting)
     to ``kib``; whether it was set (it needs root: otherwise the kernel's default stays,
     and reads are smaller)."""
-    dev = _device_of(target)
+    dev = device_of(target)
     if dev is None:
         return False
     try:

@@ -19,6 +19,7 @@ from types import TracebackType
 from bftfs import proc
 from bftfs.config import ClusterConfig
 from bftfs.fuse.control import DEFAULT_ENTRY_TIMEOUT, DEFAULT_TIMEOUT, daemon_command
+from bftfs.fuse.mount import device_of
 from bftfs.local import config_path
 
 
@@ -108,15 +109,10 @@ def abort(mountpoint: Path) -> None:
     """Abort the FUSE connection of ``mountpoint`` (``/sys/fs/fuse/connections/N/abort``):
     a daemon stuck in the kernel (waiting for a request only it could answer) can then be
     killed and unmounted, so a test that found it stuck fails instead of hanging."""
-    target = os.path.abspath(mountpoint)  # (no system call on the mount: it may hang)
-    minor = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if fields[4] == target:
-                minor = fields[2].split(":")[1]
-    if minor is None:
+    device = device_of(os.path.abspath(mountpoint))  # (no system call on the mount)
+    if device is None:
         return
+    minor = device.split(":")[1]
     control = Path("/sys/fs/fuse/connections")
     if not (control / minor).exists():
         subprocess.run(["mount", "-t", "fusectl", "none", str(control)], check=False)
