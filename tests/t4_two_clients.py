@@ -179,6 +179,61 @@ def test_concurrent_appends_to_a_block_file_lose_nothing(dirs: tuple[Path, Path]
         assert got == [f"{tag}{i:03d}" for i in range(40) for _ in range(50)]
 
 
+def test_an_append_beside_a_mount_appending_and_syncing_without_pause_is_taken(
+    dirs: tuple[Path, Path],
+) -> None:
+    """One mount appends to a log and syncs it without a pause while the other appends a
+    few records, syncing each.  The busy writer's next version was always made before the
+    other's flush could lock the one it had read, so that flush failed 64 times and
+    answered EIO (found in a user trial, 2026-12-07); it now claims the write lease after
+    two failures (``fs.lock`` with ``any``) and takes its turn.  Every record of both is
+    in the file exactly once."""
+    mine, theirs = dirs
+    head = b"h" * 70_000  # past the inline limit: the records share a PASIS block
+    _write(mine / "log", head)
+    started, done = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+    written: list[int] = []
+
+    def busy() -> None:
+        i = 0
+        try:
+            with open(mine / "log", "ab", buffering=0) as f:
+                while not done.is_set() and i < 3000:
+                    f.write(f"A{i:05d}\n".encode())
+                    os.fsync(f.fileno())
+                    i += 1
+                    if i == 10:
+                        started.set()
+        except BaseException as e:  # reported below, in the test's thread
+            errors.append(e)
+        finally:
+            written.append(i)
+            started.set()
+
+    t = threading.Thread(target=busy)
+    t.start()
+    try:
+        started.wait()
+        with open(theirs / "log", "ab", buffering=0) as f:
+            for j in range(2):
+                f.write(f"B{j:05d}\n".encode())
+                os.fsync(f.fileno())
+    finally:
+        done.set()
+        t.join()
+    assert not errors, errors
+    data = (theirs / "log").read_bytes()
+    assert data == (mine / "log").read_bytes()
+    assert data.startswith(head)
+    records = data[len(head) :].decode().splitlines()
+    assert sorted(r for r in records if r.startswith("A")) == [
+        f"A{i:05d}" for i in range(written[0])
+    ]
+    assert [r for r in records if r.startswith("B")] == [f"B{j:05d}" for j in range(2)]
+    assert len(records) == written[0] + 2
+
+
 def test_writes_to_distinct_ranges_of_one_block_from_two_mounts_are_both_kept(
     dirs: tuple[Path, Path],
 ) -> None:

@@ -223,12 +223,24 @@ def fs_lock(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     token releases it; ``fs.unlock`` gives it up; an expired lease (a crashed writer) is
     free.  Refused ``locked`` while another client's lease runs, ``stale`` when the file
     changed since ``v``.
+
+    With ``any`` (true) the lease is *claimed*: taken on whatever version the file has,
+    declaring, reserving and recording nothing.  A writer whose flushes keep finding the
+    file changed by another client's (one appending and syncing without a pause)
+    claims it, reads the file, and takes it again on that version, which no other
+    writer can change meanwhile: otherwise each of its attempts found a newer version
+    than the one it read, until it gave up (EIO).
     """
     a = check_arg(arg)
     ((oid, state),) = states.items()
     f = file_state(state)
     if not st.S_ISREG(f["mode"]):
         raise MethodRefused("invalid", "not a regular file")
+    claim = a.get("any", False)
+    if not isinstance(claim, bool):
+        raise MethodRefused("invalid", "any must be a boolean")
+    if claim:
+        return _claim(oid, f, a)
     _unchanged(f, a)
     if a.get("v") is None:
         raise MethodRefused("invalid", "a lock needs the version it was computed from")
@@ -242,6 +254,21 @@ def fs_lock(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     f["alloc"] = max(f["alloc"], check_opt_int(a, "alloc", 0, MAX_SIZE) or 0)
     if f.get("z") is not None:
         f["wl"].append(merge_extents(carried + lease_declaration(f, a)))
+    f["v"] += 1
+    return {oid: f}, stat_of(f)
+
+
+def _claim(oid: int, f: dict[str, Any], a: dict[str, Any]) -> tuple[dict[int, Any], Any]:
+    """``fs.lock`` with ``any``: the caller's write lease on the file as it is (see
+    :func:`fs_lock`); what its own running lease declared stays declared."""
+    not_locked_by_other(f, a)
+    now = check_time(a)
+    tok = check_int(a, "tok", 1, MAX_OID)
+    carried = _continued_declaration(f, tok, now)
+    settle_lease(f, a, completed=False)
+    f["wl"] = [tok, min(now + check_int(a, "lease", 1, MAX_LEASE), MAX_TIME)]
+    if f.get("z") is not None:
+        f["wl"].append(merge_extents(carried))
     f["v"] += 1
     return {oid: f}, stat_of(f)
 

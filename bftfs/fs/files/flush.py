@@ -35,6 +35,10 @@ LEASE_MARGIN_NS = 10 * 10**9
 #: ``fs.lock``; a writer that stops with the file open holds it no longer than this, less
 #: than another client's flush retries for (``FLUSH_ATTEMPTS`` back-offs, about 20 s).
 KEPT_LEASE_NS = 15 * 10**9
+#: Failed attempts of a flush after which it claims the write lease before the next
+#: (:meth:`FlushEngine._claim`): one conflict is retried as it is, a second means another
+#: writer keeps changing the file.
+CLAIM_AFTER = 2
 
 
 def _declared(st: dict[str, Any], written: list[list[int]]) -> bool:
@@ -139,13 +143,34 @@ class FlushEngine:
                 if not f.buffered:
                     return
                 try:
+                    if attempt >= CLAIM_AFTER:
+                        await self._claim(f)
                     await self._flush_once(f)
                     return
                 except (OutOfDate, LeaseHeld):
                     self.meta.methods["flush-retries"] += 1
                     await self.meta.back_off(attempt)
                     await self.adopt(f, await self.meta.query(f.ino, "fs.open"))
+                except Exception:
+                    if attempt >= CLAIM_AFTER:  # its claim: others need not wait for its end
+                        await self.give_up(f)
+                    raise
+            await self.give_up(f)
             raise Unavailable("flush: the file kept changing under other clients' writes")
+
+    async def _claim(self, f: OpenFile) -> None:
+        """Claim ``f``'s write lease on whatever version it has (``fs.lock`` with
+        ``any``), then adopt that version: the flush's own ``fs.lock`` on it follows,
+        and no other writer can change the file's data meanwhile.  A writer that keeps
+        finding the file changed (another client appending and syncing without a pause:
+        its next version always came before this one's lock) otherwise never gets a
+        turn."""
+        self.meta.methods["flush-claims"] += 1
+        arg = {**self.lease_arg(*f.base), "any": True, "lease": LEASE_NS}
+        # Not ``_update_data``: the claim was taken on the file's version, not on this
+        # mount's base, whose cached blocks the adoption below must compare with.
+        await self.meta.update([f.ino], "fs.lock", arg)
+        await self.adopt(f, await self.meta.query(f.ino, "fs.open"))
 
     def lease_arg(self, d: int, v: int) -> dict[str, Any]:
         """What a data update carries: the content ``(d, v)`` it was computed on, which the
