@@ -248,14 +248,9 @@ def fs_lock(states: States, arg: Any) -> tuple[dict[int, Any], Any]:
     now = check_time(a)
     tok = check_int(a, "tok", 1, MAX_OID)
     _record_block_size(f, a)
-    carried = _continued_declaration(f, tok, now)
-    settle_lease(f, a, completed=False)  # another lease's blocks may be there
-    f["wl"] = [tok, min(now + check_int(a, "lease", 1, MAX_LEASE), MAX_TIME)]
+    carried = _lease_taken(f, a, tok, now)
     f["alloc"] = max(f["alloc"], check_opt_int(a, "alloc", 0, MAX_SIZE) or 0)
-    if f.get("z") is not None:
-        f["wl"].append(merge_extents(carried + lease_declaration(f, a)))
-    f["v"] += 1
-    return {oid: f}, stat_of(f)
+    return _lease_declared(oid, f, carried + lease_declaration(f, a))
 
 
 def _claim(oid: int, f: dict[str, Any], a: dict[str, Any]) -> tuple[dict[int, Any], Any]:
@@ -264,11 +259,26 @@ def _claim(oid: int, f: dict[str, Any], a: dict[str, Any]) -> tuple[dict[int, An
     not_locked_by_other(f, a)
     now = check_time(a)
     tok = check_int(a, "tok", 1, MAX_OID)
+    return _lease_declared(oid, f, _lease_taken(f, a, tok, now))
+
+
+def _lease_taken(f: dict[str, Any], a: dict[str, Any], tok: int, now: int) -> list[list[int]]:
+    """Give ``tok`` the file's write lease until ``now`` plus the argument's ``lease``: what
+    its own running lease declared is returned (carried over), another lease's
+    declaration becomes stale (its blocks may be there)."""
     carried = _continued_declaration(f, tok, now)
     settle_lease(f, a, completed=False)
     f["wl"] = [tok, min(now + check_int(a, "lease", 1, MAX_LEASE), MAX_TIME)]
+    return carried
+
+
+def _lease_declared(
+    oid: int, f: dict[str, Any], declared: list[list[int]]
+) -> tuple[dict[int, Any], Any]:
+    """The new version of a file whose lease was just taken, the lease declaring
+    ``declared`` (recorded only on a file that keeps stale ranges)."""
     if f.get("z") is not None:
-        f["wl"].append(merge_extents(carried))
+        f["wl"].append(merge_extents(declared))
     f["v"] += 1
     return {oid: f}, stat_of(f)
 
